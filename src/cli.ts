@@ -1,0 +1,97 @@
+#!/usr/bin/env node
+import { readFileSync } from 'node:fs'
+import { parseHostPort } from './config/formats.js'
+import { parseConfigFlags } from './config/flags.js'
+import { resolveConfig } from './config/resolve.js'
+import { checkReport, formatCheckReport } from './check.js'
+import { demoBanner, startEchoServer } from './demo.js'
+import { ConfigError, KaproxyError } from './errors.js'
+import { Kaproxy } from './kaproxy.js'
+import { createLogger } from './log.js'
+
+// The only file that exits the process: parse arguments, load config, start, wait for signals.
+
+const USAGE = `usage:
+  kaproxy [--config FILE] [--log-level LEVEL] [--admin-listen ADDR|""]
+  kaproxy --listen HOST:PORT --upstream HOST:PORT [--name NAME]
+          [--client-keepalive IDLE,INTERVAL,COUNT[,USERTIMEOUT]|off]
+          [--upstream-keepalive IDLE,INTERVAL,COUNT[,USERTIMEOUT]|off]
+          [--no-keepalive] [--connect-timeout DURATION]
+  kaproxy check [--config FILE | route flags] [--json]
+  kaproxy demo [--listen HOST:PORT]      echo server to relay to (default 127.0.0.1:7001)
+
+environment: KAPROXY_CONFIG (config file), KAPROXY_LOG_LEVEL, KAPROXY_ADMIN_LISTEN, KAPROXY_ADMIN_TOKEN
+durations: 500ms, 30s, 5m, 2h or a bare number of seconds`
+
+function version (): string {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
+  return pkg.version
+}
+
+function reportError (err: unknown): number {
+  if (err instanceof KaproxyError) {
+    process.stderr.write(`kaproxy: ${err.message}\n`)
+    return 1
+  }
+  throw err
+}
+
+async function run (args: string[]): Promise<number> {
+  const config = resolveConfig(parseConfigFlags(args))
+  const log = createLogger(config.log.level)
+  const kaproxy = new Kaproxy(config, log)
+  try {
+    await kaproxy.start()
+  } catch (err) {
+    log.fatal({ event: 'start-failed', err }, (err as Error).message)
+    throw err
+  }
+  const signal = await new Promise<NodeJS.Signals>((resolve) => {
+    process.once('SIGINT', resolve)
+    process.once('SIGTERM', resolve)
+  })
+  log.info({ event: 'shutdown', signal }, `${signal}: closing listeners and connections`)
+  // A second signal while closing exits at once.
+  const force = (): void => { process.exit(1) }
+  process.once('SIGINT', force)
+  process.once('SIGTERM', force)
+  await kaproxy.close()
+  log.info({ event: 'stopped' }, 'kaproxy stopped')
+  return 0
+}
+
+function check (args: string[]): number {
+  const json = args.includes('--json')
+  const config = resolveConfig(parseConfigFlags(args.filter((arg) => arg !== '--json')))
+  process.stdout.write(json ? `${JSON.stringify(checkReport(config), null, 2)}\n` : `${formatCheckReport(config)}\nconfiguration OK\n`)
+  return 0
+}
+
+async function demo (args: string[]): Promise<number> {
+  const flags = parseConfigFlags(args)
+  const echo = parseHostPort(flags.listen ?? '127.0.0.1:7001', 0)
+  if ('rule' in echo) throw new ConfigError([{ path: '--listen', message: echo.rule }])
+  const server = await startEchoServer(echo)
+  process.stdout.write(`${demoBanner(server.address)}\n`)
+  await new Promise((resolve) => { process.once('SIGINT', resolve); process.once('SIGTERM', resolve) })
+  await server.close()
+  return 0
+}
+
+async function main (argv: string[]): Promise<number> {
+  const [command, ...rest] = argv
+  try {
+    switch (command) {
+      case 'check': return check(rest)
+      case 'demo': return await demo(rest)
+      case 'help': case '--help': case '-h': process.stdout.write(`${USAGE}\n`); return 0
+      case 'version': case '--version': process.stdout.write(`kaproxy ${version()}\n`); return 0
+      case 'run': return await run(rest)
+      default: return await run(argv)
+    }
+  } catch (err) {
+    return reportError(err)
+  }
+}
+
+process.exitCode = await main(process.argv.slice(2))

@@ -1,0 +1,69 @@
+import { parseArgs } from 'node:util'
+import { ConfigError } from '../errors.js'
+
+/** Command-line options shared by `run` and `check`. */
+export const CONFIG_OPTIONS = {
+  config: { type: 'string', short: 'c' },
+  listen: { type: 'string' },
+  upstream: { type: 'string' },
+  name: { type: 'string' },
+  'client-keepalive': { type: 'string' },
+  'upstream-keepalive': { type: 'string' },
+  'no-keepalive': { type: 'boolean' },
+  'connect-timeout': { type: 'string' },
+  'log-level': { type: 'string' },
+  'admin-listen': { type: 'string' }
+} as const
+
+export type ConfigFlags = ReturnType<typeof parseConfigFlags>
+
+export function parseConfigFlags (args: string[]) {
+  try {
+    return parseArgs({ args, options: CONFIG_OPTIONS, allowPositionals: false, strict: true }).values
+  } catch (err) {
+    throw new ConfigError([{ path: '', message: (err as Error).message }])
+  }
+}
+
+/**
+ * `IDLE,INTERVAL,COUNT[,USERTIMEOUT]` (e.g. `30s,5s,4` or `30s,5s,4,50s`), or `off`.
+ * Values stay raw so the config validator reports them with its usual rules.
+ */
+export function parseKeepaliveFlag (flag: string, value: string): Record<string, unknown> {
+  if (value === 'off') return { enabled: false }
+  const parts = value.split(',')
+  if (parts.length < 3 || parts.length > 4) {
+    throw new ConfigError([{ path: `--${flag}`, message: `must be IDLE,INTERVAL,COUNT[,USERTIMEOUT] or off (got ${JSON.stringify(value)})` }])
+  }
+  const [idle, interval, count, userTimeout] = parts
+  const side: Record<string, unknown> = { enabled: true, idle, interval, count: /^\d+$/.test(count ?? '') ? Number(count) : count }
+  if (userTimeout !== undefined) side.userTimeout = userTimeout
+  return side
+}
+
+/** Does the command line describe a route by itself (one-route mode)? */
+export function hasRouteFlags (flags: ConfigFlags): boolean {
+  return flags.listen !== undefined || flags.upstream !== undefined
+}
+
+/** The raw config of one-route mode, validated like a file's. */
+export function routeFromFlags (flags: ConfigFlags): Record<string, unknown> {
+  const keepalive: Record<string, unknown> = {}
+  if (flags['no-keepalive'] === true) {
+    keepalive.client = { enabled: false }
+    keepalive.upstream = { enabled: false }
+  }
+  if (flags['client-keepalive'] !== undefined) keepalive.client = parseKeepaliveFlag('client-keepalive', flags['client-keepalive'])
+  if (flags['upstream-keepalive'] !== undefined) keepalive.upstream = parseKeepaliveFlag('upstream-keepalive', flags['upstream-keepalive'])
+  const route: Record<string, unknown> = { name: flags.name ?? 'default', listen: flags.listen, upstream: flags.upstream, keepalive }
+  if (flags['connect-timeout'] !== undefined) route.connectTimeout = flags['connect-timeout']
+  return { routes: [route] }
+}
+
+/** Flags that override top-level settings of a file or of one-route mode. */
+export function overridesFromFlags (flags: ConfigFlags): Record<string, unknown> {
+  const overrides: Record<string, unknown> = {}
+  if (flags['log-level'] !== undefined) overrides['log.level'] = flags['log-level']
+  if (flags['admin-listen'] !== undefined) overrides['admin.listen'] = flags['admin-listen']
+  return overrides
+}

@@ -1,0 +1,73 @@
+import convict from 'convict'
+import { parseDurationMs, parseHostPort } from './formats.js'
+import { LOG_LEVELS } from './types.js'
+
+// convict owns the top level (defaults, env and flag overrides, unknown keys); the route list is
+// checked field by field in routes.ts, because convict cannot describe items of an array.
+
+function show (value: unknown): string {
+  return JSON.stringify(value) ?? String(value)
+}
+
+function check (ok: boolean, rule: string, value: unknown): void {
+  if (!ok) throw new Error(`${rule} (got ${show(value)})`)
+}
+
+function durationFormat (rule: string, isValid: (ms: number) => boolean) {
+  return (value: unknown): void => {
+    const ms = parseDurationMs(value)
+    check(ms !== undefined && isValid(ms), rule, value)
+  }
+}
+
+export const WHOLE_SECONDS_RULE = 'must be whole seconds 1..32767 (e.g. 30s, 2m)'
+export const COUNT_RULE = 'must be an integer 1..127'
+export const USER_TIMEOUT_RULE = 'must be a duration 0..2147483647ms (e.g. 30s, 500ms)'
+export const CONNECT_TIMEOUT_RULE = 'must be a duration 1ms..1h (e.g. 5s)'
+
+export const isKeepaliveSeconds = (ms: number): boolean => ms % 1000 === 0 && ms >= 1000 && ms <= 32767_000
+export const isUserTimeout = (ms: number): boolean => ms <= 2147483647
+export const isConnectTimeout = (ms: number): boolean => ms >= 1 && ms <= 3_600_000
+export const isCount = (value: unknown): boolean => Number.isInteger(value) && (value as number) >= 1 && (value as number) <= 127
+
+const formats = {
+  'log-level': (value: unknown): void => check(typeof value === 'string' && (LOG_LEVELS as readonly string[]).includes(value), `must be one of ${LOG_LEVELS.join(', ')}`, value),
+  'admin-listen': (value: unknown): void => {
+    if (value === '') return
+    const parsed = parseHostPort(value, 0)
+    if ('rule' in parsed) throw new Error(`${parsed.rule}, or "" to disable (got ${show(value)})`)
+  },
+  boolean: (value: unknown): void => check(typeof value === 'boolean', 'must be true or false', value),
+  string: (value: unknown): void => check(typeof value === 'string', 'must be a string', value),
+  'keepalive-seconds': durationFormat(WHOLE_SECONDS_RULE, isKeepaliveSeconds),
+  'keepalive-count': (value: unknown): void => check(isCount(value), COUNT_RULE, value),
+  'user-timeout': durationFormat(USER_TIMEOUT_RULE, isUserTimeout),
+  'connect-timeout': durationFormat(CONNECT_TIMEOUT_RULE, isConnectTimeout),
+  'route-list': (value: unknown): void => check(Array.isArray(value), 'must be a list of routes', value)
+}
+
+/** The convict schema of the top level: documentation, defaults, env names and formats. */
+export function createSchema (env: NodeJS.ProcessEnv) {
+  return convict({
+    log: {
+      level: { doc: 'pino log level', format: formats['log-level'], default: 'info', env: 'KAPROXY_LOG_LEVEL' }
+    },
+    admin: {
+      listen: { doc: 'admin HTTP API address; "" disables it', format: formats['admin-listen'], default: '127.0.0.1:9901', env: 'KAPROXY_ADMIN_LISTEN' },
+      token: { doc: 'bearer token the admin API requires', format: formats.string, default: '', env: 'KAPROXY_ADMIN_TOKEN', sensitive: true }
+    },
+    defaults: {
+      connectTimeout: { doc: 'upstream connect timeout', format: formats['connect-timeout'], default: '5s' as string | number },
+      keepalive: {
+        enabled: { doc: 'SO_KEEPALIVE', format: formats.boolean, default: true },
+        idle: { doc: 'TCP_KEEPIDLE', format: formats['keepalive-seconds'], default: '60s' as string | number },
+        interval: { doc: 'TCP_KEEPINTVL', format: formats['keepalive-seconds'], default: '10s' as string | number },
+        count: { doc: 'TCP_KEEPCNT', format: formats['keepalive-count'], default: 6 },
+        userTimeout: { doc: 'TCP_USER_TIMEOUT; null leaves the kernel default', format: formats['user-timeout'], default: null as string | number | null, nullable: true }
+      }
+    },
+    routes: { doc: 'the routes', format: formats['route-list'], default: [] as unknown[] }
+  }, { env, args: [] })
+}
+
+export type ConfigSchema = ReturnType<typeof createSchema>

@@ -1,0 +1,46 @@
+/** Base class of every error kaproxy throws on purpose; `code` is stable and documented. */
+export class KaproxyError extends Error {
+  readonly code: string
+  constructor (code: string, message: string, options?: ErrorOptions) {
+    super(message, options)
+    this.name = new.target.name
+    this.code = code
+  }
+}
+
+/** One invalid field of a configuration: `path` like `routes[1].keepalive.upstream.count`. */
+export interface ConfigIssue {
+  path: string
+  message: string
+}
+
+/** The configuration was rejected; every problem found is listed in `issues`. */
+export class ConfigError extends KaproxyError {
+  readonly issues: readonly ConfigIssue[]
+  constructor (issues: readonly ConfigIssue[], source?: string) {
+    const lines = issues.map((i) => i.path === '' ? i.message : `${i.path}: ${i.message}`)
+    super('KAPROXY_ERR_CONFIG', `invalid configuration${source === undefined ? '' : ` in ${source}`}:\n  ${lines.join('\n  ')}`)
+    this.issues = issues
+  }
+}
+
+/** A setsockopt/getsockopt call failed; `errno` is the OS error name (`EINVAL`, `EBADF`, ...). */
+export class SockoptError extends KaproxyError {
+  readonly errno: string
+  readonly option: string
+  readonly value: number | undefined
+  constructor (op: 'setsockopt' | 'getsockopt', errno: string, option: string, value?: number) {
+    super('KAPROXY_ERR_SOCKOPT',
+      `${op}(${option}${value === undefined ? '' : ` = ${value}`}) failed: ${errno}`)
+    this.errno = errno
+    this.option = option
+    this.value = value
+  }
+}
+
+/** The socket has no OS descriptor (not connected yet, already closed, or not a TCP socket). */
+export class NoDescriptorError extends KaproxyError {
+  constructor (what: string) {
+    super('KAPROXY_ERR_NO_FD', `${what} has no file descriptor (not connected, or already closed)`)
+  }
+}

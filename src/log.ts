@@ -1,0 +1,60 @@
+import pino, { type DestinationStream, type Logger } from 'pino'
+import { formatHostPort } from './config/formats.js'
+import type { LogLevel, RouteConfig, Side } from './config/types.js'
+import type { KeepaliveSettings } from './keepalive.js'
+import type { CloseSummary, ConnectionRecord, EngineObserver } from './relay/engine.js'
+
+/** The process logger: pino JSON lines on stdout (or `destination`, e.g. a test sink). */
+export function createLogger (level: LogLevel, destination?: DestinationStream): Logger {
+  const options = { level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime }
+  return destination === undefined ? pino(options) : pino(options, destination)
+}
+
+/** A side's keepalive in log form: the values kaproxy applies with setsockopt. */
+export function keepaliveFields (settings: KeepaliveSettings): Record<string, unknown> {
+  if (!settings.enabled) return { enabled: false, ...(settings.userTimeoutMs === undefined ? {} : { userTimeoutMs: settings.userTimeoutMs }) }
+  return { enabled: true, idleSec: settings.idleSec, intervalSec: settings.intervalSec, count: settings.count, ...(settings.userTimeoutMs === undefined ? {} : { userTimeoutMs: settings.userTimeoutMs }) }
+}
+
+function connectionFields (connection: ConnectionRecord): Record<string, unknown> {
+  return { route: connection.route.name, conn: connection.id, client: connection.client, upstream: connection.upstream }
+}
+
+/**
+ * Engine events as log lines: `listening`, `open`, and one `close` summary per connection with bytes
+ * each way, duration and the reason. Never one line per chunk.
+ */
+export function loggingObserver (log: Logger): Required<EngineObserver> {
+  return {
+    onListening (route: RouteConfig, address: string) {
+      log.info({ event: 'listening', route: route.name, address, upstream: formatHostPort(route.upstream) }, `route ${route.name} listening on ${address}`)
+    },
+    onOpen (connection: ConnectionRecord) {
+      log.info({ event: 'open', ...connectionFields(connection) }, 'connection open')
+    },
+    onClose (connection: ConnectionRecord, summary: CloseSummary) {
+      const fields: Record<string, unknown> = {
+        event: 'close',
+        ...connectionFields(connection),
+        bytesFromClient: connection.bytesFromClient,
+        bytesFromUpstream: connection.bytesFromUpstream,
+        durationMs: summary.durationMs,
+        reason: summary.reason,
+        side: summary.side
+      }
+      if (summary.error !== null) fields.err = { code: summary.error.code, message: summary.error.message }
+      log.info(fields, 'connection closed')
+    },
+    onRouteError (route: RouteConfig, err: Error) {
+      log.warn({ event: 'route-error', route: route.name, err }, `route ${route.name}: ${err.message}`)
+    }
+  }
+}
+
+/** Log each route's keepalive per side as it will be applied. */
+export function logRoutePlan (log: Logger, routes: readonly RouteConfig[]): void {
+  for (const route of routes) {
+    const sides: Record<Side, unknown> = { client: keepaliveFields(route.keepalive.client), upstream: keepaliveFields(route.keepalive.upstream) }
+    log.info({ event: 'route', route: route.name, listen: formatHostPort(route.listen), upstream: formatHostPort(route.upstream), connectTimeoutMs: route.connectTimeoutMs, keepalive: sides }, `route ${route.name} keepalive`)
+  }
+}

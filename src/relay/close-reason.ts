@@ -1,0 +1,40 @@
+import type { Side } from '../config/types.js'
+
+/**
+ * Why a connection ended. The first cause wins, except that an error replaces an orderly close
+ * seen earlier on the other side (a reset after a FIN is the more useful fact).
+ */
+export type CloseReason =
+  | 'client-closed' | 'upstream-closed' // orderly FIN, named after the side that sent it first
+  | 'client-reset' | 'upstream-reset' // ECONNRESET / EPIPE
+  | 'keepalive-timeout' // ETIMEDOUT: keepalive probes or TCP_USER_TIMEOUT gave up on a silent peer
+  | 'upstream-refused' | 'upstream-unreachable' | 'connect-timeout' // dialing the upstream failed
+  | 'client-error' | 'upstream-error' // any other socket error
+  | 'sockopt-failed' // setsockopt refused a keepalive value on this connection
+  | 'shutdown' // kaproxy is stopping
+
+/** Map a socket error on one side to a close reason. */
+export function reasonForError (side: Side, err: NodeJS.ErrnoException, connected: boolean): CloseReason {
+  switch (err.code) {
+    case 'ECONNRESET':
+    case 'EPIPE':
+      return side === 'client' ? 'client-reset' : 'upstream-reset'
+    case 'ETIMEDOUT':
+      return connected ? 'keepalive-timeout' : 'connect-timeout'
+    case 'ECONNREFUSED':
+      return side === 'upstream' ? 'upstream-refused' : 'client-error'
+    case 'EHOSTUNREACH':
+    case 'ENETUNREACH':
+    case 'ENOTFOUND':
+    case 'EAI_AGAIN':
+      return side === 'upstream' ? 'upstream-unreachable' : 'client-error'
+    default:
+      return side === 'client' ? 'client-error' : 'upstream-error'
+  }
+}
+
+/** Reasons after which the surviving peer gets a reset instead of a FIN, so it cannot mistake a cut stream for a complete one. */
+export function isAbortive (reason: CloseReason): boolean {
+  return reason === 'client-reset' || reason === 'upstream-reset' || reason === 'keepalive-timeout' ||
+    reason === 'client-error' || reason === 'upstream-error'
+}

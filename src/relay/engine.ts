@@ -1,0 +1,51 @@
+import type { Socket } from 'node:net'
+import type { RouteConfig, Side } from '../config/types.js'
+import type { CloseReason } from './close-reason.js'
+
+/** A live connection as the engine exposes it to logs, metrics and the admin API. */
+export interface ConnectionRecord {
+  /** Process-wide, increasing. */
+  readonly id: number
+  readonly route: RouteConfig
+  /** `ip:port` of the client as accepted. */
+  readonly client: string
+  /** `ip:port` the upstream socket is connected to, or the configured target before that. */
+  readonly upstream: string
+  /** Date.now() at accept. */
+  readonly openedAt: number
+  readonly bytesFromClient: number
+  readonly bytesFromUpstream: number
+  /** The sockets, for read-back of keepalive and TCP_INFO; upstream is null until connected. */
+  socket (side: Side): Socket | null
+}
+
+/** How a connection ended. */
+export interface CloseSummary {
+  reason: CloseReason
+  /** The side whose socket caused the close; null for `shutdown`. */
+  side: Side | null
+  durationMs: number
+  /** The socket error behind the reason, if any. */
+  error: NodeJS.ErrnoException | null
+}
+
+/** Receives connection events; implementations must not throw. */
+export interface EngineObserver {
+  /** The upstream accepted: bytes are about to flow. */
+  onOpen?: (connection: ConnectionRecord) => void
+  onClose?: (connection: ConnectionRecord, summary: CloseSummary) => void
+  /** A route is accepting on `address` (the bound port when 0 was configured). */
+  onListening?: (route: RouteConfig, address: string) => void
+  /** A run-time problem that closed no connection (e.g. accept failed with EMFILE). */
+  onRouteError?: (route: RouteConfig, err: Error) => void
+}
+
+/** The relay engine behind config, admin, logs and metrics. */
+export interface Engine {
+  /** Start every route; resolves once all listen, rejects (with nothing left listening) otherwise. */
+  start: (routes: readonly RouteConfig[]) => Promise<void>
+  /** Live connections, optionally of one route. */
+  connections: (route?: string) => Iterable<ConnectionRecord>
+  /** Stop accepting and close every connection with reason `shutdown`. Idempotent. */
+  close: () => Promise<void>
+}

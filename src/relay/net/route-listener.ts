@@ -1,0 +1,73 @@
+import net from 'node:net'
+import { formatHostPort } from '../../config/formats.js'
+import type { RouteConfig } from '../../config/types.js'
+import { KaproxyError } from '../../errors.js'
+import type { CloseSummary, EngineObserver } from '../engine.js'
+import { Connection, type ConnectionOwner } from './connection.js'
+
+let nextConnectionId = 1
+
+/** One route's listening socket and the connections it accepted; it owns and closes both. */
+export class RouteListener implements ConnectionOwner {
+  readonly route: RouteConfig
+  readonly connections = new Set<Connection>()
+  private readonly server: net.Server
+  private readonly observer: EngineObserver
+  private closing: Promise<void> | null = null
+  private idle: (() => void) | null = null
+
+  constructor (route: RouteConfig, observer: EngineObserver) {
+    this.route = route
+    this.observer = observer
+    // allowHalfOpen: a client's FIN must not end our write side; pauseOnConnect: read nothing
+    // from the client until its upstream is connected.
+    this.server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true })
+    this.server.on('connection', (socket) => {
+      const connection = new Connection(nextConnectionId++, this.route, socket, this)
+      this.connections.add(connection)
+      connection.start()
+    })
+    // Accept errors (EMFILE, ENFILE) surface here; they must not crash the process.
+    this.server.on('error', (err) => { this.observer.onRouteError?.(this.route, err) })
+  }
+
+  /** Resolves with the bound address once listening. */
+  async listen (): Promise<string> {
+    const { host, port } = this.route.listen
+    await new Promise<void>((resolve, reject) => {
+      const onError = (err: NodeJS.ErrnoException): void => {
+        reject(new KaproxyError('KAPROXY_ERR_LISTEN', `route ${this.route.name}: cannot listen on ${formatHostPort(this.route.listen)}: ${err.code ?? err.message}`, { cause: err }))
+      }
+      this.server.once('error', onError)
+      this.server.listen({ host, port }, () => {
+        this.server.off('error', onError)
+        resolve()
+      })
+    })
+    const bound = this.server.address()
+    const address = bound !== null && typeof bound === 'object' ? formatHostPort({ host: bound.address, port: bound.port }) : String(bound)
+    this.observer.onListening?.(this.route, address)
+    return address
+  }
+
+  opened (connection: Connection): void {
+    this.observer.onOpen?.(connection)
+  }
+
+  closed (connection: Connection, summary: CloseSummary): void {
+    this.connections.delete(connection)
+    this.observer.onClose?.(connection, summary)
+    if (this.connections.size === 0) this.idle?.()
+  }
+
+  /** Stop accepting, close live connections with reason `shutdown`; resolves when all are closed. Idempotent. */
+  async close (): Promise<void> {
+    this.closing ??= new Promise<void>((resolve) => {
+      this.server.close()
+      if (this.connections.size === 0) { resolve(); return }
+      this.idle = resolve
+      for (const connection of this.connections) connection.destroy('shutdown')
+    })
+    return await this.closing
+  }
+}

@@ -1,0 +1,82 @@
+import koffi from 'koffi'
+import { constants as osConstants } from 'node:os'
+import { KaproxyError, SockoptError } from '../errors.js'
+import { LIBC_PATH, SOCKOPT_CONSTANTS, isSupportedPlatform, type SockoptConstants } from './constants.js'
+
+// The only place that loads libc. Every export is typed; koffi's untyped functions stay in here.
+
+type RawSetsockopt = (fd: number, level: number, name: number, value: Int32Array, length: number) => number
+type RawGetsockoptInt = (fd: number, level: number, name: number, value: [number], length: [number]) => number
+type RawGetsockoptBuffer = (fd: number, level: number, name: number, value: Buffer, length: [number]) => number
+
+interface Libc {
+  constants: Readonly<SockoptConstants>
+  setsockopt: RawSetsockopt
+  getsockoptInt: RawGetsockoptInt
+  getsockoptBuffer: RawGetsockoptBuffer
+}
+
+let libc: Libc | undefined
+
+function load (): Libc {
+  if (libc !== undefined) return libc
+  const platform = process.platform
+  if (!isSupportedPlatform(platform)) {
+    throw new KaproxyError('KAPROXY_ERR_PLATFORM', `socket options are not supported on ${platform} (supported: linux, darwin, freebsd)`)
+  }
+  const lib = koffi.load(LIBC_PATH[platform])
+  libc = {
+    constants: SOCKOPT_CONSTANTS[platform],
+    setsockopt: lib.func('int setsockopt(int fd, int level, int optname, const void *optval, uint32_t optlen)') as RawSetsockopt,
+    getsockoptInt: lib.func('int getsockopt(int fd, int level, int optname, _Out_ int *optval, _Inout_ uint32_t *optlen)') as RawGetsockoptInt,
+    getsockoptBuffer: lib.func('getsockopt', 'int', ['int', 'int', 'int', 'void *', koffi.inout(koffi.pointer('uint32_t'))]) as RawGetsockoptBuffer
+  }
+  return libc
+}
+
+/** The option numbers of the running platform. Throws KAPROXY_ERR_PLATFORM elsewhere. */
+export function sockoptConstants (): Readonly<SockoptConstants> {
+  return load().constants
+}
+
+const errnoNames = new Map<number, string>(
+  Object.entries(osConstants.errno).map(([name, value]) => [value, name])
+)
+
+/** The symbolic name of an errno value (`EINVAL`), or `errno N` when unknown. */
+export function errnoName (errno: number): string {
+  return errnoNames.get(errno) ?? `errno ${errno}`
+}
+
+// Preallocated so the per-connection path allocates nothing for its five setsockopt calls.
+const intValue = new Int32Array(1)
+
+/** setsockopt(fd, level, name, &value, 4); throws SockoptError with the errno name. */
+export function setsockoptInt (fd: number, level: number, name: number, value: number, optionName: string): void {
+  const { setsockopt } = load()
+  intValue[0] = value
+  if (setsockopt(fd, level, name, intValue, 4) !== 0) {
+    throw new SockoptError('setsockopt', errnoName(koffi.errno()), optionName, value)
+  }
+}
+
+/** getsockopt(fd, level, name) for an int option; throws SockoptError with the errno name. */
+export function getsockoptInt (fd: number, level: number, name: number, optionName: string): number {
+  const { getsockoptInt: getsockopt } = load()
+  const value: [number] = [0]
+  const length: [number] = [4]
+  if (getsockopt(fd, level, name, value, length) !== 0) {
+    throw new SockoptError('getsockopt', errnoName(koffi.errno()), optionName)
+  }
+  return value[0]
+}
+
+/** getsockopt into `buffer`; returns how many bytes the kernel filled in. */
+export function getsockoptBuffer (fd: number, level: number, name: number, buffer: Buffer, optionName: string): number {
+  const { getsockoptBuffer: getsockopt } = load()
+  const length: [number] = [buffer.length]
+  if (getsockopt(fd, level, name, buffer, length) !== 0) {
+    throw new SockoptError('getsockopt', errnoName(koffi.errno()), optionName)
+  }
+  return length[0]
+}
