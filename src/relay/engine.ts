@@ -44,6 +44,8 @@ export interface EngineObserver {
 export interface Engine {
   /** Start every route; resolves once all listen, rejects (with nothing left listening) otherwise. */
   start: (routes: readonly RouteConfig[]) => Promise<void>
+  /** The bound `host:port` of a listening route, or null. */
+  address: (route: string) => string | null
   /** Live connections, optionally of one route. */
   connections: (route?: string) => Iterable<ConnectionRecord>
   /** Stop accepting and close every connection with reason `shutdown`. Idempotent. */

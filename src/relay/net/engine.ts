@@ -28,6 +28,10 @@ export class NetEngine implements Engine {
     }
   }
 
+  address (route: string): string | null {
+    return this.listeners.get(route)?.address ?? null
+  }
+
   * connections (route?: string): Iterable<ConnectionRecord> {
     for (const listener of this.listeners.values()) {
       if (route === undefined || listener.route.name === route) yield * listener.connections

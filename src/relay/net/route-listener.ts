@@ -11,6 +11,8 @@ let nextConnectionId = 1
 export class RouteListener implements ConnectionOwner {
   readonly route: RouteConfig
   readonly connections = new Set<Connection>()
+  /** The bound `host:port` once listening (the real port when 0 was configured). */
+  address: string | null = null
   private readonly server: net.Server
   private readonly observer: EngineObserver
   private closing: Promise<void> | null = null
@@ -46,6 +48,7 @@ export class RouteListener implements ConnectionOwner {
     })
     const bound = this.server.address()
     const address = bound !== null && typeof bound === 'object' ? formatHostPort({ host: bound.address, port: bound.port }) : String(bound)
+    this.address = address
     this.observer.onListening?.(this.route, address)
     return address
   }
