@@ -6,6 +6,7 @@
 //   direct    client --NAT--> echo server                                  (no kaproxy)
 //   fronting  client --NAT--> kaproxy in server ns --> echo on 127.0.0.1   (client-side keepalive matters)
 //   sidecar   client --> kaproxy in client ns --NAT--> echo server         (upstream-side keepalive matters)
+import assert from 'node:assert/strict'
 import { ADDR } from './lab.js'
 import type { ConntrackEntry, Lab } from './lab.js'
 import { Kaproxy } from './kaproxy.js'
@@ -100,6 +101,7 @@ export async function idleAcrossNat (lab: Lab, specs: readonly PathSpec[], optio
   const setups: Setup[] = []
   for (const [i, spec] of specs.entries()) setups.push(await setUp(lab, spec, i))
   const warm = await Promise.all(setups.map(async (s) => await s.client.echo('warm-up', 3_000)))
+  await Promise.all(setups.map(async (s) => { await s.server.receivedAtLeast(Buffer.byteLength('warm-up')) }))
   const bytesBefore = setups.map((s) => s.server.bytesReceived())
 
   // The idle: nothing is sent; only the conntrack table is read (which sends nothing on the flows).
@@ -170,4 +172,21 @@ export function describePath (r: IdleResult, p: PathResult): string {
   if (p.rttAfterIdleMs !== undefined) return `${head} -> survived: echo after idle in ${p.rttAfterIdleMs.toFixed(1)} ms; ${entry}`
   return `${head} -> broke: no echo within ${(r.replyWaitMs / 1000).toFixed(1)} s, server got ${p.serverBytesAfterIdle}/${p.bytesSentAfterIdle} bytes, ` +
     `${r.invalidDropsDuringSend} packets dropped as INVALID at the NAT; ${entry}`
+}
+
+/** The path survived the idle: echo came back, the conntrack entry never disappeared, kaproxy closed nothing. */
+export function assertSurvived (r: IdleResult, p: PathResult): void {
+  assert.ok(p.rttAfterIdleMs !== undefined, `the echo after ${r.idleMs} ms idle must come back: ${p.failure ?? ''}`)
+  assert.equal(p.serverBytesAfterIdle, p.bytesSentAfterIdle, 'the server received the data sent after the idle')
+  assert.ok(p.samples > 0 && p.samplesWithEntry === p.samples, `the conntrack entry existed throughout (${p.samplesWithEntry}/${p.samples} samples)`)
+  assert.deepEqual(p.kaproxyCloses.map((c) => c.raw), [], 'kaproxy closed no connection')
+}
+
+/** The path broke: no echo, the server got nothing, the conntrack entry expired and the NAT dropped the late packets. */
+export function assertBroke (r: IdleResult, p: PathResult): void {
+  assert.ok(p.warmRttMs < 1_000, 'the connection worked before the idle')
+  assert.equal(p.rttAfterIdleMs, undefined, 'the echo after the idle must not come back')
+  assert.equal(p.serverBytesAfterIdle, 0, 'the server must not receive the data sent after the idle')
+  assert.ok(p.entryGoneAtMs !== undefined, 'the conntrack entry expired during the idle')
+  assert.ok(r.invalidDropsDuringSend > 0, 'the NAT dropped the late packets as INVALID')
 }

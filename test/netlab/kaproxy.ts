@@ -37,7 +37,7 @@ export interface CloseLog {
   bytesFromClient: number
   bytesFromUpstream: number
   durationMs: number
-  /** pino's `time`, ms since the epoch. */
+  /** pino's `time` (an ISO string or epoch ms), as ms since the epoch. */
   time: number
   raw: Record<string, unknown>
 }
@@ -100,7 +100,7 @@ function toClose (e: Record<string, unknown>): CloseLog {
     bytesFromClient: n(e.bytesFromClient),
     bytesFromUpstream: n(e.bytesFromUpstream),
     durationMs: n(e.durationMs),
-    time: n(e.time),
+    time: typeof e.time === 'string' ? Date.parse(e.time) : n(e.time),
     raw: e
   }
 }

@@ -44,6 +44,15 @@ export class EchoServer {
     return this.proc.json().filter((e) => e.ev === 'data').reduce((sum, e) => sum + num(e.bytes), 0)
   }
 
+  /** Resolve once the server has received at least `bytes` bytes in total (its log line may trail the echo). */
+  async receivedAtLeast (bytes: number, timeoutMs = 2_000): Promise<void> {
+    let total = 0
+    await this.proc.waitFor((l) => {
+      if (l.json?.ev === 'data') total += num(l.json.bytes)
+      return total >= bytes
+    }, timeoutMs, `${bytes} bytes received`)
+  }
+
   /** Resolve when connection `id` closes (bounded by `timeoutMs`). */
   async closed (id: number, timeoutMs: number): Promise<Closed> {
     const close = await this.proc.waitJson((e) => e.ev === 'close' && e.id === id, timeoutMs, `server connection ${id} close`)
