@@ -19,7 +19,7 @@ export function parseConfigText (text: string, source: string): unknown {
   const ext = extname(source).toLowerCase()
   try {
     if (ext === '.json') return JSON.parse(text) as unknown
-    if (ext === '.yaml' || ext === '.yml') return YAML.parse(text, { prettyErrors: true, uniqueKeys: true }) as unknown
+    if (ext === '.yaml' || ext === '.yml') return YAML.parse(text, { prettyErrors: true, uniqueKeys: true, logLevel: 'error' }) as unknown
   } catch (err) {
     throw new ConfigError([{ path: '', message: `cannot parse ${source}: ${(err as Error).message.split('\n')[0] ?? ''}` }])
   }
@@ -62,8 +62,11 @@ export function buildConfig (raw: unknown, options: LoadOptions = {}): KaproxyCo
   }
   const schema = createSchema(options.env ?? process.env)
   const issues: ConfigIssue[] = []
+  const rawRoutes: unknown = (raw as Record<string, unknown>).routes ?? []
+  // convict would try to coerce a non-list; report it by path instead.
+  if (!Array.isArray(rawRoutes)) issues.push({ path: 'routes', message: `must be a list of routes (got ${JSON.stringify(rawRoutes)})` })
   try {
-    schema.load(raw)
+    schema.load({ ...raw, routes: Array.isArray(rawRoutes) ? rawRoutes : [] })
     for (const [path, value] of Object.entries(options.overrides ?? {})) schema.set(path, value)
     schema.validate({ allowed: 'strict' })
   } catch (err) {
@@ -74,7 +77,6 @@ export function buildConfig (raw: unknown, options: LoadOptions = {}): KaproxyCo
   const topLevelOk = issues.length === 0
   const keepalive = resolveKeepaliveDefaults(topLevelOk ? schema.get('defaults.keepalive') as RawKeepaliveDefaults : BUILTIN_KEEPALIVE)
   const connectTimeoutMs = topLevelOk ? parseDurationMs(schema.get('defaults.connectTimeout')) ?? 5000 : 5000
-  const rawRoutes: unknown = (raw as Record<string, unknown>).routes
   const { routes, issues: routeIssues } = checkRoutes(Array.isArray(rawRoutes) ? rawRoutes : [], { keepalive, connectTimeoutMs })
   issues.push(...routeIssues)
   if (issues.length > 0) throw new ConfigError(issues)

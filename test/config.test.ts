@@ -1,0 +1,131 @@
+import assert from 'node:assert/strict'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { describe, it } from 'node:test'
+import { parseDurationMs } from '../src/config/formats.js'
+import { buildConfig, loadConfigFile } from '../src/config/load.js'
+import { ConfigError } from '../src/errors.js'
+
+function issuesOf (raw: unknown, env: NodeJS.ProcessEnv = {}): string[] {
+  try {
+    buildConfig(raw, { env })
+  } catch (err) {
+    assert.ok(err instanceof ConfigError, `a ConfigError, got ${String(err)}`)
+    assert.equal(err.code, 'KAPROXY_ERR_CONFIG')
+    return err.issues.map((i) => `${i.path}: ${i.message}`)
+  }
+  assert.fail('the config was accepted')
+}
+
+const ok = { name: 'db', listen: '127.0.0.1:15432', upstream: '10.0.0.5:5432' }
+
+describe('config', () => {
+  it('parses durations: ms, s, m, h and bare seconds', () => {
+    assert.equal(parseDurationMs('500ms'), 500)
+    assert.equal(parseDurationMs('30s'), 30_000)
+    assert.equal(parseDurationMs('5m'), 300_000)
+    assert.equal(parseDurationMs('2h'), 7_200_000)
+    assert.equal(parseDurationMs(45), 45_000)
+    assert.equal(parseDurationMs('45'), 45_000)
+    assert.equal(parseDurationMs('1.5s'), undefined)
+    assert.equal(parseDurationMs('-1s'), undefined)
+    assert.equal(parseDurationMs('10 days'), undefined)
+  })
+
+  it('merges each side over defaults.keepalive and resolves the contract example', () => {
+    const config = buildConfig({
+      log: { level: 'info' },
+      admin: { listen: '127.0.0.1:9901' },
+      defaults: { keepalive: { enabled: true, idle: '60s', interval: '10s', count: 6 } },
+      routes: [{
+        name: 'legacy-db',
+        listen: '0.0.0.0:15432',
+        upstream: '10.0.0.5:5432',
+        connectTimeout: '5s',
+        keepalive: { client: { idle: '30s', interval: '5s', count: 4, userTimeout: '50s' }, upstream: { idle: '2m', interval: '15s', count: 8 } }
+      }, { name: 'v6', listen: '[::]:7000', upstream: 'db.internal:5432', keepalive: { upstream: { enabled: false } } }]
+    }, { env: {} })
+    const [legacy, v6] = config.routes
+    assert.deepEqual(legacy?.keepalive.client, { enabled: true, idleSec: 30, intervalSec: 5, count: 4, userTimeoutMs: 50_000 })
+    assert.deepEqual(legacy?.keepalive.upstream, { enabled: true, idleSec: 120, intervalSec: 15, count: 8 })
+    assert.deepEqual(v6?.keepalive.client, { enabled: true, idleSec: 60, intervalSec: 10, count: 6 })
+    assert.equal(v6?.keepalive.upstream.enabled, false)
+    assert.deepEqual(v6?.listen, { host: '::', port: 7000 })
+    assert.deepEqual(config.admin.listen, { host: '127.0.0.1', port: 9901 })
+  })
+
+  it('reports every invalid field at once, each with its path, rule and value', () => {
+    const issues = issuesOf({
+      routes: [
+        ok,
+        { name: 'x', listen: '127.0.0.1:1', upstream: 'h:1', keepalive: { upstream: { count: 0, idle: '500ms', interval: 40000 }, client: { userTimeout: '-1' } } }
+      ]
+    })
+    assert.deepEqual(issues, [
+      'routes[1].keepalive.client.userTimeout: must be a duration 0..2147483647ms (e.g. 30s, 500ms) (got "-1")',
+      'routes[1].keepalive.upstream.idle: must be whole seconds 1..32767 (e.g. 30s, 2m) (got "500ms")',
+      'routes[1].keepalive.upstream.interval: must be whole seconds 1..32767 (e.g. 30s, 2m) (got 40000)',
+      'routes[1].keepalive.upstream.count: must be an integer 1..127 (got 0)'
+    ])
+  })
+
+  it('rejects duplicate names and colliding listen addresses', () => {
+    assert.deepEqual(issuesOf({ routes: [ok, { ...ok, listen: '0.0.0.0:15432' }] }), [
+      'routes[1].name: must be unique (routes[0] has the same name) (got "db")',
+      'routes[1].listen: must not collide with routes[0].listen 127.0.0.1:15432 (got "0.0.0.0:15432")'
+    ])
+  })
+
+  it('rejects unknown keys at every level', () => {
+    assert.deepEqual(issuesOf({ listen: 1, defaults: { keepalive: { idel: 3 } }, routes: [{ ...ok, upstreams: [], keepalive: { server: {}, client: { intervall: 1 } } }] }), [
+      'listen: unknown key',
+      'defaults.keepalive.idel: unknown key',
+      'routes[0].upstreams: unknown key (allowed: name, listen, upstream, connectTimeout, keepalive)',
+      'routes[0].keepalive.server: unknown key (allowed: client, upstream)',
+      'routes[0].keepalive.client.intervall: unknown key (allowed: enabled, idle, interval, count, userTimeout)'
+    ])
+  })
+
+  it('checks names, addresses and top-level values', () => {
+    assert.deepEqual(issuesOf({ log: { level: 'loud' }, admin: { listen: 'nowhere' }, routes: [{ name: 'Bad Name', listen: '::1:80', upstream: 'db:0', connectTimeout: '0s' }] }), [
+      'log.level: must be one of fatal, error, warn, info, debug, trace, silent (got "loud")',
+      'admin.listen: must be host:port or [ipv6]:port with port 0..65535, or "" to disable (got "nowhere")',
+      'routes[0].name: must be 1..63 characters of a-z, 0-9 and - (got "Bad Name")',
+      'routes[0].listen: must put an IPv6 address in brackets: [::1]:port (got "::1:80")',
+      'routes[0].upstream: must be host:port or [ipv6]:port with port 1..65535 (got "db:0")',
+      'routes[0].connectTimeout: must be a duration 1ms..1h (e.g. 5s) (got "0s")'
+    ])
+    assert.deepEqual(issuesOf({ routes: 'all' }), ['routes: must be a list of routes (got "all")'])
+    assert.deepEqual(issuesOf([]), [': the configuration must be an object with routes (got a list)'])
+  })
+
+  it('takes KAPROXY_* environment overrides, validated like the file', () => {
+    const config = buildConfig({ routes: [ok] }, { env: { KAPROXY_LOG_LEVEL: 'debug', KAPROXY_ADMIN_LISTEN: '' } })
+    assert.equal(config.log.level, 'debug')
+    assert.equal(config.admin.listen, null)
+    assert.deepEqual(issuesOf({ routes: [ok] }, { KAPROXY_LOG_LEVEL: 'chatty' }), ['log.level: must be one of fatal, error, warn, info, debug, trace, silent (got "chatty")'])
+  })
+
+  it('reads YAML and JSON files, and names the file and the parse error otherwise', (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'kaproxy-config-'))
+    t.after(() => { rmSync(dir, { recursive: true, force: true }) })
+    const yaml = join(dir, 'k.yaml')
+    writeFileSync(yaml, 'routes:\n  - name: a\n    listen: 127.0.0.1:1\n    upstream: 127.0.0.1:2\n')
+    assert.equal(loadConfigFile(yaml).routes[0]?.name, 'a')
+    const json = join(dir, 'k.json')
+    writeFileSync(json, JSON.stringify({ routes: [ok] }))
+    assert.equal(loadConfigFile(json).routes[0]?.name, 'db')
+    const broken = join(dir, 'broken.yaml')
+    writeFileSync(broken, 'routes:\n  - name: a\n   listen: [\n')
+    assert.throws(() => loadConfigFile(broken), (err: Error) => err instanceof ConfigError && err.message.includes(`cannot parse ${broken}`))
+    const duplicate = join(dir, 'dup.yaml')
+    writeFileSync(duplicate, 'log: {level: info}\nlog: {level: debug}\nroutes: []\n')
+    assert.throws(() => loadConfigFile(duplicate), (err: Error) => err instanceof ConfigError && /Map keys must be unique/.test(err.message))
+    assert.throws(() => loadConfigFile(join(dir, 'missing.yaml')), (err: Error) => err instanceof ConfigError && /ENOENT/.test(err.message))
+    // YAML is data only: a tag that would construct code is not honoured.
+    const tagged = join(dir, 'tag.yaml')
+    writeFileSync(tagged, 'routes: !!js/function "function () { return [] }"\n')
+    assert.throws(() => loadConfigFile(tagged), ConfigError)
+  })
+})
