@@ -15,6 +15,8 @@ export interface ConnectionRecord {
   readonly openedAt: number
   readonly bytesFromClient: number
   readonly bytesFromUpstream: number
+  /** Milliseconds the upstream took to accept; null until connected. */
+  readonly connectMs: number | null
   /** The sockets, for read-back of keepalive and TCP_INFO; upstream is null until connected. */
   socket (side: Side): Socket | null
 }

@@ -34,6 +34,7 @@ export class Connection implements ConnectionRecord {
   readonly openedAt = Date.now()
   bytesFromClient = 0
   bytesFromUpstream = 0
+  connectMs: number | null = null
 
   private readonly owner: ConnectionOwner
   private readonly clientSocket: RelaySocket
@@ -96,6 +97,7 @@ export class Connection implements ConnectionRecord {
     if (upstream === null) return
     upstream.setTimeout(0)
     this.connected = true
+    this.connectMs = Date.now() - this.openedAt
     this.upstream = addressOf(upstream.remoteAddress, upstream.remotePort)
     // Node's setKeepAlive() is never called: libuv would force interval 1 s and count 10.
     if (!this.applySideKeepalive('upstream')) return
