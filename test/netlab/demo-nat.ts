@@ -27,7 +27,7 @@ function entryWords (p: PathResult): string {
 async function main (): Promise<number> {
   const gate = await labGate({ needKaproxy: true })
   if (gate.skip !== false) {
-    console.log(`demo:nat cannot run: ${gate.skip.replace(/^skipped: /, '')}`)
+    console.log(`demo:nat cannot run: ${gate.skip}`)
     return 1
   }
   console.log(`kaproxy NAT demo: two connections cross the same NAT, which forgets a TCP flow after ${CONNTRACK_SEC} s of silence`)
