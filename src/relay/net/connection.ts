@@ -194,8 +194,8 @@ export class Connection implements ConnectionRecord {
     this.openSockets--
     socket.destroy()
     member.active--
-    this.owner.pool.connectFailed(member, error?.code ?? reason)
     this.owner.dialFailed(this, member.target, reason, error)
+    this.owner.pool.connectFailed(member, error?.code ?? reason)
     this.lastFailure = { reason, error }
     if ((this.tried?.size ?? 0) <= this.route.retries) this.dial()
     else this.giveUp()
