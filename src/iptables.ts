@@ -193,11 +193,13 @@ function xtablesLines (tool: 'iptables' | 'ip6tables', chain: string, port: numb
 }
 
 function nftRuleset (table: string, port: number, families: ReadonlyArray<4 | 6>, options: CaptureOptions, mark: number | null, cidrs: ReadonlyArray<{ cidr: string, family: 4 | 6 }>): string {
-  const rules = ['meta l4proto != tcp return', 'oifname "lo" return']
+  const rules = ['oifname "lo" return']
   if (!families.includes(4)) rules.push('meta nfproto ipv4 return')
   if (!families.includes(6)) rules.push('meta nfproto ipv6 return')
   for (const { cidr, family } of cidrs) rules.push(`${family === 4 ? 'ip' : 'ip6'} daddr ${cidr} return`)
+  // `redirect to :port` needs the transport protocol matched in the same rule.
   const matches = [
+    'meta l4proto tcp',
     ...(options.uid === null ? [] : [`meta skuid != ${options.uid}`]),
     ...(mark === null ? [] : [`meta mark != ${hex(mark)}`]),
     ...(options.ports.length === 0 ? [] : [`tcp dport { ${options.ports.map((p) => portText(p, '-')).join(', ')} }`])

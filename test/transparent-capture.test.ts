@@ -69,8 +69,9 @@ describe('transparent sidecar: capture by uid, IPv4 and IPv6', { skip: gate.skip
     const appPid = app.proc.pid
     const readings: string[] = []
     for (const server of servers) {
-      assert.equal(server.accepts().length, 2, `server ${server.port} accepted one IPv4 and one IPv6 connection`)
-      for (const accepted of server.accepts()) {
+      const accepts = await server.acceptedAtLeast(2)
+      assert.equal(accepts.length, 2, `server ${server.port} accepted one IPv4 and one IPv6 connection`)
+      for (const accepted of accepts) {
         const v6 = splitAddress(accepted.remote).host.includes(':')
         const dest = target(v6 ? ADDR6.server : ADDR.server, server.port)
         const socket = await traceToClientSocket(lab, accepted.remote, dest)

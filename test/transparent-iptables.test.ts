@@ -4,10 +4,15 @@ import assert from 'node:assert/strict'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { describe, it } from 'node:test'
+import { before, describe, it } from 'node:test'
 import { KaproxyError } from '../src/errors.js'
 import { chainName, iptablesCommand, parseCidr, parsePorts } from '../src/iptables.js'
 import { spawnCli } from './helpers/proxy.js'
+import { labGate } from './netlab/gate.js'
+import { itLeavesNothingBehind, newLab } from './netlab/suite.js'
+import { TRANSPARENT_TOOLS, installRules } from './netlab/transparent.js'
+
+const gate = await labGate({ needKaproxy: false, tools: TRANSPARENT_TOOLS })
 
 const CONFIG = `routes:
   - name: outbound
@@ -80,11 +85,10 @@ nft -f - <<'EOF'
 table inet kaproxy_outbound {
 \tchain output {
 \t\ttype nat hook output priority -100; policy accept;
-\t\tmeta l4proto != tcp return
 \t\toifname "lo" return
 \t\tip daddr 10.96.0.0/12 return
 \t\tip6 daddr fd00::/8 return
-\t\tmeta skuid != 1337 meta mark != 0x539 tcp dport { 5432, 6379, 8000-8100 } redirect to :15001
+\t\tmeta l4proto tcp meta skuid != 1337 meta mark != 0x539 tcp dport { 5432, 6379, 8000-8100 } redirect to :15001
 \t}
 }
 EOF
@@ -97,7 +101,7 @@ EOF
     assert.match(v4, /^iptables -t nat -A KAPROXY_V4 -p tcp -m owner ! --uid-owner 1337 -j REDIRECT --to-ports 15002$/m)
     assert.doesNotMatch(v4, /ip6tables/)
     assert.match(v4, /^\t\tmeta nfproto ipv6 return$/m, 'the nft table lets IPv6 through')
-    assert.match(v4, /^\t\tmeta skuid != 1337 redirect to :15002$/m)
+    assert.match(v4, /^\t\tmeta l4proto tcp meta skuid != 1337 redirect to :15002$/m)
     assert.match(v4, /all outbound TCP \(IPv4\)/)
     const any4 = iptablesCommand(['--config', file, '--route', 'any4', '--uid', '0', '--format', 'iptables'], {})
     assert.match(any4, /--uid-owner 0 -j REDIRECT --to-ports 15004$/m)
@@ -111,7 +115,7 @@ EOF
     const file = configFile(t)
     const nft = iptablesCommand(['--config', file, '--route', 'outbound', '--format', 'nft'], {})
     assert.doesNotMatch(nft, /iptables -t/)
-    assert.match(nft, /^\t\tmeta mark != 0x539 redirect to :15001$/m)
+    assert.match(nft, /^\t\tmeta l4proto tcp meta mark != 0x539 redirect to :15001$/m)
     assert.match(nft, /not captured: loopback \(-o lo\), mark 0x539 \(the route's socketMark\)$/m)
     const marked = iptablesCommand(['--config', file, '--route', 'outbound', '--mark', '1337', '--format', 'iptables'], {})
     assert.match(marked, /^iptables -t nat -A KAPROXY_OUTBOUND -p tcp -m mark ! --mark 0x539 -j REDIRECT --to-ports 15001$/m)
@@ -186,4 +190,40 @@ EOF
       assert.match(bad.stderr(), pattern)
     }
   })
+})
+
+describe('kaproxy iptables: every printed variant installs', { skip: gate.skip }, () => {
+  before(() => { gate.check() })
+
+  it('iptables, ip6tables and nft accept the rules as printed (in a lab namespace)', { timeout: 30_000 }, async (t) => {
+    const file = configFile(t)
+    const lab = await newLab(t)
+    const variants: string[][] = [
+      ['--route', 'outbound', '--uid', '1337', '--ports', '5432,6379,8000-8100', '--exclude-cidr', '10.96.0.0/12', '--exclude-cidr', 'fd00::/8'],
+      ['--route', 'outbound'],
+      ['--route', 'v4', '--uid', '0', '--ports', Array.from({ length: 20 }, (_, i) => String(9000 + i)).join(',')],
+      ['--route', 'v6', '--uid', '1337', '--ports', '443', '--exclude-cidr', '2001:db8::/32'],
+      ['--route', 'any4', '--uid', '1337', '--exclude-cidr', '192.168.0.0/16'],
+      ['--route', 'a-very-long-route-name-for-a-chain', '--uid', '1337']
+    ]
+    for (const args of variants) {
+      const xtables = iptablesCommand(['--config', file, ...args, '--format', 'iptables'], {})
+      await installRules(lab, xtables)
+      const { stdout: v4 } = await lab.exec('client', 'iptables', ['-t', 'nat', '-S'])
+      const { stdout: v6 } = await lab.exec('client', 'ip6tables', ['-t', 'nat', '-S'])
+      for (const [tool, installed] of [['iptables', v4], ['ip6tables', v6]] as const) {
+        const printed = xtables.split('\n').filter((l) => l.startsWith(`${tool} -t nat -A `)).length
+        assert.equal(installed.split('\n').filter((l) => l.startsWith('-A ')).length, printed, `${args.join(' ')}: all ${printed} ${tool} rules installed\n${installed}`)
+      }
+      for (const tool of ['iptables', 'ip6tables']) {
+        await lab.exec('client', tool, ['-t', 'nat', '-F'])
+        await lab.exec('client', tool, ['-t', 'nat', '-X'])
+      }
+      const nft = iptablesCommand(['--config', file, ...args, '--format', 'nft'], {})
+      await installRules(lab, nft)
+      await lab.exec('client', 'nft', ['flush', 'ruleset'])
+    }
+  })
+
+  itLeavesNothingBehind()
 })

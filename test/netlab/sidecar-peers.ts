@@ -56,6 +56,13 @@ export class HashServer {
     return { id, bytes: num(e.bytes), sha256: String(e.sha256) }
   }
 
+  /** Resolve with the accepts once `count` connections have been accepted in total (bounded): its log trails kaproxy's. */
+  async acceptedAtLeast (count: number, timeoutMs = 5_000): Promise<Accepted[]> {
+    let seen = 0
+    await this.proc.waitFor((l) => { if (l.json?.ev === 'accept') seen++; return seen >= count }, timeoutMs, `${count} accepts on ${this.port}`)
+    return this.accepts()
+  }
+
   /** Resolve once `count` connections have closed in total (bounded). */
   async closedAtLeast (count: number, timeoutMs: number): Promise<void> {
     let seen = 0
