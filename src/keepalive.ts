@@ -1,6 +1,6 @@
 import type { Socket } from 'node:net'
 import { KaproxyError, NoDescriptorError } from './errors.js'
-import { getsockoptInt, setsockoptInt, sockoptConstants } from './sockopt/libc.js'
+import { errnoName, getsockoptInt, setsockoptInt, sockoptConstants } from './sockopt/libc.js'
 
 /** One side's keepalive, as kaproxy applies it to a socket. */
 export interface KeepaliveSettings {
@@ -137,4 +137,19 @@ export function detectionSeconds (settings: KeepaliveSettings): number | null {
   if (userTimeoutMs === undefined || userTimeoutMs === 0) return idleSec + intervalSec * count
   const probes = Math.max(1, Math.ceil((userTimeoutMs / 1000 - idleSec) / intervalSec))
   return idleSec + intervalSec * probes
+}
+
+/**
+ * The socket's pending error as an errno-style error, or null. libuv reports a reset that arrives
+ * while unread data is queued as a plain EOF (POLLHUP after a partial read); the kernel still holds
+ * ECONNRESET in SO_ERROR, so an EOF can be told apart from a reset with one getsockopt.
+ */
+export function pendingSocketError (socket: Socket): NodeJS.ErrnoException | null {
+  let fd: number
+  try { fd = socketFd(socket) } catch { return null }
+  const c = sockoptConstants()
+  const errno = getsockoptInt(fd, c.SOL_SOCKET, c.SO_ERROR, 'SO_ERROR')
+  if (errno === 0) return null
+  const code = errnoName(errno)
+  return Object.assign(new Error(`read ${code}`), { code, errno: -errno, syscall: 'read' })
 }

@@ -5,6 +5,8 @@
 export interface SockoptConstants {
   SOL_SOCKET: number
   SO_KEEPALIVE: number
+  /** SO_ERROR: the socket's pending error, cleared by reading it. */
+  SO_ERROR: number
   IPPROTO_TCP: number
   /** Seconds of idle before the first probe (TCP_KEEPALIVE on macOS). */
   TCP_KEEPIDLE: number | undefined
@@ -24,11 +26,11 @@ export type SupportedPlatform = 'linux' | 'darwin' | 'freebsd'
 
 export const SOCKOPT_CONSTANTS: Readonly<Record<SupportedPlatform, Readonly<SockoptConstants>>> = {
   // <linux/tcp.h>, <asm-generic/socket.h>
-  linux: { SOL_SOCKET: 1, SO_KEEPALIVE: 9, IPPROTO_TCP: 6, TCP_KEEPIDLE: 4, TCP_KEEPINTVL: 5, TCP_KEEPCNT: 6, TCP_USER_TIMEOUT: 18, TCP_INFO: 11, SO_MARK: 36 },
+  linux: { SOL_SOCKET: 1, SO_KEEPALIVE: 9, SO_ERROR: 4, IPPROTO_TCP: 6, TCP_KEEPIDLE: 4, TCP_KEEPINTVL: 5, TCP_KEEPCNT: 6, TCP_USER_TIMEOUT: 18, TCP_INFO: 11, SO_MARK: 36 },
   // <netinet/tcp.h> on macOS: TCP_KEEPALIVE (0x10) is the idle time; there is no TCP_USER_TIMEOUT.
-  darwin: { SOL_SOCKET: 0xffff, SO_KEEPALIVE: 0x8, IPPROTO_TCP: 6, TCP_KEEPIDLE: 0x10, TCP_KEEPINTVL: 0x101, TCP_KEEPCNT: 0x102, TCP_USER_TIMEOUT: undefined, TCP_INFO: undefined, SO_MARK: undefined },
+  darwin: { SOL_SOCKET: 0xffff, SO_KEEPALIVE: 0x8, SO_ERROR: 0x1007, IPPROTO_TCP: 6, TCP_KEEPIDLE: 0x10, TCP_KEEPINTVL: 0x101, TCP_KEEPCNT: 0x102, TCP_USER_TIMEOUT: undefined, TCP_INFO: undefined, SO_MARK: undefined },
   // <netinet/tcp.h> on FreeBSD.
-  freebsd: { SOL_SOCKET: 0xffff, SO_KEEPALIVE: 0x8, IPPROTO_TCP: 6, TCP_KEEPIDLE: 256, TCP_KEEPINTVL: 512, TCP_KEEPCNT: 1024, TCP_USER_TIMEOUT: undefined, TCP_INFO: undefined, SO_MARK: undefined }
+  freebsd: { SOL_SOCKET: 0xffff, SO_KEEPALIVE: 0x8, SO_ERROR: 0x1007, IPPROTO_TCP: 6, TCP_KEEPIDLE: 256, TCP_KEEPINTVL: 512, TCP_KEEPCNT: 1024, TCP_USER_TIMEOUT: undefined, TCP_INFO: undefined, SO_MARK: undefined }
 }
 
 /** libc's file name per platform, for koffi.load(). */

@@ -50,6 +50,10 @@ export async function integrityRun (connections: number, maxBytes: number, seed:
     assert.deepEqual(unexpected, [], 'every connection closed in order')
     const seconds = Number(process.hrtime.bigint() - started) / 1e9
     return { bytes, mismatches, seconds }
+  } catch (err) {
+    const odd = proxy.stdout.lines.filter((line) => (line.event === 'close' && line.reason !== 'client-closed' && line.reason !== 'upstream-closed') || (typeof line.level === 'number' && line.level >= 40))
+    console.log(`integrity run failed: ${String(err)}; ${proxy.stdout.find({ event: 'close' }).length} closes logged; unusual lines:\n${odd.slice(0, 10).map((line) => JSON.stringify(line)).join('\n')}`)
+    throw err
   } finally {
     await proxy.kill()
     await upstream.close()

@@ -1,6 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto'
 import { once } from 'node:events'
 import net from 'node:net'
+import { pendingSocketError } from '../../src/keepalive.js'
 
 /** A TCP server on 127.0.0.1:0 that tracks its sockets; `close()` destroys them all. */
 export interface TestServer {
@@ -27,7 +28,7 @@ export async function startServer (onSocket: (socket: net.Socket) => void, host 
   })
   // A host starting with / is a unix socket path.
   if (host.startsWith('/')) server.listen(host)
-  else server.listen(0, host)
+  else server.listen({ port: 0, host, backlog: 4096 })
   await once(server, 'listening')
   const port = host.startsWith('/') ? 0 : (server.address() as net.AddressInfo).port
   return {
@@ -90,10 +91,14 @@ export async function sendRandom (socket: net.Socket, total: number, chunkSize =
   return hash.digest('hex')
 }
 
-/** Resolves when the socket closes, with the error that closed it, if any. */
+/**
+ * Resolves when the socket closes, with the error that closed it, if any. A reset that libuv
+ * reported as EOF (it does when unread data was queued) is found in the kernel's SO_ERROR.
+ */
 export async function closed (socket: net.Socket): Promise<NodeJS.ErrnoException | null> {
   let error: NodeJS.ErrnoException | null = null
   socket.on('error', (err) => { error = err })
+  socket.on('end', () => { error ??= pendingSocketError(socket) })
   if (!socket.closed) await new Promise((resolve) => socket.once('close', resolve))
   return error
 }

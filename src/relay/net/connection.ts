@@ -2,7 +2,7 @@ import net, { type Socket } from 'node:net'
 import { formatHostPort } from '../../config/formats.js'
 import type { RouteConfig, Side } from '../../config/types.js'
 import { NoDescriptorError } from '../../errors.js'
-import { applyKeepalive, type KeepaliveSettings } from '../../keepalive.js'
+import { applyKeepalive, pendingSocketError, type KeepaliveSettings } from '../../keepalive.js'
 import { markedSocket } from '../../sockopt/mark.js'
 import { originalDestination } from '../../sockopt/original-dst.js'
 import type { UpstreamMember, UpstreamPool } from '../../upstream/pool.js'
@@ -321,9 +321,10 @@ export class Connection implements ConnectionRecord {
     const abortive = isAbortive(reason)
     for (const socket of [this.clientSocket, this.upstreamSocket]) {
       if (socket === null || socket.destroyed) continue
-      // A reset tells the surviving peer the stream was cut, not complete; resetAndDestroy
-      // waits for a pending connect, so an unconnected upstream is simply destroyed.
-      if (abortive && !socket.connecting) socket.resetAndDestroy()
+      // A reset tells the surviving peer the stream was cut, not complete. resetAndDestroy waits
+      // for a pending connect, and after end() libuv refuses it (EINVAL) and Node then never
+      // closes the handle: such sockets are simply destroyed.
+      if (abortive && !socket.connecting && !socket.writableEnded) socket.resetAndDestroy()
       else socket.destroy()
     }
   }
@@ -368,9 +369,15 @@ function onEnd (this: RelaySocket): void {
   const connection = this[CONNECTION]
   if (!connection.owns(this)) return
   const side = connection.sideOf(this)
-  connection.countFin(side)
   const phase = connection.currentPhase()
   if (phase === 'closing') return
+  // An EOF may really be a reset that libuv reported as EOF: the kernel still knows.
+  const reset = pendingSocketError(this)
+  if (reset !== null) {
+    connection.finish(reasonForError(side, reset, connection.isConnected()), side, reset)
+    return
+  }
+  connection.countFin(side)
   // The client's FIN after a PROXY header, while dialing: passed on once connected.
   if (phase === 'dialing' && side === 'client') return
   if (phase === 'header') {

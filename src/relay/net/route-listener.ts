@@ -12,6 +12,12 @@ import { Connection, type ConnectionOwner } from './connection.js'
 
 let nextConnectionId = 1
 
+/**
+ * Accept queue length. Node's default (511) overflows under connection bursts, and an overflowing
+ * queue drops handshakes and can reset clients; the kernel caps it at net.core.somaxconn.
+ */
+const LISTEN_BACKLOG = 4096
+
 /** One route's listening socket and the connections it accepted; it owns and closes both. */
 export class RouteListener implements ConnectionOwner {
   readonly route: RouteConfig
@@ -59,7 +65,7 @@ export class RouteListener implements ConnectionOwner {
         reject(new KaproxyError('KAPROXY_ERR_LISTEN', `route ${this.route.name}: cannot listen on ${formatHostPort(this.route.listen)}: ${err.code ?? err.message}`, { cause: err }))
       }
       this.server.once('error', onError)
-      this.server.listen({ host, port }, () => {
+      this.server.listen({ host, port, backlog: LISTEN_BACKLOG }, () => {
         this.server.off('error', onError)
         resolve()
       })
