@@ -42,7 +42,7 @@ export function loadConfigFile (file: string, options: LoadOptions = {}): Kaprox
   }
 }
 
-const BUILTIN_KEEPALIVE: RawKeepaliveDefaults = { enabled: true, idle: '60s', interval: '10s', count: 6, userTimeout: null }
+const BUILTIN_KEEPALIVE: RawKeepaliveDefaults = { enabled: true, idle: '60s', interval: '10s', count: 6, userTimeout: null, middleboxes: [] }
 
 // convict reports `path: message: value was X`, or `configuration param 'x' not declared in the schema`.
 function convictIssues (message: string): ConfigIssue[] {
@@ -74,8 +74,14 @@ export function buildConfig (raw: unknown, options: LoadOptions = {}): KaproxyCo
   }
   // Keep going after top-level problems so every invalid field is reported in one pass;
   // routes are then checked against the built-in defaults.
-  const topLevelOk = issues.length === 0
-  const keepalive = resolveKeepaliveDefaults(topLevelOk ? schema.get('defaults.keepalive') as RawKeepaliveDefaults : BUILTIN_KEEPALIVE)
+  let topLevelOk = issues.length === 0
+  let resolved = resolveKeepaliveDefaults(topLevelOk ? schema.get('defaults.keepalive') as RawKeepaliveDefaults : BUILTIN_KEEPALIVE)
+  if (resolved.issues.length > 0) {
+    issues.push(...resolved.issues)
+    topLevelOk = false
+    resolved = resolveKeepaliveDefaults(BUILTIN_KEEPALIVE)
+  }
+  const keepalive = resolved.defaults
   const connectTimeoutMs = topLevelOk ? parseDurationMs(schema.get('defaults.connectTimeout')) ?? 5000 : 5000
   const { routes, issues: routeIssues } = checkRoutes(Array.isArray(rawRoutes) ? rawRoutes : [], { keepalive, connectTimeoutMs })
   issues.push(...routeIssues)
@@ -86,7 +92,7 @@ export function buildConfig (raw: unknown, options: LoadOptions = {}): KaproxyCo
   return {
     log: { level: schema.get('log.level') as LogLevel },
     admin: { listen: admin === null || 'rule' in admin ? null : admin, token: schema.get('admin.token') },
-    defaults: { keepalive, connectTimeoutMs },
+    defaults: { keepalive: keepalive.settings, idleAuto: keepalive.idleAuto, middleboxes: keepalive.middleboxes, connectTimeoutMs },
     routes
   }
 }

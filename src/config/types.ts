@@ -1,3 +1,4 @@
+import type { Middlebox } from '../budget/middleboxes.js'
 import type { KeepaliveSettings } from '../keepalive.js'
 import type { HostPort } from './formats.js'
 
@@ -17,7 +18,12 @@ export interface RouteConfig {
   upstream: HostPort
   /** Milliseconds to wait for the upstream to accept before closing the client (`connect-timeout`). */
   connectTimeoutMs: number
+  /** What each side's sockets get from `applyKeepalive`; `idle: auto` is already resolved to seconds. */
   keepalive: Record<Side, KeepaliveSettings>
+  /** The middleboxes each side's connections cross (`keepalive.<side>.middleboxes`); empty when none are declared. */
+  middleboxes: Record<Side, Middlebox[]>
+  /** Whether each side's `idle` was `auto` (half the smallest middlebox timeout, see autoIdleSeconds). */
+  idleAuto: Record<Side, boolean>
 }
 
 export interface AdminConfig {
@@ -30,6 +36,10 @@ export interface AdminConfig {
 export interface KaproxyConfig {
   log: { level: LogLevel }
   admin: AdminConfig
-  defaults: { keepalive: KeepaliveSettings, connectTimeoutMs: number }
+  /**
+   * `defaults.keepalive` as validated. When `idleAuto` is true, `keepalive.idleSec` is a placeholder
+   * (the built-in 60 s) that no socket receives: each side resolves `auto` against its own middleboxes.
+   */
+  defaults: { keepalive: KeepaliveSettings, idleAuto: boolean, middleboxes: Middlebox[], connectTimeoutMs: number }
   routes: RouteConfig[]
 }
