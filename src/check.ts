@@ -3,6 +3,7 @@ import type { Middlebox } from './budget/middleboxes.js'
 import { formatDuration, formatHostPort } from './config/formats.js'
 import { SIDES, type KaproxyConfig, type RouteConfig, type Side } from './config/types.js'
 import { detectionSeconds, type KeepaliveSettings } from './keepalive.js'
+import { targetsLabel } from './upstream/target.js'
 
 /** One side in `check --json`; every duration in seconds. */
 export interface SideReport {
@@ -81,9 +82,16 @@ function budgetLine (route: RouteConfig, side: Side, budget: SideBudget): string
 export function formatCheckReport (config: KaproxyConfig): string {
   const lines = [`${config.routes.length} route(s); log level ${config.log.level}; admin ${config.admin.listen === null ? 'disabled' : formatHostPort(config.admin.listen)}`]
   for (const route of config.routes) {
-    lines.push('', `route ${route.name}: ${formatHostPort(route.listen)} -> ${formatHostPort(route.upstream)} (connect timeout ${formatDuration(route.connectTimeoutMs)})`)
+    lines.push('', `route ${route.name}: ${formatHostPort(route.listen)} -> ${targetsLabel(route.upstreams)} (connect timeout ${formatDuration(route.connectTimeoutMs)})`)
     const budget = routeBudget(route)
     for (const side of SIDES) lines.push(sideLine(side, route.keepalive[side]), budgetLine(route, side, budget[side]))
+    if (route.upstreams.length > 1 || route.healthCheck !== null) {
+      const health = route.healthCheck === null ? 'passive ejection only' : `${route.healthCheck.type} health checks every ${formatDuration(route.healthCheck.intervalMs)}`
+      lines.push(`  pool      ${route.upstreams.length} upstream(s), ${route.balance}, ${route.retries} retries, ${health}`)
+    }
+    for (const target of route.upstreams) {
+      if (target.kind === 'unix') lines.push(`  note      upstream keepalive does not apply to the unix socket ${target.label}`)
+    }
   }
   const findings = budgetFindings(config.routes)
   const warnings = findings.filter((f) => f.severity === 'warning')

@@ -81,7 +81,7 @@ describe('config', () => {
     assert.deepEqual(issuesOf({ listen: 1, defaults: { keepalive: { idel: 3 } }, routes: [{ ...ok, upstreams: [], keepalive: { server: {}, client: { intervall: 1 } } }] }), [
       'listen: unknown key',
       'defaults.keepalive.idel: unknown key',
-      'routes[0].upstreams: unknown key (allowed: name, listen, upstream, connectTimeout, keepalive)',
+      'routes[0].upstreams: unknown key (allowed: name, listen, upstream, balance, retries, connectTimeout, keepalive, healthCheck, proxyProtocol, acceptProxyProtocol, proxyHeaderTimeout, maxConnections, idleTimeout)',
       'routes[0].keepalive.server: unknown key (allowed: client, upstream)',
       'routes[0].keepalive.client.intervall: unknown key (allowed: enabled, idle, interval, count, userTimeout, middleboxes)'
     ])
@@ -93,7 +93,7 @@ describe('config', () => {
       'admin.listen: must be host:port or [ipv6]:port with port 0..65535, or "" to disable (got "nowhere")',
       'routes[0].name: must be 1..63 characters of a-z, 0-9 and - (got "Bad Name")',
       'routes[0].listen: must put an IPv6 address in brackets: [::1]:port (got "::1:80")',
-      'routes[0].upstream: must be host:port or [ipv6]:port with port 1..65535 (got "db:0")',
+      'routes[0].upstream: must be host:port or [ipv6]:port with port 1..65535, or unix:/path (got "db:0")',
       'routes[0].connectTimeout: must be a duration 1ms..1h (e.g. 5s) (got "0s")'
     ])
     assert.deepEqual(issuesOf({ routes: 'all' }), ['routes: must be a list of routes (got "all")'])

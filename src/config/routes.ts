@@ -6,11 +6,15 @@ import {
   AUTO, CONNECT_TIMEOUT_RULE, COUNT_RULE, IDLE_RULE, USER_TIMEOUT_RULE, WHOLE_SECONDS_RULE,
   isConnectTimeout, isCount, isKeepaliveSeconds, isUserTimeout
 } from './schema.js'
-import { SIDES, type RouteConfig, type Side } from './types.js'
+import { parseUpstreamTarget, type UpstreamTarget } from '../upstream/target.js'
+import { BALANCES, SIDES, type Balance, type HealthCheckConfig, type RouteConfig, type Side } from './types.js'
 
 type Raw = Record<string, unknown>
 
-const ROUTE_KEYS = new Set(['name', 'listen', 'upstream', 'connectTimeout', 'keepalive'])
+const ROUTE_KEYS = new Set(['name', 'listen', 'upstream', 'balance', 'retries', 'connectTimeout', 'keepalive', 'healthCheck',
+  'proxyProtocol', 'acceptProxyProtocol', 'proxyHeaderTimeout', 'maxConnections', 'idleTimeout'])
+const HEALTH_KEYS = new Set(['type', 'interval', 'timeout', 'rise', 'fall', 'path', 'expectStatus'])
+const MAX_UPSTREAMS = 64
 const KEEPALIVE_KEYS = new Set<string>(SIDES)
 const SIDE_KEYS = new Set(['enabled', 'idle', 'interval', 'count', 'userTimeout', 'middleboxes'])
 const NAME = /^[a-z0-9-]{1,63}$/
@@ -40,6 +44,18 @@ class Checker {
     if (value === undefined || value === null) return {}
     if (isObject(value)) return value
     this.fail(path, 'must be an object', value)
+    return undefined
+  }
+
+  integer (path: string, value: unknown, min: number, max: number): number | undefined {
+    if (Number.isInteger(value) && (value as number) >= min && (value as number) <= max) return value as number
+    this.fail(path, `must be an integer ${min}..${max}`, value)
+    return undefined
+  }
+
+  oneOf<T extends string> (path: string, value: unknown, allowed: readonly T[]): T | undefined {
+    if (typeof value === 'string' && (allowed as readonly string[]).includes(value)) return value as T
+    this.fail(path, `must be one of ${allowed.join(', ')}`, value)
     return undefined
   }
 
@@ -157,6 +173,52 @@ function checkSide (c: Checker, path: string, value: unknown, defaults: Keepaliv
   return c.issues.length === before ? { settings, middleboxes, idleAuto } : undefined
 }
 
+function checkUpstreams (c: Checker, path: string, value: unknown): UpstreamTarget[] | undefined {
+  const list = Array.isArray(value) ? value : [value]
+  if (list.length === 0 || list.length > MAX_UPSTREAMS) {
+    c.fail(path, `must be host:port, unix:/path, or a list of 1..${MAX_UPSTREAMS} of them`, value)
+    return undefined
+  }
+  const targets: UpstreamTarget[] = []
+  list.forEach((item, index) => {
+    const target = parseUpstreamTarget(item)
+    const itemPath = Array.isArray(value) ? `${path}[${index}]` : path
+    if ('rule' in target) { c.fail(itemPath, target.rule, item); return }
+    if (targets.some((t) => t.label === target.label)) { c.fail(itemPath, 'must not repeat an upstream', item); return }
+    targets.push(target)
+  })
+  return targets.length === list.length ? targets : undefined
+}
+
+const isCheckInterval = (ms: number): boolean => ms >= 100 && ms <= 3_600_000
+const isCheckTimeout = (ms: number): boolean => ms >= 1 && ms <= 600_000
+
+function checkHealth (c: Checker, path: string, value: unknown): HealthCheckConfig | null | undefined {
+  if (value === undefined || value === null) return null
+  const raw = c.object(path, value)
+  if (raw === undefined) return undefined
+  c.unknownKeys(path, raw, HEALTH_KEYS)
+  const before = c.issues.length
+  const health: HealthCheckConfig = {
+    type: raw.type === undefined ? 'tcp' : c.oneOf(`${path}.type`, raw.type, ['tcp', 'http'] as const) ?? 'tcp',
+    intervalMs: raw.interval === undefined ? 5000 : c.duration(`${path}.interval`, raw.interval, 'must be a duration 100ms..1h', isCheckInterval) ?? 0,
+    timeoutMs: raw.timeout === undefined ? 2000 : c.duration(`${path}.timeout`, raw.timeout, 'must be a duration 1ms..10m', isCheckTimeout) ?? 0,
+    rise: raw.rise === undefined ? 2 : c.integer(`${path}.rise`, raw.rise, 1, 100) ?? 0,
+    fall: raw.fall === undefined ? 3 : c.integer(`${path}.fall`, raw.fall, 1, 100) ?? 0,
+    path: '/',
+    expectStatus: raw.expectStatus === undefined ? 200 : c.integer(`${path}.expectStatus`, raw.expectStatus, 100, 599) ?? 0
+  }
+  if (raw.path !== undefined) {
+    if (typeof raw.path === 'string' && raw.path.startsWith('/') && !/[\s\0]/.test(raw.path)) health.path = raw.path
+    else c.fail(`${path}.path`, 'must be an absolute request path without spaces, e.g. /healthz', raw.path)
+  }
+  if (health.type === 'tcp' && (raw.path !== undefined || raw.expectStatus !== undefined)) {
+    c.fail(`${path}.type`, 'must be http when path or expectStatus is set', raw.type ?? 'tcp')
+  }
+  if (c.issues.length === before && health.timeoutMs > health.intervalMs) c.fail(`${path}.timeout`, 'must not exceed healthCheck.interval', raw.timeout)
+  return c.issues.length === before ? health : undefined
+}
+
 function checkRoute (c: Checker, path: string, value: unknown, defaults: RouteDefaults): RouteConfig | undefined {
   if (!isObject(value)) { c.fail(path, 'must be an object with name, listen and upstream', value); return undefined }
   const before = c.issues.length
@@ -167,8 +229,9 @@ function checkRoute (c: Checker, path: string, value: unknown, defaults: RouteDe
 
   const listen = parseHostPort(value.listen, 0)
   if ('rule' in listen) c.fail(`${path}.listen`, listen.rule, value.listen)
-  const upstream = parseHostPort(value.upstream, 1)
-  if ('rule' in upstream) c.fail(`${path}.upstream`, upstream.rule, value.upstream)
+  const upstreams = checkUpstreams(c, `${path}.upstream`, value.upstream)
+  const balance: Balance | undefined = value.balance === undefined ? 'round-robin' : c.oneOf(`${path}.balance`, value.balance, BALANCES)
+  const retries = value.retries === undefined ? Math.max(0, (upstreams?.length ?? 1) - 1) : c.integer(`${path}.retries`, value.retries, 0, 16)
 
   const connectTimeoutMs = value.connectTimeout === undefined
     ? defaults.connectTimeoutMs
@@ -179,17 +242,39 @@ function checkRoute (c: Checker, path: string, value: unknown, defaults: RouteDe
   const client = checkSide(c, `${path}.keepalive.client`, keepaliveRaw?.client, defaults.keepalive)
   const upstreamKeepalive = checkSide(c, `${path}.keepalive.upstream`, keepaliveRaw?.upstream, defaults.keepalive)
 
-  if (c.issues.length !== before || 'rule' in listen || 'rule' in upstream ||
-    connectTimeoutMs === undefined || client === undefined || upstreamKeepalive === undefined) return undefined
+  const healthCheck = checkHealth(c, `${path}.healthCheck`, value.healthCheck)
+  const proxyProtocol = value.proxyProtocol === undefined || value.proxyProtocol === null ? null : c.oneOf(`${path}.proxyProtocol`, value.proxyProtocol, ['v1', 'v2'] as const)
+  let acceptProxyProtocol = false
+  if (value.acceptProxyProtocol !== undefined) {
+    if (typeof value.acceptProxyProtocol === 'boolean') acceptProxyProtocol = value.acceptProxyProtocol
+    else c.fail(`${path}.acceptProxyProtocol`, 'must be true or false', value.acceptProxyProtocol)
+  }
+  const proxyHeaderTimeoutMs = value.proxyHeaderTimeout === undefined ? 5000 : c.duration(`${path}.proxyHeaderTimeout`, value.proxyHeaderTimeout, 'must be a duration 1ms..1m', (ms) => ms >= 1 && ms <= 60_000)
+  const maxConnections = value.maxConnections === undefined || value.maxConnections === 0 ? null : c.integer(`${path}.maxConnections`, value.maxConnections, 0, 1_000_000)
+  const idleTimeoutMs = value.idleTimeout === undefined || value.idleTimeout === 0 || value.idleTimeout === '0s'
+    ? null
+    : c.duration(`${path}.idleTimeout`, value.idleTimeout, 'must be a duration 1s..7d, or 0 for off', (ms) => ms >= 1000 && ms <= 604_800_000)
+
+  if (c.issues.length !== before || 'rule' in listen || upstreams === undefined || balance === undefined || retries === undefined ||
+    connectTimeoutMs === undefined || client === undefined || upstreamKeepalive === undefined || healthCheck === undefined ||
+    proxyProtocol === undefined || proxyHeaderTimeoutMs === undefined || maxConnections === undefined || idleTimeoutMs === undefined) return undefined
   const sides: Record<Side, ResolvedSide> = { client, upstream: upstreamKeepalive }
   return {
     name: name as string,
     listen,
-    upstream,
+    upstreams,
+    balance,
+    retries,
     connectTimeoutMs,
     keepalive: { client: sides.client.settings, upstream: sides.upstream.settings },
     middleboxes: { client: sides.client.middleboxes, upstream: sides.upstream.middleboxes },
-    idleAuto: { client: sides.client.idleAuto, upstream: sides.upstream.idleAuto }
+    idleAuto: { client: sides.client.idleAuto, upstream: sides.upstream.idleAuto },
+    healthCheck,
+    proxyProtocol,
+    acceptProxyProtocol,
+    proxyHeaderTimeoutMs,
+    maxConnections,
+    idleTimeoutMs
   }
 }
 
