@@ -232,6 +232,7 @@ export class Connection implements ConnectionRecord {
       upstream.write(this.pendingToUpstream)
       this.pendingToUpstream = null
     }
+    if (this.firstFin === 'client') upstream.end()
     // Socket timeouts restart on every read and write, and each relayed byte is read or written
     // on the client socket, so one timer there covers both directions.
     if (this.route.idleTimeoutMs !== null) client.setTimeout(this.route.idleTimeoutMs)
@@ -312,10 +313,12 @@ function onEnd (this: RelaySocket): void {
   if (!connection.owns(this)) return
   const side = connection.sideOf(this)
   connection.countFin(side)
-  if (connection.currentPhase() === 'closing') return
-  if (!connection.isConnected()) {
-    // A FIN before the relay started: nothing to pass on.
-    connection.finish(side === 'client' ? 'client-closed' : 'upstream-closed', side, null)
+  const phase = connection.currentPhase()
+  if (phase === 'closing') return
+  // The client's FIN after a PROXY header, while dialing: passed on once connected.
+  if (phase === 'dialing' && side === 'client') return
+  if (phase === 'header') {
+    connection.finish('client-closed', side, null)
     return
   }
   connection.peerOf(this)?.end()
