@@ -6,13 +6,17 @@ import {
   AUTO, CONNECT_TIMEOUT_RULE, COUNT_RULE, IDLE_RULE, USER_TIMEOUT_RULE, WHOLE_SECONDS_RULE,
   isConnectTimeout, isCount, isKeepaliveSeconds, isUserTimeout
 } from './schema.js'
+import { isIP } from 'node:net'
+import { originalDstSupported } from '../sockopt/original-dst.js'
 import { parseUpstreamTarget, type UpstreamTarget } from '../upstream/target.js'
-import { BALANCES, SIDES, type Balance, type HealthCheckConfig, type RouteConfig, type Side } from './types.js'
+import { parseAddressRule, type AddressRule } from './address-rule.js'
+import { BALANCES, SIDES, type Balance, type HealthCheckConfig, type OriginalDstConfig, type RouteConfig, type Side } from './types.js'
 
 type Raw = Record<string, unknown>
 
 const ROUTE_KEYS = new Set(['name', 'listen', 'upstream', 'balance', 'retries', 'connectTimeout', 'keepalive', 'healthCheck',
-  'proxyProtocol', 'acceptProxyProtocol', 'proxyHeaderTimeout', 'maxConnections', 'idleTimeout'])
+  'proxyProtocol', 'acceptProxyProtocol', 'proxyHeaderTimeout', 'maxConnections', 'idleTimeout', 'allow', 'destinations', 'socketMark'])
+const DESTINATION_KEYS = new Set(['match', 'keepalive'])
 const HEALTH_KEYS = new Set(['type', 'interval', 'timeout', 'rise', 'fall', 'path', 'expectStatus'])
 const MAX_UPSTREAMS = 64
 const KEEPALIVE_KEYS = new Set<string>(SIDES)
@@ -229,7 +233,9 @@ function checkRoute (c: Checker, path: string, value: unknown, defaults: RouteDe
 
   const listen = parseHostPort(value.listen, 0)
   if ('rule' in listen) c.fail(`${path}.listen`, listen.rule, value.listen)
-  const upstreams = checkUpstreams(c, `${path}.upstream`, value.upstream)
+  const transparent = value.upstream === 'original-dst'
+  if (transparent && !originalDstSupported) c.fail(`${path}.upstream`, `original-dst needs Linux (SO_ORIGINAL_DST); this is ${process.platform}`, value.upstream)
+  const upstreams = transparent ? [] : checkUpstreams(c, `${path}.upstream`, value.upstream)
   const balance: Balance | undefined = value.balance === undefined ? 'round-robin' : c.oneOf(`${path}.balance`, value.balance, BALANCES)
   const retries = value.retries === undefined ? Math.max(0, (upstreams?.length ?? 1) - 1) : c.integer(`${path}.retries`, value.retries, 0, 16)
 
@@ -255,7 +261,10 @@ function checkRoute (c: Checker, path: string, value: unknown, defaults: RouteDe
     ? null
     : c.duration(`${path}.idleTimeout`, value.idleTimeout, 'must be a duration 1s..7d, or 0 for off', (ms) => ms >= 1000 && ms <= 604_800_000)
 
-  if (c.issues.length !== before || 'rule' in listen || upstreams === undefined || balance === undefined || retries === undefined ||
+  const originalDst = checkOriginalDst(c, path, value, transparent, upstreamKeepalive)
+  const socketMark = checkSocketMark(c, `${path}.socketMark`, value.socketMark, transparent || (upstreams ?? []).every((t) => t.kind === 'tcp' && isIP(t.host) !== 0))
+
+  if (c.issues.length !== before || 'rule' in listen || upstreams === undefined || originalDst === undefined || socketMark === undefined || balance === undefined || retries === undefined ||
     connectTimeoutMs === undefined || client === undefined || upstreamKeepalive === undefined || healthCheck === undefined ||
     proxyProtocol === undefined || proxyHeaderTimeoutMs === undefined || maxConnections === undefined || idleTimeoutMs === undefined) return undefined
   const sides: Record<Side, ResolvedSide> = { client, upstream: upstreamKeepalive }
@@ -274,8 +283,62 @@ function checkRoute (c: Checker, path: string, value: unknown, defaults: RouteDe
     acceptProxyProtocol,
     proxyHeaderTimeoutMs,
     maxConnections,
-    idleTimeoutMs
+    idleTimeoutMs,
+    originalDst,
+    socketMark
   }
+}
+
+function checkRules (c: Checker, path: string, value: unknown): AddressRule[] | undefined {
+  if (!Array.isArray(value)) { c.fail(path, 'must be a list of CIDR or CIDR:port', value); return undefined }
+  const rules: AddressRule[] = []
+  value.forEach((item, index) => {
+    const rule = parseAddressRule(item)
+    if ('rule' in rule) c.fail(`${path}[${index}]`, rule.rule, item)
+    else rules.push(rule)
+  })
+  return rules.length === value.length ? rules : undefined
+}
+
+function checkOriginalDst (c: Checker, path: string, route: Raw, transparent: boolean, upstreamKeepalive: ResolvedSide | undefined): OriginalDstConfig | null | undefined {
+  if (!transparent) {
+    if (route.allow !== undefined) c.fail(`${path}.allow`, 'only applies with upstream: original-dst', route.allow)
+    if (route.destinations !== undefined) c.fail(`${path}.destinations`, 'only applies with upstream: original-dst', route.destinations)
+    return null
+  }
+  const before = c.issues.length
+  const allow = route.allow === undefined ? null : checkRules(c, `${path}.allow`, route.allow) ?? null
+  const destinations: Array<{ match: AddressRule, keepalive: KeepaliveSettings }> = []
+  if (route.destinations !== undefined) {
+    if (!Array.isArray(route.destinations)) c.fail(`${path}.destinations`, 'must be a list of { match, keepalive }', route.destinations)
+    else {
+      route.destinations.forEach((item, index) => {
+        const itemPath = `${path}.destinations[${index}]`
+        const raw = c.object(itemPath, item)
+        if (raw === undefined) return
+        c.unknownKeys(itemPath, raw, DESTINATION_KEYS)
+        const match = parseAddressRule(raw.match)
+        if ('rule' in match) c.fail(`${itemPath}.match`, match.rule, raw.match)
+        // Merged over the route's resolved upstream side: its middleboxes (and auto) carry over unless
+        // the destination lists its own.
+        const keepalive = upstreamKeepalive === undefined ? undefined : checkSide(c, `${itemPath}.keepalive`, raw.keepalive, upstreamKeepalive)?.settings
+        if (!('rule' in match) && keepalive !== undefined) destinations.push({ match, keepalive })
+      })
+    }
+  }
+  return c.issues.length === before ? { allow, destinations } : undefined
+}
+
+function checkSocketMark (c: Checker, path: string, value: unknown, ipOnly: boolean): number | null | undefined {
+  if (value === undefined || value === null) return null
+  const mark = typeof value === 'string' && /^0x[0-9a-f]{1,8}$/i.test(value) ? parseInt(value, 16) : value
+  if (!Number.isInteger(mark) || (mark as number) < 1 || (mark as number) > 0xffffffff) {
+    c.fail(path, 'must be an integer 1..0xffffffff (e.g. 0x539)', value)
+    return undefined
+  }
+  if (process.platform !== 'linux') { c.fail(path, `needs Linux (SO_MARK); this is ${process.platform}`, value); return undefined }
+  if (!ipOnly) { c.fail(path, 'needs upstreams given as IP addresses (or original-dst): the socket is made before the name is resolved', value); return undefined }
+  return mark as number
 }
 
 export interface RouteDefaults {

@@ -1,6 +1,7 @@
 import type { Middlebox } from '../budget/middleboxes.js'
 import type { KeepaliveSettings } from '../keepalive.js'
 import type { UpstreamTarget } from '../upstream/target.js'
+import type { AddressRule } from './address-rule.js'
 import type { HostPort } from './formats.js'
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
@@ -41,6 +42,17 @@ export interface RouteConfig {
   maxConnections: number | null
   /** Close a connection with no bytes either way for this many milliseconds (`idle-timeout`); null for off. */
   idleTimeoutMs: number | null
+  /** Transparent mode (`upstream: original-dst`): relay to each connection's pre-NAT destination; null otherwise. */
+  originalDst: OriginalDstConfig | null
+  /** SO_MARK set on upstream sockets before connect (Linux, needs CAP_NET_ADMIN); null for none. */
+  socketMark: number | null
+}
+
+export interface OriginalDstConfig {
+  /** Destinations that may be relayed to; null allows all (the loop guard still applies). */
+  allow: readonly AddressRule[] | null
+  /** Per-destination upstream keepalive, merged over keepalive.upstream; the first match wins. */
+  destinations: ReadonlyArray<{ match: AddressRule, keepalive: KeepaliveSettings }>
 }
 
 export const BALANCES = ['round-robin', 'least-connections', 'first-available'] as const

@@ -13,6 +13,8 @@ export type CloseReason =
   | 'limit' // the route is at maxConnections
   | 'idle-timeout' // no bytes either way for the route's idleTimeout
   | 'proxy-protocol-error' | 'proxy-header-timeout' // acceptProxyProtocol: bad or missing header
+  | 'no-original-destination' // transparent mode: the connection was not redirected (loop guard)
+  | 'destination-denied' // transparent mode: the original destination is outside `allow`
   | 'client-error' | 'upstream-error' // any other socket error
   | 'sockopt-failed' // setsockopt refused a keepalive value on this connection
   | 'shutdown' // kaproxy is stopping

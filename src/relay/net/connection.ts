@@ -2,7 +2,9 @@ import net, { type Socket } from 'node:net'
 import { formatHostPort } from '../../config/formats.js'
 import type { RouteConfig, Side } from '../../config/types.js'
 import { NoDescriptorError } from '../../errors.js'
-import { applyKeepalive } from '../../keepalive.js'
+import { applyKeepalive, type KeepaliveSettings } from '../../keepalive.js'
+import { markedSocket } from '../../sockopt/mark.js'
+import { originalDestination } from '../../sockopt/original-dst.js'
 import type { UpstreamMember, UpstreamPool } from '../../upstream/pool.js'
 import { cachedLookup } from '../../upstream/resolver.js'
 import type { UpstreamTarget } from '../../upstream/target.js'
@@ -59,7 +61,10 @@ export class Connection implements ConnectionRecord {
   private reason: CloseReason | null = null
   private reasonSide: Side | null = null
   private error: NodeJS.ErrnoException | null = null
-  // Dialing state: the target in use, those tried, and the last failure.
+  // Dialing state: the pool member in use (none in transparent mode), those tried, and the last failure.
+  private attempts = 0
+  private originalTarget: UpstreamTarget | null = null
+  private upstreamKeepalive: KeepaliveSettings
   private member: UpstreamMember | null = null
   private tried: Set<UpstreamMember> | null = null
   private lastFailure: { reason: CloseReason, error: NodeJS.ErrnoException | null } | null = null
@@ -73,7 +78,8 @@ export class Connection implements ConnectionRecord {
     this.route = route
     this.owner = owner
     this.client = addressOf(client.remoteAddress, client.remotePort)
-    this.upstream = route.upstreams[0]?.label ?? 'none'
+    this.upstream = route.upstreams[0]?.label ?? 'original-dst'
+    this.upstreamKeepalive = route.keepalive.upstream
     this.clientSocket = Object.assign(client, { [CONNECTION]: this })
   }
 
@@ -97,7 +103,40 @@ export class Connection implements ConnectionRecord {
       client.resume()
       return
     }
+    if (this.route.originalDst !== null && !this.findOriginalDestination()) return
     this.dial()
+  }
+
+  /**
+   * Transparent mode: the destination the client meant before an iptables REDIRECT. A connection
+   * that was not redirected (ENOENT, or the destination is this listener itself) is never relayed,
+   * so kaproxy cannot connect to itself in a loop.
+   */
+  private findOriginalDestination (): boolean {
+    const originalDst = this.route.originalDst
+    if (originalDst === null) return true
+    const client = this.clientSocket
+    let destination
+    try {
+      destination = originalDestination(client)
+    } catch (err) {
+      this.finish('no-original-destination', 'client', err as NodeJS.ErrnoException)
+      return false
+    }
+    const local = (client.localAddress ?? '').replace(/^::ffff:/, '')
+    const label = formatHostPort({ host: destination.address, port: destination.port })
+    this.upstream = label
+    if (destination.address === local && destination.port === client.localPort) {
+      this.finish('no-original-destination', 'client', null)
+      return false
+    }
+    if (originalDst.allow !== null && !originalDst.allow.some((rule) => rule.matches(destination.address, destination.port))) {
+      this.finish('destination-denied', 'client', null)
+      return false
+    }
+    this.originalTarget = { kind: 'tcp', host: destination.address, port: destination.port, label }
+    this.upstreamKeepalive = originalDst.destinations.find((d) => d.match.matches(destination.address, destination.port))?.keepalive ?? this.route.keepalive.upstream
+    return true
   }
 
   /** Refuse the client at once (e.g. `limit`), without dialing. */
@@ -159,21 +198,34 @@ export class Connection implements ConnectionRecord {
     }
     if (parsed.rest.length > 0) this.pendingToUpstream = Buffer.from(parsed.rest)
     this.phase = 'dialing'
+    if (this.route.originalDst !== null && !this.findOriginalDestination()) return
     this.dial()
   }
 
   private dial (): void {
-    this.tried ??= new Set()
-    const member = this.owner.pool.pick(this.tried)
-    if (member === null) { this.giveUp(); return }
-    this.tried.add(member)
-    member.active++
-    this.member = member
-    this.upstream = member.target.label
-    const target = member.target
-    const socket = target.kind === 'unix'
-      ? net.connect({ path: target.path, allowHalfOpen: true })
-      : net.connect({ host: target.host, port: target.port, allowHalfOpen: true, noDelay: true, lookup: cachedLookup })
+    let target: UpstreamTarget
+    if (this.originalTarget !== null) {
+      if (this.attempts > 0) { this.giveUp(); return }
+      target = this.originalTarget
+    } else {
+      this.tried ??= new Set()
+      const member = this.owner.pool.pick(this.tried)
+      if (member === null) { this.giveUp(); return }
+      this.tried.add(member)
+      member.active++
+      this.member = member
+      target = member.target
+    }
+    this.attempts++
+    this.upstream = target.label
+    let socket: Socket
+    try {
+      socket = openUpstream(target, this.route.socketMark)
+    } catch (err) {
+      if (this.member !== null) { this.member.active--; this.member = null }
+      this.finish('sockopt-failed', 'upstream', err as NodeJS.ErrnoException)
+      return
+    }
     const upstream = this.upstreamSocket = Object.assign(socket, { [CONNECTION]: this })
     this.openSockets++
     upstream.on('connect', onUpstreamConnect)
@@ -188,21 +240,24 @@ export class Connection implements ConnectionRecord {
   dialFailed (reason: CloseReason, error: NodeJS.ErrnoException | null): void {
     const socket = this.upstreamSocket
     const member = this.member
-    if (socket === null || member === null) return
+    const target = member?.target ?? this.originalTarget
+    if (socket === null || target === null) return
     this.upstreamSocket = null
     this.member = null
     this.openSockets--
     socket.destroy()
-    member.active--
-    this.owner.dialFailed(this, member.target, reason, error)
-    this.owner.pool.connectFailed(member, error?.code ?? reason)
+    this.owner.dialFailed(this, target, reason, error)
+    if (member !== null) {
+      member.active--
+      this.owner.pool.connectFailed(member, error?.code ?? reason)
+    }
     this.lastFailure = { reason, error }
-    if ((this.tried?.size ?? 0) <= this.route.retries) this.dial()
+    if (this.attempts <= this.route.retries) this.dial()
     else this.giveUp()
   }
 
   private giveUp (): void {
-    const attempts = this.tried?.size ?? 0
+    const attempts = this.attempts
     // One attempt keeps its precise reason; after several (or none possible) the pool is out of targets.
     const reason = attempts === 1 && this.lastFailure !== null ? this.lastFailure.reason : 'no-upstream'
     this.finish(reason, 'upstream', this.lastFailure?.error ?? null)
@@ -211,11 +266,12 @@ export class Connection implements ConnectionRecord {
   connectedUpstream (): void {
     const upstream = this.upstreamSocket
     const member = this.member
-    if (upstream === null || member === null) return
+    const target = member?.target ?? this.originalTarget
+    if (upstream === null || target === null) return
     upstream.setTimeout(0)
     this.connectMs = Date.now() - this.openedAt
-    this.owner.pool.connectSucceeded(member)
-    if (member.target.kind === 'tcp') {
+    if (member !== null) this.owner.pool.connectSucceeded(member)
+    if (target.kind === 'tcp') {
       this.upstream = addressOf(upstream.remoteAddress, upstream.remotePort)
       // Node's setKeepAlive() is never called: libuv would force interval 1 s and count 10.
       if (!this.applySideKeepalive('upstream')) return
@@ -284,7 +340,7 @@ export class Connection implements ConnectionRecord {
     const socket = side === 'client' ? this.clientSocket : this.upstreamSocket
     if (socket === null) return false
     try {
-      applyKeepalive(socket, this.route.keepalive[side])
+      applyKeepalive(socket, side === 'client' ? this.route.keepalive.client : this.upstreamKeepalive)
       return true
     } catch (err) {
       // No descriptor means the peer is already gone; anything else is the kernel refusing a value.
@@ -359,4 +415,14 @@ function onClientTimeout (this: RelaySocket): void {
 
 function onHeaderData (this: RelaySocket, chunk: Buffer): void {
   this[CONNECTION].headerData(chunk)
+}
+
+/** A connecting socket to `target`; with a socket mark the descriptor is made and marked first. */
+function openUpstream (target: UpstreamTarget, socketMark: number | null): Socket {
+  if (target.kind === 'unix') return net.connect({ path: target.path, allowHalfOpen: true })
+  if (socketMark === null) return net.connect({ host: target.host, port: target.port, allowHalfOpen: true, noDelay: true, lookup: cachedLookup })
+  const socket = markedSocket(target.host, socketMark, { allowHalfOpen: true })
+  socket.connect({ host: target.host, port: target.port })
+  socket.setNoDelay(true)
+  return socket
 }

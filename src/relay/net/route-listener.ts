@@ -2,6 +2,7 @@ import net from 'node:net'
 import { formatHostPort } from '../../config/formats.js'
 import type { RouteConfig } from '../../config/types.js'
 import { KaproxyError } from '../../errors.js'
+import { probeSocketMark } from '../../sockopt/mark.js'
 import { HealthChecker } from '../../upstream/health.js'
 import { UpstreamPool } from '../../upstream/pool.js'
 import type { UpstreamTarget } from '../../upstream/target.js'
@@ -46,6 +47,13 @@ export class RouteListener implements ConnectionOwner {
   /** Resolves with the bound address once listening. */
   async listen (): Promise<string> {
     const { host, port } = this.route.listen
+    if (this.route.socketMark !== null) {
+      try {
+        probeSocketMark(this.route.socketMark)
+      } catch (err) {
+        throw new KaproxyError('KAPROXY_ERR_CAPABILITY', `route ${this.route.name}: ${(err as Error).message}`, { cause: err })
+      }
+    }
     await new Promise<void>((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException): void => {
         reject(new KaproxyError('KAPROXY_ERR_LISTEN', `route ${this.route.name}: cannot listen on ${formatHostPort(this.route.listen)}: ${err.code ?? err.message}`, { cause: err }))
