@@ -10,8 +10,19 @@ import { targetsLabel, type UpstreamTarget } from './upstream/target.js'
 
 /** The process logger: pino JSON lines on stdout (or `destination`, e.g. a test sink). */
 export function createLogger (level: LogLevel, destination?: DestinationStream): Logger {
-  const options = { level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime }
+  const options = { level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime, serializers: { err: serializeError } }
   return destination === undefined ? pino(options) : pino(options, destination)
+}
+
+/**
+ * Socket errors are expected events: code and message are the whole story. Anything else keeps
+ * pino's full form with the stack.
+ */
+function serializeError (err: unknown): unknown {
+  if (typeof err !== 'object' || err === null) return err
+  const e = err as NodeJS.ErrnoException
+  if (!(err instanceof Error) || (e.syscall !== undefined && e.code !== undefined)) return { code: e.code, message: e.message }
+  return pino.stdSerializers.err(err)
 }
 
 /** A side's keepalive in log form: the values kaproxy applies with setsockopt. */
