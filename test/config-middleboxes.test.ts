@@ -100,6 +100,24 @@ describe('middleboxes and idle: auto in the config', () => {
     ])
   })
 
+  it('in transparent mode a destination\'s keepalive inherits the upstream side\'s middleboxes and auto, or lists its own', () => {
+    const config = build({
+      routes: [{
+        name: 'out',
+        listen: '127.0.0.1:15001',
+        upstream: 'original-dst',
+        keepalive: { upstream: { idle: 'auto', interval: '5s', count: 4, middleboxes: ['aws-nat-gateway'] } },
+        destinations: [
+          { match: '10.0.5.0/24:5432', keepalive: { middleboxes: ['azure-lb'] } },
+          { match: '10.0.6.0/24', keepalive: { interval: '3s' } }
+        ]
+      }]
+    })
+    const r = config.routes[0]
+    assert.equal(r?.keepalive.upstream.idleSec, 175)
+    assert.deepEqual(r?.originalDst?.destinations.map((d) => [d.keepalive.idleSec, d.keepalive.intervalSec]), [[120, 5], [175, 3]])
+  })
+
   it('one-route mode takes --client-middleboxes / --upstream-middleboxes and reports them by flag', () => {
     const flags = (...args: string[]) => parseConfigFlags(['--listen', '127.0.0.1:0', '--upstream', '127.0.0.1:1', ...args])
     const config = resolveConfig(flags('--upstream-keepalive', 'auto,5s,3', '--upstream-middleboxes', 'aws-nlb,corp-fw=2m'), {})
