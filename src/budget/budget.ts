@@ -1,6 +1,6 @@
 import { SIDES, type RouteConfig, type Side } from '../config/types.js'
 import type { KeepaliveSettings } from '../keepalive.js'
-import { limitSeconds, tightestMiddlebox, type Middlebox } from './middleboxes.js'
+import { autoIdleSeconds, limitSeconds, tightestMiddlebox, type Middlebox } from './middleboxes.js'
 
 /**
  * How one side's keepalive fares against the middleboxes it crosses. All figures in seconds.
@@ -29,7 +29,7 @@ export interface BudgetFinding {
   message: string
 }
 
-function describe (m: Middlebox): string {
+function named (m: Middlebox): string {
   return `${m.name} (idle timeout ${m.idleTimeoutSec}s)`
 }
 
@@ -47,7 +47,7 @@ export function sideBudget (settings: KeepaliveSettings, middleboxes: readonly M
       warning: {
         kind: 'keepalive-off',
         severity: 'warning',
-        message: `keepalive is off but this side crosses ${describe(tightest)}: an idle connection is dropped after ${limitSec}s and a dead peer is never noticed`
+        message: `keepalive is off but this side crosses ${named(tightest)}: an idle connection is dropped after ${limitSec}s and a dead peer is never noticed`
       }
     }
   }
@@ -62,7 +62,7 @@ export function sideBudget (settings: KeepaliveSettings, middleboxes: readonly M
       warning: {
         kind: 'idle-not-below-limit',
         severity: 'warning',
-        message: `keepalive idle ${idleSec}s is not below ${describe(tightest)}: the flow is dropped before the first probe; set idle below ${limitSec}s (idle: auto gives ${Math.max(1, Math.floor(limitSec / 2))}s)`
+        message: `keepalive idle ${idleSec}s is not below ${named(tightest)}: the flow is dropped before the first probe; set idle below ${limitSec}s (idle: auto gives ${autoIdleSeconds(middleboxes) ?? 1}s)`
       }
     }
   }
@@ -75,7 +75,7 @@ export function sideBudget (settings: KeepaliveSettings, middleboxes: readonly M
       note: {
         kind: 'one-lost-probe',
         severity: 'note',
-        message: `idle ${idleSec}s + interval ${intervalSec}s = ${idleSec + intervalSec}s reaches ${describe(tightest)}: if the first probe is lost, the flow is dropped before the next one`
+        message: `idle ${idleSec}s + interval ${intervalSec}s = ${idleSec + intervalSec}s reaches ${named(tightest)}: if the first probe is lost, the flow is dropped before the next one`
       }
     }
   }

@@ -74,6 +74,7 @@ export const MIDDLEBOX_PRESETS = {
 } as const satisfies Readonly<Record<string, MiddleboxPreset>>
 
 export type MiddleboxPresetName = keyof typeof MIDDLEBOX_PRESETS
+/** The preset names, in the order of the table. */
 export const MIDDLEBOX_PRESET_NAMES = Object.keys(MIDDLEBOX_PRESETS) as MiddleboxPresetName[]
 
 function isPresetName (value: string): value is MiddleboxPresetName {
@@ -83,6 +84,7 @@ function isPresetName (value: string): value is MiddleboxPresetName {
 const MIDDLEBOX_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/
 const MIDDLEBOX_KEYS = new Set(['name', 'idleTimeout'])
 
+// The rules config errors state, as `path: rule (got value)`.
 export const MIDDLEBOX_RULE = `must be a preset (${MIDDLEBOX_PRESET_NAMES.join(', ')}) or { name, idleTimeout }`
 export const MIDDLEBOX_NAME_RULE = 'must be 1..63 characters of A-Z, a-z, 0-9, ., _ and -, starting with a letter or digit'
 export const MIDDLEBOX_TIMEOUT_RULE = 'must be whole seconds, at least 1s (e.g. 350s, 10m)'
