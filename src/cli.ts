@@ -1,9 +1,10 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs'
+import { MIDDLEBOX_PRESETS } from './budget/middleboxes.js'
 import { parseHostPort } from './config/formats.js'
 import { parseConfigFlags } from './config/flags.js'
 import { resolveConfig } from './config/resolve.js'
-import { checkReport, formatCheckReport } from './check.js'
+import { checkReport, formatCheckReport, hasBudgetWarnings } from './check.js'
 import { demoBanner, startEchoServer } from './demo.js'
 import { ConfigError, KaproxyError } from './errors.js'
 import { iptablesCommand } from './iptables.js'
@@ -17,8 +18,10 @@ const USAGE = `usage:
   kaproxy --listen HOST:PORT --upstream HOST:PORT [--name NAME]
           [--client-keepalive IDLE,INTERVAL,COUNT[,USERTIMEOUT]|off]
           [--upstream-keepalive IDLE,INTERVAL,COUNT[,USERTIMEOUT]|off]
+          [--client-middleboxes LIST] [--upstream-middleboxes LIST]
           [--no-keepalive] [--connect-timeout DURATION]
-  kaproxy check [--config FILE | route flags] [--json]
+  kaproxy check [--config FILE | route flags] [--json] [--strict]
+                                         --strict: exit 1 when a side has a keepalive budget warning
   kaproxy demo [--listen HOST:PORT]      echo server to relay to (default 127.0.0.1:7001)
   kaproxy iptables --route NAME [--config FILE] --uid UID [--ports 5432,6379] [--exclude-cidr CIDR ...]
           [--mark 0x539] [--format all|iptables|nft]
@@ -26,7 +29,17 @@ const USAGE = `usage:
                                          original-dst route, excluding kaproxy's uid (and mark)
 
 environment: KAPROXY_CONFIG (config file), KAPROXY_LOG_LEVEL, KAPROXY_ADMIN_LISTEN, KAPROXY_ADMIN_TOKEN
-durations: 500ms, 30s, 5m, 2h or a bare number of seconds`
+durations: 500ms, 30s, 5m, 2h or a bare number of seconds
+IDLE may be auto: half the smallest timeout of the side's middleboxes
+middleboxes: PRESET or NAME=DURATION, comma-separated (e.g. aws-nlb,corp-fw=10m); presets:
+${presetList()}`
+
+function presetList (): string {
+  const items = Object.entries(MIDDLEBOX_PRESETS).map(([name, preset]) => `${name} ${preset.idleTimeoutSec}s`)
+  const lines: string[] = []
+  for (let i = 0; i < items.length; i += 4) lines.push(`  ${items.slice(i, i + 4).join(', ')}`)
+  return lines.join('\n')
+}
 
 function version (): string {
   const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
@@ -65,11 +78,15 @@ async function run (args: string[]): Promise<number> {
   return 0
 }
 
+// Exit 1 on an invalid config; exit 0 with budget warnings, unless --strict.
 function check (args: string[]): number {
   const json = args.includes('--json')
-  const config = resolveConfig(parseConfigFlags(args.filter((arg) => arg !== '--json')))
-  process.stdout.write(json ? `${JSON.stringify(checkReport(config), null, 2)}\n` : `${formatCheckReport(config)}\nconfiguration OK\n`)
-  return 0
+  const strict = args.includes('--strict')
+  const config = resolveConfig(parseConfigFlags(args.filter((arg) => arg !== '--json' && arg !== '--strict')))
+  const report = checkReport(config)
+  const verdict = report.warnings.length === 0 ? 'configuration OK' : `configuration OK, with ${report.warnings.length} keepalive budget warning(s)`
+  process.stdout.write(json ? `${JSON.stringify(report, null, 2)}\n` : `${formatCheckReport(config)}\n\n${verdict}\n`)
+  return strict && hasBudgetWarnings(config) ? 1 : 0
 }
 
 async function demo (args: string[]): Promise<number> {

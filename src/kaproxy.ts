@@ -1,6 +1,6 @@
 import type { Logger } from 'pino'
 import type { KaproxyConfig } from './config/types.js'
-import { logRoutePlan, loggingObserver } from './log.js'
+import { logBudget, logRoutePlan, loggingObserver } from './log.js'
 import type { Engine } from './relay/engine.js'
 import { NetEngine } from './relay/net/engine.js'
 import { readSystemKeepalive } from './system-keepalive.js'
@@ -24,6 +24,7 @@ export class Kaproxy {
     this.log.info({ event: 'system-keepalive', ...system },
       `kernel defaults for untuned sockets: tcp_keepalive_time=${system.timeSec ?? '?'}s intvl=${system.intervalSec ?? '?'}s probes=${system.probes ?? '?'}`)
     logRoutePlan(this.log, this.config.routes)
+    logBudget(this.log, this.config.routes)
     await this.engine.start(this.config.routes)
     this.log.info({ event: 'ready', routes: this.config.routes.length }, 'kaproxy ready')
   }

@@ -1,4 +1,5 @@
 import pino, { type DestinationStream, type Logger } from 'pino'
+import { budgetFindings, formatFinding } from './budget/budget.js'
 import { formatHostPort } from './config/formats.js'
 import type { LogLevel, RouteConfig, Side } from './config/types.js'
 import type { KeepaliveSettings } from './keepalive.js'
@@ -74,7 +75,7 @@ export function loggingObserver (log: Logger): Required<EngineObserver> {
   }
 }
 
-/** Log each route's keepalive per side as it will be applied. */
+/** Log each route's keepalive per side as it will be applied, and the middleboxes each side crosses. */
 export function logRoutePlan (log: Logger, routes: readonly RouteConfig[]): void {
   for (const route of routes) {
     const unix = route.upstreams.filter((target) => target.kind === 'unix').length
@@ -82,6 +83,22 @@ export function logRoutePlan (log: Logger, routes: readonly RouteConfig[]): void
       ? 'not applied: unix socket upstream'
       : { ...keepaliveFields(route.keepalive.upstream), ...(unix > 0 ? { note: `not applied to the ${unix} unix socket upstream(s)` } : {}) }
     const sides: Record<Side, unknown> = { client: keepaliveFields(route.keepalive.client), upstream: upstreamPlan }
-    log.info({ event: 'route', route: route.name, listen: formatHostPort(route.listen), upstream: targetsLabel(route.upstreams), balance: route.balance, connectTimeoutMs: route.connectTimeoutMs, keepalive: sides }, `route ${route.name} keepalive`)
+    const middleboxes: Record<Side, unknown> = {
+      client: route.middleboxes.client.map((m) => ({ name: m.name, idleTimeoutSec: m.idleTimeoutSec })),
+      upstream: route.middleboxes.upstream.map((m) => ({ name: m.name, idleTimeoutSec: m.idleTimeoutSec }))
+    }
+    log.info({ event: 'route', route: route.name, listen: formatHostPort(route.listen), upstream: targetsLabel(route.upstreams), balance: route.balance, connectTimeoutMs: route.connectTimeoutMs, keepalive: sides, middleboxes }, `route ${route.name} keepalive`)
+  }
+}
+
+/**
+ * The keepalive budget at start-up, the same findings `kaproxy check` prints: one `keepalive-budget`
+ * line per warning (level warn) and per note (level info), with `route`, `side` and `kind`.
+ */
+export function logBudget (log: Logger, routes: readonly RouteConfig[]): void {
+  for (const finding of budgetFindings(routes)) {
+    const fields = { event: 'keepalive-budget', route: finding.route, side: finding.side, kind: finding.kind, severity: finding.severity }
+    if (finding.severity === 'warning') log.warn(fields, formatFinding(finding))
+    else log.info(fields, formatFinding(finding))
   }
 }

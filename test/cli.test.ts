@@ -85,8 +85,8 @@ describe('the kaproxy command', () => {
     const report = JSON.parse(jsonOut) as { routes: Array<Record<string, unknown>> }
     assert.deepEqual(report.routes[0], {
       name: 'default',
-      client: { enabled: true, idle: 20, interval: 4, count: 3, userTimeout: 30, detectionSeconds: 32 },
-      upstream: { enabled: false, idle: null, interval: null, count: null, userTimeout: null, detectionSeconds: null }
+      client: { enabled: true, idle: 20, interval: 4, count: 3, userTimeout: 30, detectionSeconds: 32, middleboxes: [], budget: { limit: null, margin: null, ok: true } },
+      upstream: { enabled: false, idle: null, interval: null, count: null, userTimeout: null, detectionSeconds: null, middleboxes: [], budget: { limit: null, margin: null, ok: true } }
     })
   })
 

@@ -64,7 +64,7 @@ describe('config', () => {
     })
     assert.deepEqual(issues, [
       'routes[1].keepalive.client.userTimeout: must be a duration 0..2147483647ms (e.g. 30s, 500ms) (got "-1")',
-      'routes[1].keepalive.upstream.idle: must be whole seconds 1..32767 (e.g. 30s, 2m) (got "500ms")',
+      'routes[1].keepalive.upstream.idle: must be whole seconds 1..32767 (e.g. 30s, 2m) or auto (got "500ms")',
       'routes[1].keepalive.upstream.interval: must be whole seconds 1..32767 (e.g. 30s, 2m) (got 40000)',
       'routes[1].keepalive.upstream.count: must be an integer 1..127 (got 0)'
     ])
@@ -83,7 +83,7 @@ describe('config', () => {
       'defaults.keepalive.idel: unknown key',
       'routes[0].upstreams: unknown key (allowed: name, listen, upstream, balance, retries, connectTimeout, keepalive, healthCheck, proxyProtocol, acceptProxyProtocol, proxyHeaderTimeout, maxConnections, idleTimeout, allow, destinations, socketMark)',
       'routes[0].keepalive.server: unknown key (allowed: client, upstream)',
-      'routes[0].keepalive.client.intervall: unknown key (allowed: enabled, idle, interval, count, userTimeout)'
+      'routes[0].keepalive.client.intervall: unknown key (allowed: enabled, idle, interval, count, userTimeout, middleboxes)'
     ])
   })
 

@@ -9,6 +9,8 @@ export const CONFIG_OPTIONS = {
   name: { type: 'string' },
   'client-keepalive': { type: 'string' },
   'upstream-keepalive': { type: 'string' },
+  'client-middleboxes': { type: 'string' },
+  'upstream-middleboxes': { type: 'string' },
   'no-keepalive': { type: 'boolean' },
   'connect-timeout': { type: 'string' },
   'log-level': { type: 'string' },
@@ -41,6 +43,17 @@ export function parseKeepaliveFlag (flag: string, value: string): Record<string,
   return side
 }
 
+/**
+ * `PRESET|NAME=DURATION,...` (e.g. `aws-nlb,corp-fw=10m`) as the raw list a file would hold;
+ * entries stay raw so the config validator reports them with its usual rules.
+ */
+export function parseMiddleboxesFlag (value: string): unknown[] {
+  return value.split(',').filter((item) => item !== '').map((item) => {
+    const equals = item.indexOf('=')
+    return equals < 0 ? item : { name: item.slice(0, equals), idleTimeout: item.slice(equals + 1) }
+  })
+}
+
 /** Does the command line describe a route by itself (one-route mode)? */
 export function hasRouteFlags (flags: ConfigFlags): boolean {
   return flags.listen !== undefined || flags.upstream !== undefined
@@ -55,6 +68,10 @@ export function routeFromFlags (flags: ConfigFlags): Record<string, unknown> {
   }
   if (flags['client-keepalive'] !== undefined) keepalive.client = parseKeepaliveFlag('client-keepalive', flags['client-keepalive'])
   if (flags['upstream-keepalive'] !== undefined) keepalive.upstream = parseKeepaliveFlag('upstream-keepalive', flags['upstream-keepalive'])
+  for (const side of ['client', 'upstream'] as const) {
+    const list = flags[`${side}-middleboxes`]
+    if (list !== undefined) keepalive[side] = { ...(keepalive[side] as Record<string, unknown> | undefined), middleboxes: parseMiddleboxesFlag(list) }
+  }
   const route: Record<string, unknown> = { name: flags.name ?? 'default', listen: flags.listen, upstream: flags.upstream, keepalive }
   if (flags['connect-timeout'] !== undefined) route.connectTimeout = flags['connect-timeout']
   return { routes: [route] }

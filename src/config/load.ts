@@ -42,7 +42,7 @@ export function loadConfigFile (file: string, options: LoadOptions = {}): Kaprox
   }
 }
 
-const BUILTIN_KEEPALIVE: RawKeepaliveDefaults = { enabled: true, idle: '60s', interval: '10s', count: 6, userTimeout: null }
+const BUILTIN_KEEPALIVE: RawKeepaliveDefaults = { enabled: true, idle: '60s', interval: '10s', count: 6, userTimeout: null, middleboxes: [] }
 
 // convict reports `path: message: value was X`, or `configuration param 'x' not declared in the schema`.
 function convictIssues (message: string): ConfigIssue[] {
@@ -53,6 +53,23 @@ function convictIssues (message: string): ConfigIssue[] {
     if (colon < 0) return { path: '', message: line }
     return { path: line.slice(0, colon), message: line.slice(colon + 2).replace(/: value was .*$/, '') }
   })
+}
+
+function rawDefaultMiddleboxes (raw: object): unknown {
+  const defaults = (raw as { defaults?: unknown }).defaults
+  const keepalive = typeof defaults === 'object' && defaults !== null ? (defaults as { keepalive?: unknown }).keepalive : undefined
+  return typeof keepalive === 'object' && keepalive !== null ? (keepalive as { middleboxes?: unknown }).middleboxes : undefined
+}
+
+// convict would try to parse a non-list as JSON; report it by path instead, and load the rest.
+// null means none, as on a side.
+function withoutNonListMiddleboxes (raw: object, issues: ConfigIssue[]): object {
+  const middleboxes = rawDefaultMiddleboxes(raw)
+  if (middleboxes === undefined || Array.isArray(middleboxes)) return raw
+  if (middleboxes !== null) issues.push({ path: 'defaults.keepalive.middleboxes', message: `must be a list of middleboxes (preset names or { name, idleTimeout }) (got ${JSON.stringify(middleboxes) ?? String(middleboxes)})` })
+  const defaults = (raw as { defaults: Record<string, unknown> }).defaults
+  const { middleboxes: _dropped, ...keepalive } = defaults.keepalive as Record<string, unknown>
+  return { ...raw, defaults: { ...defaults, keepalive } }
 }
 
 /** Validate a parsed config object (from a file, or built from flags). Throws ConfigError. */
@@ -66,7 +83,7 @@ export function buildConfig (raw: unknown, options: LoadOptions = {}): KaproxyCo
   // convict would try to coerce a non-list; report it by path instead.
   if (!Array.isArray(rawRoutes)) issues.push({ path: 'routes', message: `must be a list of routes (got ${JSON.stringify(rawRoutes)})` })
   try {
-    schema.load({ ...raw, routes: Array.isArray(rawRoutes) ? rawRoutes : [] })
+    schema.load({ ...withoutNonListMiddleboxes(raw, issues), routes: Array.isArray(rawRoutes) ? rawRoutes : [] })
     for (const [path, value] of Object.entries(options.overrides ?? {})) schema.set(path, value)
     schema.validate({ allowed: 'strict' })
   } catch (err) {
@@ -74,8 +91,18 @@ export function buildConfig (raw: unknown, options: LoadOptions = {}): KaproxyCo
   }
   // Keep going after top-level problems so every invalid field is reported in one pass;
   // routes are then checked against the built-in defaults.
-  const topLevelOk = issues.length === 0
-  const keepalive = resolveKeepaliveDefaults(topLevelOk ? schema.get('defaults.keepalive') as RawKeepaliveDefaults : BUILTIN_KEEPALIVE)
+  let topLevelOk = issues.length === 0
+  // After a top-level problem, the middlebox list is still checked entry by entry when it is a list.
+  const rawMiddleboxes = rawDefaultMiddleboxes(raw)
+  let resolved = resolveKeepaliveDefaults(topLevelOk
+    ? schema.get('defaults.keepalive') as RawKeepaliveDefaults
+    : { ...BUILTIN_KEEPALIVE, middleboxes: Array.isArray(rawMiddleboxes) ? rawMiddleboxes : [] })
+  if (resolved.issues.length > 0 || !topLevelOk) {
+    issues.push(...resolved.issues)
+    topLevelOk = false
+    resolved = resolveKeepaliveDefaults(BUILTIN_KEEPALIVE)
+  }
+  const keepalive = resolved.defaults
   const connectTimeoutMs = topLevelOk ? parseDurationMs(schema.get('defaults.connectTimeout')) ?? 5000 : 5000
   const { routes, issues: routeIssues } = checkRoutes(Array.isArray(rawRoutes) ? rawRoutes : [], { keepalive, connectTimeoutMs })
   issues.push(...routeIssues)
@@ -86,7 +113,7 @@ export function buildConfig (raw: unknown, options: LoadOptions = {}): KaproxyCo
   return {
     log: { level: schema.get('log.level') as LogLevel },
     admin: { listen: admin === null || 'rule' in admin ? null : admin, token: schema.get('admin.token') },
-    defaults: { keepalive, connectTimeoutMs },
+    defaults: { keepalive: keepalive.settings, idleAuto: keepalive.idleAuto, middleboxes: keepalive.middleboxes, connectTimeoutMs },
     routes
   }
 }

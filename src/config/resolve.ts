@@ -5,6 +5,8 @@ import type { KaproxyConfig } from './types.js'
 
 // In one-route mode issues are reported by the flag the user typed, not by routes[0].
 const FLAG_PATHS: ReadonlyArray<[RegExp, string]> = [
+  [/^routes\[0\]\.keepalive\.client\.middleboxes/, '--client-middleboxes '],
+  [/^routes\[0\]\.keepalive\.upstream\.middleboxes/, '--upstream-middleboxes '],
   [/^routes\[0\]\.keepalive\.client\.?/, '--client-keepalive '],
   [/^routes\[0\]\.keepalive\.upstream\.?/, '--upstream-keepalive '],
   [/^routes\[0\]\.connectTimeout/, '--connect-timeout'],

@@ -1,15 +1,16 @@
+import { autoIdleSeconds, parseMiddlebox, type Middlebox } from '../budget/middleboxes.js'
 import type { ConfigIssue } from '../errors.js'
 import type { KeepaliveSettings } from '../keepalive.js'
 import { formatHostPort, parseDurationMs, parseHostPort } from './formats.js'
 import {
-  CONNECT_TIMEOUT_RULE, COUNT_RULE, USER_TIMEOUT_RULE, WHOLE_SECONDS_RULE,
+  AUTO, CONNECT_TIMEOUT_RULE, COUNT_RULE, IDLE_RULE, USER_TIMEOUT_RULE, WHOLE_SECONDS_RULE,
   isConnectTimeout, isCount, isKeepaliveSeconds, isUserTimeout
 } from './schema.js'
 import { isIP } from 'node:net'
 import { originalDstSupported } from '../sockopt/original-dst.js'
 import { parseUpstreamTarget, type UpstreamTarget } from '../upstream/target.js'
 import { parseAddressRule, type AddressRule } from './address-rule.js'
-import { BALANCES, SIDES, type Balance, type HealthCheckConfig, type OriginalDstConfig, type RouteConfig } from './types.js'
+import { BALANCES, SIDES, type Balance, type HealthCheckConfig, type OriginalDstConfig, type RouteConfig, type Side } from './types.js'
 
 type Raw = Record<string, unknown>
 
@@ -19,7 +20,7 @@ const DESTINATION_KEYS = new Set(['match', 'keepalive'])
 const HEALTH_KEYS = new Set(['type', 'interval', 'timeout', 'rise', 'fall', 'path', 'expectStatus'])
 const MAX_UPSTREAMS = 64
 const KEEPALIVE_KEYS = new Set<string>(SIDES)
-const SIDE_KEYS = new Set(['enabled', 'idle', 'interval', 'count', 'userTimeout'])
+const SIDE_KEYS = new Set(['enabled', 'idle', 'interval', 'count', 'userTimeout', 'middleboxes'])
 const NAME = /^[a-z0-9-]{1,63}$/
 
 function show (value: unknown): string {
@@ -68,6 +69,22 @@ class Checker {
     this.fail(path, rule, value)
     return undefined
   }
+
+  /** A list of middleboxes; null means none. Each bad entry is reported at `path[i]` or `path[i].key`. */
+  middleboxes (path: string, value: unknown): Middlebox[] | undefined {
+    if (value === null) return []
+    if (!Array.isArray(value)) { this.fail(path, 'must be a list of middleboxes (preset names or { name, idleTimeout })', value); return undefined }
+    const list: Middlebox[] = []
+    const before = this.issues.length
+    value.forEach((entry: unknown, index) => {
+      const parsed = parseMiddlebox(entry)
+      if (!Array.isArray(parsed)) { list.push(parsed); return }
+      for (const problem of parsed) {
+        this.issues.push({ path: `${path}[${index}]${problem.key === undefined ? '' : `.${problem.key}`}`, message: problem.message })
+      }
+    })
+    return this.issues.length === before ? list : undefined
+  }
 }
 
 /** Keepalive as written in the file, before merging: the raw `defaults.keepalive` is validated by convict. */
@@ -77,31 +94,62 @@ export interface RawKeepaliveDefaults {
   interval: string | number
   count: number
   userTimeout: string | number | null
+  middleboxes: unknown[]
 }
 
-/** Resolve validated defaults into settings. */
-export function resolveKeepaliveDefaults (raw: RawKeepaliveDefaults): KeepaliveSettings {
+/** `defaults.keepalive` resolved: the settings every side merges over, and what `auto` needs. */
+export interface KeepaliveDefaults {
+  /** When `idleAuto`, `idleSec` is a placeholder (the built-in 60 s) that no socket receives. */
+  settings: KeepaliveSettings
+  idleAuto: boolean
+  middleboxes: Middlebox[]
+}
+
+/** The idle placeholder of `idle: auto` in defaults, before a side resolves it (the built-in default). */
+const AUTO_PLACEHOLDER_SEC = 60
+
+/**
+ * Resolve validated defaults. `middleboxes` entries are checked here with their paths
+ * (`defaults.keepalive.middleboxes[1].idleTimeout`), as convict only checks that it is a list.
+ */
+export function resolveKeepaliveDefaults (raw: RawKeepaliveDefaults): { defaults: KeepaliveDefaults, issues: ConfigIssue[] } {
+  const idleAuto = raw.idle === AUTO
   const settings: KeepaliveSettings = {
     enabled: raw.enabled,
-    idleSec: (parseDurationMs(raw.idle) ?? 0) / 1000,
+    idleSec: idleAuto ? AUTO_PLACEHOLDER_SEC : (parseDurationMs(raw.idle) ?? 0) / 1000,
     intervalSec: (parseDurationMs(raw.interval) ?? 0) / 1000,
     count: raw.count
   }
   if (raw.userTimeout !== null) settings.userTimeoutMs = parseDurationMs(raw.userTimeout) ?? 0
-  return settings
+  const c = new Checker()
+  const middleboxes = c.middleboxes('defaults.keepalive.middleboxes', raw.middleboxes) ?? []
+  return { defaults: { settings, idleAuto, middleboxes }, issues: c.issues }
 }
 
-function checkSide (c: Checker, path: string, value: unknown, defaults: KeepaliveSettings): KeepaliveSettings | undefined {
+/** One side resolved: what the socket gets, and what `check` needs to judge it. */
+interface ResolvedSide {
+  settings: KeepaliveSettings
+  middleboxes: Middlebox[]
+  idleAuto: boolean
+}
+
+function checkSide (c: Checker, path: string, value: unknown, defaults: KeepaliveDefaults): ResolvedSide | undefined {
   const raw = c.object(path, value)
   if (raw === undefined) return undefined
   c.unknownKeys(path, raw, SIDE_KEYS)
-  const settings: KeepaliveSettings = { ...defaults }
+  const settings: KeepaliveSettings = { ...defaults.settings }
+  let idleAuto = defaults.idleAuto
+  let middleboxes = [...defaults.middleboxes]
   const before = c.issues.length
   if (raw.enabled !== undefined) {
     if (typeof raw.enabled === 'boolean') settings.enabled = raw.enabled
     else c.fail(`${path}.enabled`, 'must be true or false', raw.enabled)
   }
-  if (raw.idle !== undefined) settings.idleSec = (c.duration(`${path}.idle`, raw.idle, WHOLE_SECONDS_RULE, isKeepaliveSeconds) ?? 0) / 1000
+  if (raw.idle === AUTO) idleAuto = true
+  else if (raw.idle !== undefined) {
+    idleAuto = false
+    settings.idleSec = (c.duration(`${path}.idle`, raw.idle, IDLE_RULE, isKeepaliveSeconds) ?? 0) / 1000
+  }
   if (raw.interval !== undefined) settings.intervalSec = (c.duration(`${path}.interval`, raw.interval, WHOLE_SECONDS_RULE, isKeepaliveSeconds) ?? 0) / 1000
   if (raw.count !== undefined) {
     if (isCount(raw.count)) settings.count = raw.count as number
@@ -109,7 +157,24 @@ function checkSide (c: Checker, path: string, value: unknown, defaults: Keepaliv
   }
   if (raw.userTimeout === null) delete settings.userTimeoutMs
   else if (raw.userTimeout !== undefined) settings.userTimeoutMs = c.duration(`${path}.userTimeout`, raw.userTimeout, USER_TIMEOUT_RULE, isUserTimeout) ?? 0
-  return c.issues.length === before ? settings : undefined
+  let middleboxesOk = true
+  if (raw.middleboxes !== undefined) {
+    const parsed = c.middleboxes(`${path}.middleboxes`, raw.middleboxes)
+    middleboxesOk = parsed !== undefined
+    middleboxes = parsed ?? []
+  }
+  // With a broken list, auto has nothing sound to resolve against; the list's own issues say why.
+  if (idleAuto && middleboxesOk) {
+    const autoSec = autoIdleSeconds(middleboxes)
+    if (autoSec !== null) settings.idleSec = autoSec
+    // A side with keepalive off never uses its idle, so an auto that has nothing to resolve against
+    // is only an error where it matters.
+    else if (settings.enabled) {
+      const inherited = raw.idle === undefined ? ' (inherited from defaults.keepalive.idle)' : ''
+      c.fail(`${path}.idle`, `auto needs at least one middlebox on this side${inherited}: list the side's middleboxes, or give idle in seconds`, AUTO)
+    }
+  }
+  return c.issues.length === before ? { settings, middleboxes, idleAuto } : undefined
 }
 
 function checkUpstreams (c: Checker, path: string, value: unknown): UpstreamTarget[] | undefined {
@@ -202,6 +267,7 @@ function checkRoute (c: Checker, path: string, value: unknown, defaults: RouteDe
   if (c.issues.length !== before || 'rule' in listen || upstreams === undefined || originalDst === undefined || socketMark === undefined || balance === undefined || retries === undefined ||
     connectTimeoutMs === undefined || client === undefined || upstreamKeepalive === undefined || healthCheck === undefined ||
     proxyProtocol === undefined || proxyHeaderTimeoutMs === undefined || maxConnections === undefined || idleTimeoutMs === undefined) return undefined
+  const sides: Record<Side, ResolvedSide> = { client, upstream: upstreamKeepalive }
   return {
     name: name as string,
     listen,
@@ -209,7 +275,9 @@ function checkRoute (c: Checker, path: string, value: unknown, defaults: RouteDe
     balance,
     retries,
     connectTimeoutMs,
-    keepalive: { client, upstream: upstreamKeepalive },
+    keepalive: { client: sides.client.settings, upstream: sides.upstream.settings },
+    middleboxes: { client: sides.client.middleboxes, upstream: sides.upstream.middleboxes },
+    idleAuto: { client: sides.client.idleAuto, upstream: sides.upstream.idleAuto },
     healthCheck,
     proxyProtocol,
     acceptProxyProtocol,
@@ -232,7 +300,7 @@ function checkRules (c: Checker, path: string, value: unknown): AddressRule[] | 
   return rules.length === value.length ? rules : undefined
 }
 
-function checkOriginalDst (c: Checker, path: string, route: Raw, transparent: boolean, upstreamKeepalive: KeepaliveSettings | undefined): OriginalDstConfig | null | undefined {
+function checkOriginalDst (c: Checker, path: string, route: Raw, transparent: boolean, upstreamKeepalive: ResolvedSide | undefined): OriginalDstConfig | null | undefined {
   if (!transparent) {
     if (route.allow !== undefined) c.fail(`${path}.allow`, 'only applies with upstream: original-dst', route.allow)
     if (route.destinations !== undefined) c.fail(`${path}.destinations`, 'only applies with upstream: original-dst', route.destinations)
@@ -251,7 +319,9 @@ function checkOriginalDst (c: Checker, path: string, route: Raw, transparent: bo
         c.unknownKeys(itemPath, raw, DESTINATION_KEYS)
         const match = parseAddressRule(raw.match)
         if ('rule' in match) c.fail(`${itemPath}.match`, match.rule, raw.match)
-        const keepalive = upstreamKeepalive === undefined ? undefined : checkSide(c, `${itemPath}.keepalive`, raw.keepalive, upstreamKeepalive)
+        // Merged over the route's resolved upstream side: its middleboxes (and auto) carry over unless
+        // the destination lists its own.
+        const keepalive = upstreamKeepalive === undefined ? undefined : checkSide(c, `${itemPath}.keepalive`, raw.keepalive, upstreamKeepalive)?.settings
         if (!('rule' in match) && keepalive !== undefined) destinations.push({ match, keepalive })
       })
     }
@@ -272,7 +342,7 @@ function checkSocketMark (c: Checker, path: string, value: unknown, ipOnly: bool
 }
 
 export interface RouteDefaults {
-  keepalive: KeepaliveSettings
+  keepalive: KeepaliveDefaults
   connectTimeoutMs: number
 }
 

@@ -21,11 +21,14 @@ function durationFormat (rule: string, isValid: (ms: number) => boolean) {
 }
 
 export const WHOLE_SECONDS_RULE = 'must be whole seconds 1..32767 (e.g. 30s, 2m)'
+export const IDLE_RULE = `${WHOLE_SECONDS_RULE} or auto`
 export const COUNT_RULE = 'must be an integer 1..127'
 export const USER_TIMEOUT_RULE = 'must be a duration 0..2147483647ms (e.g. 30s, 500ms)'
 export const CONNECT_TIMEOUT_RULE = 'must be a duration 1ms..1h (e.g. 5s)'
 
 export const isKeepaliveSeconds = (ms: number): boolean => ms % 1000 === 0 && ms >= 1000 && ms <= 32767_000
+/** `idle: auto`: resolved per side from its middleboxes (src/budget/middleboxes.ts). */
+export const AUTO = 'auto'
 export const isUserTimeout = (ms: number): boolean => ms <= 2147483647
 export const isConnectTimeout = (ms: number): boolean => ms >= 1 && ms <= 3_600_000
 export const isCount = (value: unknown): boolean => Number.isInteger(value) && (value as number) >= 1 && (value as number) <= 127
@@ -40,6 +43,13 @@ const formats = {
   boolean: (value: unknown): void => check(typeof value === 'boolean', 'must be true or false', value),
   string: (value: unknown): void => check(typeof value === 'string', 'must be a string', value),
   'keepalive-seconds': durationFormat(WHOLE_SECONDS_RULE, isKeepaliveSeconds),
+  'keepalive-idle': (value: unknown): void => {
+    if (value === AUTO) return
+    const ms = parseDurationMs(value)
+    check(ms !== undefined && isKeepaliveSeconds(ms), IDLE_RULE, value)
+  },
+  // Only the shape here; every entry is checked with its path in routes.ts, like the route list.
+  'middlebox-list': (value: unknown): void => check(Array.isArray(value), 'must be a list of middleboxes (preset names or { name, idleTimeout })', value),
   'keepalive-count': (value: unknown): void => check(isCount(value), COUNT_RULE, value),
   'user-timeout': durationFormat(USER_TIMEOUT_RULE, isUserTimeout),
   'connect-timeout': durationFormat(CONNECT_TIMEOUT_RULE, isConnectTimeout),
@@ -60,10 +70,11 @@ export function createSchema (env: NodeJS.ProcessEnv) {
       connectTimeout: { doc: 'upstream connect timeout', format: formats['connect-timeout'], default: '5s' as string | number },
       keepalive: {
         enabled: { doc: 'SO_KEEPALIVE', format: formats.boolean, default: true },
-        idle: { doc: 'TCP_KEEPIDLE', format: formats['keepalive-seconds'], default: '60s' as string | number },
+        idle: { doc: 'TCP_KEEPIDLE; auto: half the smallest middlebox idle timeout of each side', format: formats['keepalive-idle'], default: '60s' as string | number },
         interval: { doc: 'TCP_KEEPINTVL', format: formats['keepalive-seconds'], default: '10s' as string | number },
         count: { doc: 'TCP_KEEPCNT', format: formats['keepalive-count'], default: 6 },
-        userTimeout: { doc: 'TCP_USER_TIMEOUT; null leaves the kernel default', format: formats['user-timeout'], default: null as string | number | null, nullable: true }
+        userTimeout: { doc: 'TCP_USER_TIMEOUT; null leaves the kernel default', format: formats['user-timeout'], default: null as string | number | null, nullable: true },
+        middleboxes: { doc: 'middleboxes every side crosses unless it lists its own: preset names or { name, idleTimeout }', format: formats['middlebox-list'], default: [] as unknown[] }
       }
     },
     routes: { doc: 'the routes', format: formats['route-list'], default: [] as unknown[] }

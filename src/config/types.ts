@@ -1,3 +1,4 @@
+import type { Middlebox } from '../budget/middleboxes.js'
 import type { KeepaliveSettings } from '../keepalive.js'
 import type { UpstreamTarget } from '../upstream/target.js'
 import type { AddressRule } from './address-rule.js'
@@ -23,7 +24,12 @@ export interface RouteConfig {
   retries: number
   /** Milliseconds to wait for the upstream to accept before trying the next (`connect-timeout`). */
   connectTimeoutMs: number
+  /** What each side's sockets get from `applyKeepalive`; `idle: auto` is already resolved to seconds. */
   keepalive: Record<Side, KeepaliveSettings>
+  /** The middleboxes each side's connections cross (`keepalive.<side>.middleboxes`); empty when none are declared. */
+  middleboxes: Record<Side, Middlebox[]>
+  /** Whether each side's `idle` was `auto` (half the smallest middlebox timeout, see autoIdleSeconds). */
+  idleAuto: Record<Side, boolean>
   /** Active checks of every target; null for none (passive ejection still applies). */
   healthCheck: HealthCheckConfig | null
   /** PROXY protocol header sent to the upstream before any client byte; null for none. */
@@ -78,6 +84,10 @@ export interface AdminConfig {
 export interface KaproxyConfig {
   log: { level: LogLevel }
   admin: AdminConfig
-  defaults: { keepalive: KeepaliveSettings, connectTimeoutMs: number }
+  /**
+   * `defaults.keepalive` as validated. When `idleAuto` is true, `keepalive.idleSec` is a placeholder
+   * (the built-in 60 s) that no socket receives: each side resolves `auto` against its own middleboxes.
+   */
+  defaults: { keepalive: KeepaliveSettings, idleAuto: boolean, middleboxes: Middlebox[], connectTimeoutMs: number }
   routes: RouteConfig[]
 }
