@@ -1,16 +1,16 @@
 import type { ConfigIssue } from '../errors.js'
 import type { KeepaliveSettings } from '../keepalive.js'
-import { formatHostPort, parseDurationMs, parseHostPort } from './formats.js'
+import { formatHostPort, parseDurationMs, parseHostPort, type HostPort } from './formats.js'
 import {
-  CONNECT_TIMEOUT_RULE, COUNT_RULE, USER_TIMEOUT_RULE, WHOLE_SECONDS_RULE,
-  isConnectTimeout, isCount, isKeepaliveSeconds, isUserTimeout
+  CONNECT_TIMEOUT_RULE, COUNT_RULE, DRAIN_TIMEOUT_RULE, USER_TIMEOUT_RULE, WHOLE_SECONDS_RULE,
+  isConnectTimeout, isCount, isDrainTimeout, isKeepaliveSeconds, isUserTimeout
 } from './schema.js'
 import { SIDES, type RouteConfig } from './types.js'
 
 type Raw = Record<string, unknown>
 
-const ROUTE_KEYS = new Set(['name', 'listen', 'upstream', 'connectTimeout', 'keepalive'])
-const KEEPALIVE_KEYS = new Set<string>(SIDES)
+const ROUTE_KEYS = new Set(['name', 'listen', 'upstream', 'connectTimeout', 'drainTimeout', 'keepalive'])
+const KEEPALIVE_KEYS = new Set<string>([...SIDES, 'applyToExisting'])
 const SIDE_KEYS = new Set(['enabled', 'idle', 'interval', 'count', 'userTimeout'])
 const NAME = /^[a-z0-9-]{1,63}$/
 
@@ -108,27 +108,44 @@ function checkRoute (c: Checker, path: string, value: unknown, defaults: RouteDe
   const connectTimeoutMs = value.connectTimeout === undefined
     ? defaults.connectTimeoutMs
     : c.duration(`${path}.connectTimeout`, value.connectTimeout, CONNECT_TIMEOUT_RULE, isConnectTimeout)
+  const drainTimeoutMs = value.drainTimeout === undefined
+    ? defaults.drainTimeoutMs
+    : c.duration(`${path}.drainTimeout`, value.drainTimeout, DRAIN_TIMEOUT_RULE, isDrainTimeout)
 
   const keepaliveRaw = c.object(`${path}.keepalive`, value.keepalive)
   if (keepaliveRaw !== undefined) c.unknownKeys(`${path}.keepalive`, keepaliveRaw, KEEPALIVE_KEYS)
   const client = checkSide(c, `${path}.keepalive.client`, keepaliveRaw?.client, defaults.keepalive)
   const upstreamKeepalive = checkSide(c, `${path}.keepalive.upstream`, keepaliveRaw?.upstream, defaults.keepalive)
+  const applyToExisting = keepaliveRaw?.applyToExisting ?? false
+  if (typeof applyToExisting !== 'boolean') c.fail(`${path}.keepalive.applyToExisting`, 'must be true or false', applyToExisting)
 
-  if (c.issues.length !== before || 'rule' in listen || 'rule' in upstream ||
-    connectTimeoutMs === undefined || client === undefined || upstreamKeepalive === undefined) return undefined
-  return { name: name as string, listen, upstream, connectTimeoutMs, keepalive: { client, upstream: upstreamKeepalive } }
+  if (c.issues.length !== before || 'rule' in listen || 'rule' in upstream || connectTimeoutMs === undefined ||
+    drainTimeoutMs === undefined || client === undefined || upstreamKeepalive === undefined) return undefined
+  return {
+    name: name as string,
+    listen,
+    upstream,
+    connectTimeoutMs,
+    drainTimeoutMs,
+    keepalive: { client, upstream: upstreamKeepalive },
+    keepaliveApplyToExisting: applyToExisting === true
+  }
 }
 
 export interface RouteDefaults {
   keepalive: KeepaliveSettings
   connectTimeoutMs: number
+  drainTimeoutMs: number
 }
 
-/** Two listen addresses collide when ports match and hosts match or either is a wildcard. */
-function listenCollides (a: RouteConfig, b: RouteConfig): boolean {
-  if (a.listen.port === 0 || a.listen.port !== b.listen.port) return false
+/**
+ * Two listen addresses collide when ports match and hosts match or either is a wildcard.
+ * Port 0 (any free port) never collides.
+ */
+export function listenCollides (a: HostPort, b: HostPort): boolean {
+  if (a.port === 0 || a.port !== b.port) return false
   const wildcard = (host: string): boolean => host === '0.0.0.0' || host === '::'
-  return a.listen.host === b.listen.host || wildcard(a.listen.host) || wildcard(b.listen.host)
+  return a.host === b.host || wildcard(a.host) || wildcard(b.host)
 }
 
 /** Validate the raw route list; returns resolved routes and every issue found. */
@@ -141,7 +158,7 @@ export function checkRoutes (rawRoutes: readonly unknown[], defaults: RouteDefau
     if (route === undefined) return
     for (const other of seen) {
       if (other.route.name === route.name) c.fail(`routes[${index}].name`, `must be unique (routes[${other.index}] has the same name)`, route.name)
-      if (listenCollides(other.route, route)) c.fail(`routes[${index}].listen`, `must not collide with routes[${other.index}].listen ${formatHostPort(other.route.listen)}`, formatHostPort(route.listen))
+      if (listenCollides(other.route.listen, route.listen)) c.fail(`routes[${index}].listen`, `must not collide with routes[${other.index}].listen ${formatHostPort(other.route.listen)}`, formatHostPort(route.listen))
     }
     seen.push({ route, index })
     routes.push(route)

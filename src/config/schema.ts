@@ -24,10 +24,12 @@ export const WHOLE_SECONDS_RULE = 'must be whole seconds 1..32767 (e.g. 30s, 2m)
 export const COUNT_RULE = 'must be an integer 1..127'
 export const USER_TIMEOUT_RULE = 'must be a duration 0..2147483647ms (e.g. 30s, 500ms)'
 export const CONNECT_TIMEOUT_RULE = 'must be a duration 1ms..1h (e.g. 5s)'
+export const DRAIN_TIMEOUT_RULE = 'must be a duration 0ms..1h (e.g. 30s; 0 closes at once)'
 
 export const isKeepaliveSeconds = (ms: number): boolean => ms % 1000 === 0 && ms >= 1000 && ms <= 32767_000
 export const isUserTimeout = (ms: number): boolean => ms <= 2147483647
 export const isConnectTimeout = (ms: number): boolean => ms >= 1 && ms <= 3_600_000
+export const isDrainTimeout = (ms: number): boolean => ms <= 3_600_000
 export const isCount = (value: unknown): boolean => Number.isInteger(value) && (value as number) >= 1 && (value as number) <= 127
 
 const formats = {
@@ -43,6 +45,7 @@ const formats = {
   'keepalive-count': (value: unknown): void => check(isCount(value), COUNT_RULE, value),
   'user-timeout': durationFormat(USER_TIMEOUT_RULE, isUserTimeout),
   'connect-timeout': durationFormat(CONNECT_TIMEOUT_RULE, isConnectTimeout),
+  'drain-timeout': durationFormat(DRAIN_TIMEOUT_RULE, isDrainTimeout),
   'route-list': (value: unknown): void => check(Array.isArray(value), 'must be a list of routes', value)
 }
 
@@ -56,8 +59,16 @@ export function createSchema (env: NodeJS.ProcessEnv) {
       listen: { doc: 'admin HTTP API address; "" disables it', format: formats['admin-listen'], default: '127.0.0.1:9901', env: 'KAPROXY_ADMIN_LISTEN' },
       token: { doc: 'bearer token the admin API requires', format: formats.string, default: '', env: 'KAPROXY_ADMIN_TOKEN', sensitive: true }
     },
+    reload: {
+      watch: { doc: 'reload when the config file changes; SIGHUP (and the admin API) reload either way', format: formats.boolean, default: true }
+    },
     defaults: {
       connectTimeout: { doc: 'upstream connect timeout', format: formats['connect-timeout'], default: '5s' as string | number },
+      drainTimeout: {
+        doc: 'how long live connections may go on once their route stops accepting (removed by a reload, or shutdown); then they are closed',
+        format: formats['drain-timeout'],
+        default: '30s' as string | number
+      },
       keepalive: {
         enabled: { doc: 'SO_KEEPALIVE', format: formats.boolean, default: true },
         idle: { doc: 'TCP_KEEPIDLE', format: formats['keepalive-seconds'], default: '60s' as string | number },

@@ -17,7 +17,18 @@ export interface RouteConfig {
   upstream: HostPort
   /** Milliseconds to wait for the upstream to accept before closing the client (`connect-timeout`). */
   connectTimeoutMs: number
+  /**
+   * Milliseconds live connections may go on once the route stops accepting (the route was removed
+   * by a reload, or kaproxy is shutting down); then they are closed with `route-removed` or
+   * `shutdown`. 0 closes them at once. Default `defaults.drainTimeout` (30 s).
+   */
+  drainTimeoutMs: number
   keepalive: Record<Side, KeepaliveSettings>
+  /**
+   * `keepalive.applyToExisting`: when a reload changes this route's keepalive, re-apply it with
+   * setsockopt to the route's live sockets too, not only to new connections. Default false.
+   */
+  keepaliveApplyToExisting: boolean
 }
 
 export interface AdminConfig {
@@ -30,6 +41,8 @@ export interface AdminConfig {
 export interface KaproxyConfig {
   log: { level: LogLevel }
   admin: AdminConfig
-  defaults: { keepalive: KeepaliveSettings, connectTimeoutMs: number }
+  /** `reload.watch`: reload when the config file changes (default true). SIGHUP reloads either way. */
+  reload: { watch: boolean }
+  defaults: { keepalive: KeepaliveSettings, connectTimeoutMs: number, drainTimeoutMs: number }
   routes: RouteConfig[]
 }
