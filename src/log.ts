@@ -2,7 +2,7 @@ import pino, { type DestinationStream, type Logger } from 'pino'
 import { formatHostPort } from './config/formats.js'
 import type { LogLevel, RouteConfig, Side } from './config/types.js'
 import type { KeepaliveSettings } from './keepalive.js'
-import type { CloseSummary, ConnectionRecord, EngineObserver } from './relay/engine.js'
+import type { CloseSummary, ConnectionRecord, DrainSummary, EngineObserver } from './relay/engine.js'
 
 /** The process logger: pino JSON lines on stdout (or `destination`, e.g. a test sink). */
 export function createLogger (level: LogLevel, destination?: DestinationStream): Logger {
@@ -47,6 +47,10 @@ export function loggingObserver (log: Logger): Required<EngineObserver> {
     },
     onRouteError (route: RouteConfig, err: Error) {
       log.warn({ event: 'route-error', route: route.name, err }, `route ${route.name}: ${err.message}`)
+    },
+    onRouteDrained (route: RouteConfig, summary: DrainSummary) {
+      log.info({ event: 'route-drained', route: route.name, ...summary },
+        `route ${route.name} stopped (${summary.reason}): ${summary.finished} connection(s) finished, ${summary.cut} closed`)
     }
   }
 }
@@ -55,6 +59,15 @@ export function loggingObserver (log: Logger): Required<EngineObserver> {
 export function logRoutePlan (log: Logger, routes: readonly RouteConfig[]): void {
   for (const route of routes) {
     const sides: Record<Side, unknown> = { client: keepaliveFields(route.keepalive.client), upstream: keepaliveFields(route.keepalive.upstream) }
-    log.info({ event: 'route', route: route.name, listen: formatHostPort(route.listen), upstream: formatHostPort(route.upstream), connectTimeoutMs: route.connectTimeoutMs, keepalive: sides }, `route ${route.name} keepalive`)
+    log.info({
+      event: 'route',
+      route: route.name,
+      listen: formatHostPort(route.listen),
+      upstream: formatHostPort(route.upstream),
+      connectTimeoutMs: route.connectTimeoutMs,
+      drainTimeoutMs: route.drainTimeoutMs,
+      keepalive: sides,
+      keepaliveApplyToExisting: route.keepaliveApplyToExisting
+    }, `route ${route.name} keepalive`)
   }
 }

@@ -1,8 +1,8 @@
 import net, { type Socket } from 'node:net'
 import { formatHostPort } from '../../config/formats.js'
-import type { RouteConfig, Side } from '../../config/types.js'
+import { SIDES, type RouteConfig, type Side } from '../../config/types.js'
 import { NoDescriptorError } from '../../errors.js'
-import { applyKeepalive } from '../../keepalive.js'
+import { applyKeepalive, type KeepaliveSettings } from '../../keepalive.js'
 import { isAbortive, reasonForError, type CloseReason } from '../close-reason.js'
 import type { CloseSummary, ConnectionRecord } from '../engine.js'
 
@@ -37,6 +37,8 @@ export class Connection implements ConnectionRecord {
   connectMs: number | null = null
 
   private readonly owner: ConnectionOwner
+  /** Starts as the route's; a reload with keepalive.applyToExisting replaces it (see retune). */
+  private keepalive: Record<Side, KeepaliveSettings>
   private readonly clientSocket: RelaySocket
   private upstreamSocket: RelaySocket | null = null
   private connected = false
@@ -50,6 +52,7 @@ export class Connection implements ConnectionRecord {
     this.id = id
     this.route = route
     this.owner = owner
+    this.keepalive = route.keepalive
     this.client = addressOf(client.remoteAddress, client.remotePort)
     this.upstream = formatHostPort(route.upstream)
     this.clientSocket = Object.assign(client, { [CONNECTION]: this })
@@ -77,6 +80,36 @@ export class Connection implements ConnectionRecord {
     upstream.on('close', onClose)
     upstream.on('timeout', onConnectTimeout)
     upstream.setTimeout(this.route.connectTimeoutMs)
+  }
+
+  /** The keepalive this connection's sockets were last given. */
+  keepaliveSettings (): Readonly<Record<Side, KeepaliveSettings>> {
+    return this.keepalive
+  }
+
+  /**
+   * Use `keepalive` from now on: re-apply it with setsockopt to each side's live socket; an upstream
+   * still dialing gets it once connected. Returns how many sockets were re-tuned. A socket without a
+   * descriptor (closing) is skipped; a refused value throws SockoptError after both sides were tried,
+   * and the connection carries on with what the kernel kept: a tuning change never cuts it.
+   */
+  retune (keepalive: Record<Side, KeepaliveSettings>): number {
+    this.keepalive = keepalive
+    if (this.reason !== null) return 0
+    let sockets = 0
+    let failure: unknown = null
+    for (const side of SIDES) {
+      const socket = side === 'client' ? this.clientSocket : this.connected ? this.upstreamSocket : null
+      if (socket === null || socket.destroyed) continue
+      try {
+        applyKeepalive(socket, keepalive[side])
+        sockets++
+      } catch (err) {
+        if (!(err instanceof NoDescriptorError)) failure ??= err
+      }
+    }
+    if (failure !== null) throw failure
+    return sockets
   }
 
   /** Close both sides now with `reason` (e.g. `shutdown`). */
@@ -143,7 +176,7 @@ export class Connection implements ConnectionRecord {
     const socket = side === 'client' ? this.clientSocket : this.upstreamSocket
     if (socket === null) return false
     try {
-      applyKeepalive(socket, this.route.keepalive[side])
+      applyKeepalive(socket, this.keepalive[side])
       return true
     } catch (err) {
       // No descriptor means the peer is already gone; anything else is the kernel refusing a value.
