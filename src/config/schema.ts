@@ -49,6 +49,12 @@ const formats = {
   'route-list': (value: unknown): void => check(Array.isArray(value), 'must be a list of routes', value)
 }
 
+// convict coerces a string by the type of a field's default when the format is a function: `no`
+// (a string in YAML 1.2) became `true` for a boolean, `"5"` became 5 for a count. Named formats with
+// an identity `coerce` keep the value as written, so the format judges it like a route's field.
+convict.addFormat({ name: 'kaproxy-boolean', validate: formats.boolean, coerce: (value: unknown) => value })
+convict.addFormat({ name: 'kaproxy-count', validate: formats['keepalive-count'], coerce: (value: unknown) => value })
+
 /** The convict schema of the top level: documentation, defaults, env names and formats. */
 export function createSchema (env: NodeJS.ProcessEnv) {
   return convict({
@@ -60,7 +66,7 @@ export function createSchema (env: NodeJS.ProcessEnv) {
       token: { doc: 'bearer token the admin API requires', format: formats.string, default: '', env: 'KAPROXY_ADMIN_TOKEN', sensitive: true }
     },
     reload: {
-      watch: { doc: 'reload when the config file changes; SIGHUP (and the admin API) reload either way', format: formats.boolean, default: true }
+      watch: { doc: 'reload when the config file changes; SIGHUP (and the admin API) reload either way', format: 'kaproxy-boolean', default: true }
     },
     defaults: {
       connectTimeout: { doc: 'upstream connect timeout', format: formats['connect-timeout'], default: '5s' as string | number },
@@ -70,10 +76,10 @@ export function createSchema (env: NodeJS.ProcessEnv) {
         default: '30s' as string | number
       },
       keepalive: {
-        enabled: { doc: 'SO_KEEPALIVE', format: formats.boolean, default: true },
+        enabled: { doc: 'SO_KEEPALIVE', format: 'kaproxy-boolean', default: true },
         idle: { doc: 'TCP_KEEPIDLE', format: formats['keepalive-seconds'], default: '60s' as string | number },
         interval: { doc: 'TCP_KEEPINTVL', format: formats['keepalive-seconds'], default: '10s' as string | number },
-        count: { doc: 'TCP_KEEPCNT', format: formats['keepalive-count'], default: 6 },
+        count: { doc: 'TCP_KEEPCNT', format: 'kaproxy-count', default: 6 },
         userTimeout: { doc: 'TCP_USER_TIMEOUT; null leaves the kernel default', format: formats['user-timeout'], default: null as string | number | null, nullable: true }
       }
     },
