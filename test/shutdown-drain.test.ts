@@ -87,9 +87,10 @@ describe('graceful drain on SIGTERM and SIGINT', () => {
     run.child.kill('SIGINT')
     assert.equal((await run.stdout.waitFor({ event: 'draining' })).drainTimeoutMs, 30_000)
     const started = Date.now()
-    server.end('goodbye')
+    // The upstream finishes first; the client answers its FIN.
+    client.once('end', () => { client.end() })
     client.resume()
-    client.end()
+    server.end('goodbye')
     assert.equal(await run.exit, 0)
     assert.ok(Date.now() - started < 5000)
     assert.equal((await run.stdout.waitFor({ event: 'close', route: 'r' })).reason, 'upstream-closed')

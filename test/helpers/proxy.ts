@@ -67,9 +67,9 @@ export interface CliRun {
   kill: () => Promise<void>
 }
 
-/** Spawn `node dist/cli.js ...args`; stdout is parsed as log lines. */
-export function spawnCli (args: string[], env: NodeJS.ProcessEnv = {}): CliRun {
-  const child = spawn(process.execPath, [CLI, ...args], { env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+/** Spawn `node dist/cli.js ...args` (or another copy of the CLI); stdout is parsed as log lines. */
+export function spawnCli (args: string[], env: NodeJS.ProcessEnv = {}, cli = CLI): CliRun {
+  const child = spawn(process.execPath, [cli, ...args], { env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
   const stdout = new LogSink()
   let stderr = ''
   child.stdout.setEncoding('utf8').on('data', (text: string) => { stdout.push(text) })
