@@ -87,7 +87,7 @@ export interface Engine {
   start: (routes: readonly RouteConfig[]) => Promise<void>
   /** The bound `host:port` of a listening route, or null. */
   address: (route: string) => string | null
-  /** Live connections, optionally of one route. */
+  /** Live connections, optionally of one route; those of removed routes still draining included. */
   connections: (route?: string) => Iterable<ConnectionRecord>
   /**
    * Replace the running routes with `routes` (see ApplyResult). Resolves once added routes listen
