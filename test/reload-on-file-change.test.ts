@@ -95,7 +95,7 @@ describe('reload when the config file changes', () => {
     publish('routes:\n  - { name: one, listen: "127.0.0.1:0", upstream: "nowhere" }\n')
     const rejected = await fileReload(proxy, 1)
     assert.equal(rejected.ok, false)
-    assert.match(String(rejected.msg), /routes\[0\]\.upstream: must be host:port or \[ipv6\]:port with port 1\.\.65535 \(got "nowhere"\)/)
+    assert.match(String(rejected.msg), /routes\[0\]\.upstream: must be host:port or \[ipv6\]:port with port 1\.\.65535, or unix:\/path \(got "nowhere"\)/)
     assert.equal(await echoThrough(proxy.port('one'), 'still serving'), 'still serving')
 
     publish(configText(upstream, ['one', 'two']))

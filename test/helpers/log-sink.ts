@@ -53,6 +53,26 @@ export class LogSink extends Writable {
     })
   }
 
+  /** Resolves once `count` lines match `fields` (each wait bounded by the timeout). */
+  async waitForCount (fields: LogLine, count: number, timeoutMs = 10_000): Promise<LogLine[]> {
+    const deadline = Date.now() + timeoutMs
+    let seen = this.find(fields)
+    while (seen.length < count) {
+      await new Promise<LogLine>((resolve, reject) => {
+        const before = seen.length
+        const match = (line: LogLine): boolean => Object.entries(fields).every(([key, value]) => line[key] === value) && this.find(fields).length > before
+        const waiter = { match, resolve: (line: LogLine) => { clearTimeout(timer); resolve(line) } }
+        const timer = setTimeout(() => {
+          this.waiters.delete(waiter)
+          reject(new Error(`only ${seen.length} of ${count} log lines matching ${JSON.stringify(fields)}`))
+        }, Math.max(1, deadline - Date.now()))
+        this.waiters.add(waiter)
+      })
+      seen = this.find(fields)
+    }
+    return seen
+  }
+
   find (fields: LogLine): LogLine[] {
     return this.lines.filter((line) => Object.entries(fields).every(([key, value]) => line[key] === value))
   }

@@ -3,7 +3,23 @@ import { listenCollides } from '../../config/routes.js'
 import type { RouteConfig } from '../../config/types.js'
 import { KaproxyError } from '../../errors.js'
 import type { ApplyResult, ConnectionRecord, Engine, EngineObserver } from '../engine.js'
-import { RouteListener } from './route-listener.js'
+import type { UpstreamState } from '../../upstream/pool.js'
+import type { UpstreamTarget } from '../../upstream/target.js'
+import { probeRouteSocketMark, RouteListener } from './route-listener.js'
+
+/**
+ * Deep equality of resolved route settings. Functions (an address rule's `matches`) are derived
+ * from the data beside them (its `text`), so they are skipped rather than compared by identity.
+ */
+export function sameSettings (a: unknown, b: unknown): boolean {
+  if (a === b) return true
+  if (typeof a === 'function' && typeof b === 'function') return true
+  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null || Array.isArray(a) !== Array.isArray(b)) return false
+  const left = a as Record<string, unknown>
+  const right = b as Record<string, unknown>
+  const keys = Object.keys(left)
+  return keys.length === Object.keys(right).length && keys.every((key) => Object.hasOwn(right, key) && sameSettings(left[key], right[key]))
+}
 
 /** The portable engine: one net.Socket pair per connection. */
 export class NetEngine implements Engine {
@@ -40,6 +56,10 @@ export class NetEngine implements Engine {
     return this.listeners.get(route)?.address ?? null
   }
 
+  upstreams (route: string): Array<{ target: UpstreamTarget, state: UpstreamState, active: number }> {
+    return this.listeners.get(route)?.pool.members.map((m) => ({ target: m.target, state: m.state, active: m.active })) ?? []
+  }
+
   * connections (route?: string): Iterable<ConnectionRecord> {
     for (const listener of [...this.listeners.values(), ...this.retiring]) {
       if (route === undefined || listener.route.name === route) yield * listener.connections
@@ -71,6 +91,11 @@ export class NetEngine implements Engine {
     const later = arriving.filter((route) => leaving.some((listener) => listenCollides(listener.route.listen, route.listen)))
     const started = new Map<string, RouteListener>()
     try {
+      // A kept route newly given a socket mark must be allowed to set it, or its dials would fail later.
+      for (const route of routes) {
+        const kept = this.listeners.get(route.name)
+        if (kept !== undefined && !leavingNames.has(route.name) && route.socketMark !== kept.route.socketMark) probeRouteSocketMark(route)
+      }
       for (const route of arriving) {
         if (!later.includes(route)) started.set(route.name, await this.listenRoute(route))
       }
@@ -104,7 +129,7 @@ export class NetEngine implements Engine {
       const kept = this.listeners.get(route.name)
       if (kept === undefined || leavingNames.has(route.name)) continue
       listeners.set(route.name, kept)
-      if (isDeepStrictEqual(kept.route, route)) {
+      if (sameSettings(kept.route, route)) {
         result.unchanged.push(route.name)
       } else {
         result.retunedSockets += kept.update(route)

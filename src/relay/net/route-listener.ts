@@ -3,6 +3,11 @@ import { isDeepStrictEqual } from 'node:util'
 import { formatHostPort } from '../../config/formats.js'
 import type { RouteConfig } from '../../config/types.js'
 import { KaproxyError } from '../../errors.js'
+import { probeSocketMark } from '../../sockopt/mark.js'
+import { HealthChecker } from '../../upstream/health.js'
+import { UpstreamPool } from '../../upstream/pool.js'
+import type { UpstreamTarget } from '../../upstream/target.js'
+import type { CloseReason } from '../close-reason.js'
 import type { CloseSummary, DrainSummary, EngineObserver } from '../engine.js'
 import { Connection, type ConnectionOwner } from './connection.js'
 
@@ -22,11 +27,29 @@ interface Stopping {
   resolve: () => void
 }
 
+/** The settings that shape a route's pool and health checks: a change rebuilds them. */
+function poolSettings (route: RouteConfig): unknown {
+  return { upstreams: route.upstreams, balance: route.balance, healthCheck: route.healthCheck }
+}
+
+/** Check that the process may set the route's socket mark (CAP_NET_ADMIN). Throws KAPROXY_ERR_CAPABILITY. */
+export function probeRouteSocketMark (route: RouteConfig): void {
+  if (route.socketMark === null) return
+  try {
+    probeSocketMark(route.socketMark)
+  } catch (err) {
+    throw new KaproxyError('KAPROXY_ERR_CAPABILITY', `route ${route.name}: ${(err as Error).message}`, { cause: err })
+  }
+}
+
 /** One route's listening socket and the connections it accepted; it owns and closes both. */
 export class RouteListener implements ConnectionOwner {
   /** The settings new connections get; `update()` replaces them while listener and connections stay. */
   route: RouteConfig
   readonly connections = new Set<Connection>()
+  /** The targets new connections dial; rebuilt by `update()` when upstreams, balance or health checks change. */
+  pool: UpstreamPool
+  private health: HealthChecker | null
   /** The bound `host:port` once listening (the real port when 0 was configured). */
   address: string | null = null
   private readonly server: net.Server
@@ -39,19 +62,28 @@ export class RouteListener implements ConnectionOwner {
     // allowHalfOpen: a client's FIN must not end our write side; pauseOnConnect: read nothing
     // from the client until its upstream is connected.
     this.server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true })
+    this.pool = this.createPool(route)
+    this.health = route.healthCheck === null ? null : new HealthChecker(this.pool, route.healthCheck)
     this.server.on('connection', (socket) => {
       if (this.stopping !== null) { socket.destroy(); return }
       const connection = new Connection(nextConnectionId++, this.route, socket, this)
+      const full = this.route.maxConnections !== null && this.connections.size >= this.route.maxConnections
       this.connections.add(connection)
-      connection.start()
+      if (full) connection.reject('limit')
+      else connection.start()
     })
     // Accept errors (EMFILE, ENFILE) surface here; they must not crash the process.
     this.server.on('error', (err) => { this.observer.onRouteError?.(this.route, err) })
   }
 
+  private createPool (route: RouteConfig, previous?: UpstreamPool): UpstreamPool {
+    return new UpstreamPool(route, (target, state, reason) => { this.observer.onUpstreamState?.(this.route, target, state, reason) }, previous?.members)
+  }
+
   /** Resolves with the bound address once listening. */
   async listen (): Promise<string> {
     const { host, port } = this.route.listen
+    probeRouteSocketMark(this.route)
     await new Promise<void>((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException): void => {
         reject(new KaproxyError('KAPROXY_ERR_LISTEN', `route ${this.route.name}: cannot listen on ${formatHostPort(this.route.listen)}: ${err.code ?? err.message}`, { cause: err }))
@@ -65,23 +97,34 @@ export class RouteListener implements ConnectionOwner {
     const bound = this.server.address()
     const address = bound !== null && typeof bound === 'object' ? formatHostPort({ host: bound.address, port: bound.port }) : String(bound)
     this.address = address
+    this.health?.start()
     this.observer.onListening?.(this.route, address)
     return address
   }
 
   /**
-   * New connections use `route` from now on (same name and listen address). With
-   * `keepaliveApplyToExisting`, live connections whose keepalive differs are re-tuned with
-   * setsockopt. Returns how many sockets were re-tuned; a refusal is reported, never fatal.
+   * New connections use `route` from now on (same name and listen address). Changed upstreams,
+   * balance or health checks get a new pool (targets kept keep their state and counts) and new
+   * checks. With `keepaliveApplyToExisting`, live connections whose keepalive differs are re-tuned
+   * with setsockopt. Returns how many sockets were re-tuned; a refusal is reported, never fatal.
    */
   update (route: RouteConfig): number {
+    const previous = this.route
     this.route = route
+    if (!isDeepStrictEqual(poolSettings(previous), poolSettings(route))) {
+      this.pool = this.createPool(route, this.pool)
+      const old = this.health
+      this.health = route.healthCheck === null ? null : new HealthChecker(this.pool, route.healthCheck)
+      old?.close().catch((err: unknown) => { this.observer.onRouteError?.(route, err as Error) })
+      this.health?.start()
+    }
     if (!route.keepaliveApplyToExisting) return 0
     let sockets = 0
     for (const connection of this.connections) {
-      if (isDeepStrictEqual(connection.keepaliveSettings(), route.keepalive)) continue
+      const keepalive = connection.keepaliveFor(route)
+      if (isDeepStrictEqual(connection.keepaliveSettings(), keepalive)) continue
       try {
-        sockets += connection.retune(route.keepalive)
+        sockets += connection.retune(keepalive)
       } catch (err) {
         this.observer.onRouteError?.(route, new KaproxyError('KAPROXY_ERR_RETUNE',
           `route ${route.name}: keepalive not re-applied to connection ${connection.id}: ${(err as Error).message}`, { cause: err }))
@@ -92,6 +135,10 @@ export class RouteListener implements ConnectionOwner {
 
   opened (connection: Connection): void {
     this.observer.onOpen?.(connection)
+  }
+
+  dialFailed (connection: Connection, target: UpstreamTarget, reason: CloseReason, error: NodeJS.ErrnoException | null): void {
+    this.observer.onDialFailed?.(connection, target, reason, error)
   }
 
   closed (connection: Connection, summary: CloseSummary): void {
@@ -106,14 +153,16 @@ export class RouteListener implements ConnectionOwner {
   }
 
   /**
-   * Stop accepting: the listening socket is closed before this returns (the port is free, new
-   * connections are refused). Live connections get `graceMs` to end by themselves, then are closed
-   * with `reason`. Resolves when none is left. Idempotent: later calls join the first drain.
+   * Stop accepting and checking: the listening socket is closed before this returns (the port is
+   * free, new connections are refused). Live connections get `graceMs` to end by themselves, then
+   * are closed with `reason`. Resolves when none is left. Idempotent: later calls join the first.
    */
   async drain (graceMs: number, reason: StopReason): Promise<void> {
     if (this.stopping === null) {
       let resolve = (): void => {}
-      const done = new Promise<void>((resolveDone) => { resolve = resolveDone })
+      const connectionsDone = new Promise<void>((resolveDone) => { resolve = resolveDone })
+      const healthDone = this.health?.close()
+      const done = Promise.all([connectionsDone, healthDone]).then(() => {})
       const stopping: Stopping = { reason, startedAt: Date.now(), finished: 0, cut: 0, deadline: null, settled: false, done, resolve }
       this.stopping = stopping
       // Without a callback close() cannot fail: a server that never listened just stays closed.
