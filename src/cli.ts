@@ -3,13 +3,14 @@ import { readFileSync } from 'node:fs'
 import { MIDDLEBOX_PRESETS } from './budget/middleboxes.js'
 import { parseHostPort } from './config/formats.js'
 import { parseConfigFlags } from './config/flags.js'
-import { resolveConfig } from './config/resolve.js'
+import { configSource, resolveConfig } from './config/resolve.js'
 import { checkReport, formatCheckReport, hasBudgetWarnings } from './check.js'
 import { demoBanner, startEchoServer } from './demo.js'
 import { ConfigError, KaproxyError } from './errors.js'
 import { iptablesCommand } from './iptables.js'
 import { Kaproxy } from './kaproxy.js'
 import { createLogger } from './log.js'
+import { startReloadTriggers } from './reload.js'
 
 // The only file that exits the process: parse arguments, load config, start, wait for signals.
 
@@ -32,7 +33,9 @@ environment: KAPROXY_CONFIG (config file), KAPROXY_LOG_LEVEL, KAPROXY_ADMIN_LIST
 durations: 500ms, 30s, 5m, 2h or a bare number of seconds
 IDLE may be auto: half the smallest timeout of the side's middleboxes
 middleboxes: PRESET or NAME=DURATION, comma-separated (e.g. aws-nlb,corp-fw=10m); presets:
-${presetList()}`
+${presetList()}
+signals: SIGHUP reloads the config file (it is also watched, unless reload.watch is false);
+  SIGTERM/SIGINT drain (listeners close, connections get drainTimeout), a second one exits at once`
 
 function presetList (): string {
   const items = Object.entries(MIDDLEBOX_PRESETS).map(([name, preset]) => `${name} ${preset.idleTimeoutSec}s`)
@@ -55,26 +58,40 @@ function reportError (err: unknown): number {
 }
 
 async function run (args: string[]): Promise<number> {
-  const config = resolveConfig(parseConfigFlags(args))
+  const flags = parseConfigFlags(args)
+  const config = resolveConfig(flags)
   const log = createLogger(config.log.level)
-  const kaproxy = new Kaproxy(config, log)
+  const kaproxy = new Kaproxy(config, log, { load: () => resolveConfig(flags) })
+  // SIGHUP's default action ends the process: ignore it until reloads can be handled.
+  const early = (): void => { log.warn({ event: 'reload', trigger: 'SIGHUP', ok: false }, 'SIGHUP while starting: ignored') }
+  process.on('SIGHUP', early)
   try {
     await kaproxy.start()
   } catch (err) {
     log.fatal({ event: 'start-failed', err }, (err as Error).message)
     throw err
   }
+  // Reloads asked for while draining are refused (and logged) by kaproxy.reload().
+  const triggers = startReloadTriggers(kaproxy, { file: configSource(flags, process.env), watch: config.reload.watch, log })
+  process.off('SIGHUP', early)
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
     process.once('SIGINT', resolve)
     process.once('SIGTERM', resolve)
   })
-  log.info({ event: 'shutdown', signal }, `${signal}: closing listeners and connections`)
-  // A second signal while closing exits at once.
-  const force = (): void => { process.exit(1) }
+  // A second signal while draining exits at once; pino's exit hook writes what is buffered.
+  const force = (second: NodeJS.Signals): void => {
+    log.warn({ event: 'forced-exit', signal: second }, `${second} while draining: exiting now`)
+    process.exit(1)
+  }
   process.once('SIGINT', force)
   process.once('SIGTERM', force)
+  log.info({ event: 'shutdown', signal }, `${signal}: draining`)
+  await kaproxy.drain()
+  // Drain emptied the engine; close() also stops whatever sits beside it.
   await kaproxy.close()
+  triggers.close()
   log.info({ event: 'stopped' }, 'kaproxy stopped')
+  await new Promise<void>((resolve) => { log.flush(() => { resolve() }) })
   return 0
 }
 

@@ -1,21 +1,66 @@
+import { isDeepStrictEqual } from 'node:util'
 import type { Logger } from 'pino'
 import type { KaproxyConfig } from './config/types.js'
+import { ConfigError, type ConfigIssue, KaproxyError } from './errors.js'
 import { logBudget, logRoutePlan, loggingObserver } from './log.js'
-import type { Engine } from './relay/engine.js'
+import type { ApplyResult, Engine } from './relay/engine.js'
 import { NetEngine } from './relay/net/engine.js'
 import { readSystemKeepalive } from './system-keepalive.js'
 
+export interface KaproxyOptions {
+  /**
+   * Loads the configuration again for `reload()` (the CLI re-reads the file and environment).
+   * Default: the configuration in force, so a reload without one changes nothing.
+   */
+  load?: () => KaproxyConfig
+}
+
+export interface ReloadOptions {
+  /** The configuration to apply; default: `options.load()`. */
+  config?: KaproxyConfig
+  /** What asked for the reload, for the log: `SIGHUP`, `file`, `api`. Default `api`. */
+  trigger?: string
+}
+
+/** The outcome of `reload()`. */
+export interface ReloadResult {
+  /** The whole new configuration is in force. */
+  ok: boolean
+  /** What changed; null when nothing did (invalid configuration, a new address taken, stopping). */
+  changes: ApplyResult | null
+  /** Why not ok: `KAPROXY_ERR_CONFIG` with every issue (path, message), `KAPROXY_ERR_LISTEN`, `KAPROXY_ERR_STOPPING`. */
+  error: { code: string, message: string, issues: readonly ConfigIssue[] } | null
+}
+
 /** The running proxy: one engine for the configured routes, plus what later sits beside it. */
 export class Kaproxy {
-  readonly config: KaproxyConfig
   readonly engine: Engine
+  /** Reloads since start, for metrics: `ok` put a configuration in force, `failed` did not (or only partly). */
+  readonly reloads = { ok: 0, failed: 0 }
+  private current: KaproxyConfig
   private readonly log: Logger
+  private readonly load: () => KaproxyConfig
+  private started = false
+  private stopping = false
+  private reloading: Promise<unknown> = Promise.resolve()
+  private draining: Promise<void> | null = null
   private closing: Promise<void> | null = null
 
-  constructor (config: KaproxyConfig, log: Logger) {
-    this.config = config
+  constructor (config: KaproxyConfig, log: Logger, options: KaproxyOptions = {}) {
+    this.current = config
     this.log = log
+    this.load = options.load ?? (() => this.current)
     this.engine = new NetEngine(loggingObserver(log))
+  }
+
+  /** The configuration in force: the one given at start, then the last one a reload applied. */
+  get config (): KaproxyConfig {
+    return this.current
+  }
+
+  /** True once every route listens, false again from the moment draining or closing starts. */
+  get ready (): boolean {
+    return this.started && !this.stopping
   }
 
   /** Resolves once every route listens; rejects with nothing listening otherwise. */
@@ -23,14 +68,90 @@ export class Kaproxy {
     const system = readSystemKeepalive()
     this.log.info({ event: 'system-keepalive', ...system },
       `kernel defaults for untuned sockets: tcp_keepalive_time=${system.timeSec ?? '?'}s intvl=${system.intervalSec ?? '?'}s probes=${system.probes ?? '?'}`)
-    logRoutePlan(this.log, this.config.routes)
-    logBudget(this.log, this.config.routes)
-    await this.engine.start(this.config.routes)
-    this.log.info({ event: 'ready', routes: this.config.routes.length }, 'kaproxy ready')
+    logRoutePlan(this.log, this.current.routes)
+    logBudget(this.log, this.current.routes)
+    await this.engine.start(this.current.routes)
+    this.started = true
+    this.log.info({ event: 'ready', routes: this.current.routes.length }, 'kaproxy ready')
   }
 
-  /** Stop listening and close every connection (`shutdown`). Idempotent. */
+  /**
+   * Load the configuration again (or take `options.config`) and apply it route by route: unchanged
+   * routes keep their listener and connections, added ones start, removed ones drain (see
+   * Engine.apply). An invalid configuration changes nothing. Never rejects: the result says what
+   * happened, the log has one `reload` line, and `reloads` counts it. Reloads run one at a time.
+   */
+  async reload (options: ReloadOptions = {}): Promise<ReloadResult> {
+    const run = this.reloading.then(async () => await this.reloadNow(options))
+    this.reloading = run
+    return await run
+  }
+
+  private async reloadNow (options: ReloadOptions): Promise<ReloadResult> {
+    const trigger = options.trigger ?? 'api'
+    if (this.stopping) return this.reloadFailed(trigger, new KaproxyError('KAPROXY_ERR_STOPPING', 'kaproxy is stopping: reload ignored'))
+    let next: KaproxyConfig
+    let result: ApplyResult
+    try {
+      next = options.config ?? this.load()
+      result = await this.engine.apply(next.routes)
+    } catch (err) {
+      return this.reloadFailed(trigger, err)
+    }
+    const previous = this.current
+    this.current = next
+    if (next.log.level !== previous.log.level) this.log.level = next.log.level
+    const changed = new Set([...result.added, ...result.updated])
+    logRoutePlan(this.log, next.routes.filter((route) => changed.has(route.name)))
+    logBudget(this.log, next.routes.filter((route) => changed.has(route.name)))
+    const fields = { event: 'reload', trigger, added: result.added, removed: result.removed, updated: result.updated, unchanged: result.unchanged, retunedSockets: result.retunedSockets }
+    const restartNeeded = isDeepStrictEqual(next.admin.listen, previous.admin.listen) ? [] : ['admin.listen']
+    if (restartNeeded.length > 0) {
+      this.log.warn({ event: 'restart-needed', settings: restartNeeded }, `reload does not move the admin API: restart to apply ${restartNeeded.join(', ')}`)
+    }
+    if (result.failed.length > 0) {
+      this.reloads.failed++
+      const message = `some routes could not listen, the rest was applied: ${result.failed.map((failure) => failure.message).join('; ')}`
+      this.log.error({ ...fields, ok: false, failed: result.failed }, `reload (${trigger}): ${message}`)
+      return { ok: false, changes: result, error: { code: 'KAPROXY_ERR_LISTEN', message, issues: [] } }
+    }
+    this.reloads.ok++
+    this.log.info({ ...fields, ok: true },
+      `reload (${trigger}): ${result.added.length} added, ${result.removed.length} removed, ${result.updated.length} updated, ${result.unchanged.length} unchanged`)
+    return { ok: true, changes: result, error: null }
+  }
+
+  private reloadFailed (trigger: string, failure: unknown): ReloadResult {
+    const err = failure instanceof Error ? failure : new Error(String(failure))
+    this.reloads.failed++
+    const issues = err instanceof ConfigError ? err.issues : []
+    const code = err instanceof KaproxyError ? err.code : 'KAPROXY_ERR_RELOAD'
+    // A ConfigError's message already lists every issue; a stack would only hide them.
+    this.log.error({ event: 'reload', trigger, ok: false, code, issues, ...(err instanceof ConfigError ? {} : { err }) },
+      `reload (${trigger}) rejected, configuration unchanged: ${err.message}`)
+    return { ok: false, changes: null, error: { code, message: err.message, issues } }
+  }
+
+  /**
+   * Graceful stop: readiness turns false and every listener closes at once (new connections are
+   * refused); live connections get their route's drainTimeout (or `graceMs`) to end by themselves,
+   * then are closed with `shutdown`. Resolves when none is left. Idempotent.
+   */
+  async drain (graceMs?: number): Promise<void> {
+    this.stopping = true
+    if (this.draining === null) {
+      this.draining = this.engine.drain(graceMs)
+      const live = [...this.engine.connections()].length
+      const windowMs = graceMs ?? Math.max(0, ...this.current.routes.map((route) => route.drainTimeoutMs))
+      this.log.info({ event: 'draining', connections: live, drainTimeoutMs: windowMs },
+        `draining: listeners closed, ${live} connection(s) get up to ${windowMs} ms`)
+    }
+    await this.draining
+  }
+
+  /** Forced stop: stop listening and close every connection now (`shutdown`), also during a drain. Idempotent. */
   async close (): Promise<void> {
+    this.stopping = true
     this.closing ??= this.engine.close()
     return await this.closing
   }

@@ -4,7 +4,7 @@ import { formatHostPort } from './config/formats.js'
 import type { LogLevel, RouteConfig, Side } from './config/types.js'
 import type { KeepaliveSettings } from './keepalive.js'
 import type { CloseReason } from './relay/close-reason.js'
-import type { CloseSummary, ConnectionRecord, EngineObserver } from './relay/engine.js'
+import type { CloseSummary, ConnectionRecord, DrainSummary, EngineObserver } from './relay/engine.js'
 import type { UpstreamState } from './upstream/pool.js'
 import { targetsLabel, type UpstreamTarget } from './upstream/target.js'
 
@@ -71,6 +71,10 @@ export function loggingObserver (log: Logger): Required<EngineObserver> {
     },
     onRouteError (route: RouteConfig, err: Error) {
       log.warn({ event: 'route-error', route: route.name, err }, `route ${route.name}: ${err.message}`)
+    },
+    onRouteDrained (route: RouteConfig, summary: DrainSummary) {
+      log.info({ event: 'route-drained', route: route.name, ...summary },
+        `route ${route.name} stopped (${summary.reason}): ${summary.finished} connection(s) finished, ${summary.cut} closed`)
     }
   }
 }
@@ -87,7 +91,18 @@ export function logRoutePlan (log: Logger, routes: readonly RouteConfig[]): void
       client: route.middleboxes.client.map((m) => ({ name: m.name, idleTimeoutSec: m.idleTimeoutSec })),
       upstream: route.middleboxes.upstream.map((m) => ({ name: m.name, idleTimeoutSec: m.idleTimeoutSec }))
     }
-    log.info({ event: 'route', route: route.name, listen: formatHostPort(route.listen), upstream: targetsLabel(route.upstreams), balance: route.balance, connectTimeoutMs: route.connectTimeoutMs, keepalive: sides, middleboxes }, `route ${route.name} keepalive`)
+    log.info({
+      event: 'route',
+      route: route.name,
+      listen: formatHostPort(route.listen),
+      upstream: targetsLabel(route.upstreams),
+      balance: route.balance,
+      connectTimeoutMs: route.connectTimeoutMs,
+      drainTimeoutMs: route.drainTimeoutMs,
+      keepalive: sides,
+      keepaliveApplyToExisting: route.keepaliveApplyToExisting,
+      middleboxes
+    }, `route ${route.name} keepalive`)
   }
 }
 

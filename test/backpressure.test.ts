@@ -7,8 +7,13 @@ import { spawnCli } from './helpers/proxy.js'
 
 const GiB = 1024 * 1024 * 1024
 const CHUNK = Buffer.alloc(1024 * 1024, 0x5a)
-/** kaproxy may hold this much more memory than at rest while one side does not read. */
-const RSS_BOUND = 64 * 1024 * 1024
+/** While one side does not read, kaproxy may hold this much more memory than at rest: it buffers no more than a read's worth. */
+const STALLED_BOUND = 32 * 1024 * 1024
+/**
+ * While 1 GiB flows, RSS also holds garbage read buffers until V8 collects them: measured +40 MiB
+ * on Node 20 and up to +91 MiB on Node 24, whose heap sizing differs. This bounds that slack.
+ */
+const FLOWING_BOUND = 160 * 1024 * 1024
 
 function rssBytes (pid: number): number {
   const match = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
@@ -69,11 +74,11 @@ async function run (direction: 'upstream-to-client' | 'client-to-upstream'): Pro
     clearInterval(sampler)
     client.destroy()
     const mib = (n: number): string => (n / 1024 / 1024).toFixed(1)
-    console.log(`backpressure ${direction}: stalled after ${mib(stuckAt)} MiB written with the reader paused; kaproxy RSS ${mib(baseline)} MiB at rest, ${mib(stalledRss)} MiB stalled, peak ${mib(peak)} MiB while 1 GiB flowed (bound: rest + ${mib(RSS_BOUND)} MiB)`)
+    console.log(`backpressure ${direction}: stalled after ${mib(stuckAt)} MiB written with the reader paused; kaproxy RSS ${mib(baseline)} MiB at rest, ${mib(stalledRss)} MiB stalled, peak ${mib(peak)} MiB while 1 GiB flowed (bounds: +${mib(STALLED_BOUND)} MiB stalled, +${mib(FLOWING_BOUND)} MiB flowing)`)
     assert.equal(received, GiB)
     assert.ok(stuckAt < 256 * 1024 * 1024, 'kaproxy stopped reading instead of buffering the stream')
-    assert.ok(stalledRss - baseline < RSS_BOUND, `stalled RSS grew by ${mib(stalledRss - baseline)} MiB`)
-    assert.ok(peak - baseline < RSS_BOUND, `peak RSS grew by ${mib(peak - baseline)} MiB`)
+    assert.ok(stalledRss - baseline < STALLED_BOUND, `stalled RSS grew by ${mib(stalledRss - baseline)} MiB`)
+    assert.ok(peak - baseline < FLOWING_BOUND, `peak RSS grew by ${mib(peak - baseline)} MiB`)
   } finally {
     await proxy.kill()
     await upstream.close()

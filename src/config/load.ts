@@ -104,7 +104,8 @@ export function buildConfig (raw: unknown, options: LoadOptions = {}): KaproxyCo
   }
   const keepalive = resolved.defaults
   const connectTimeoutMs = topLevelOk ? parseDurationMs(schema.get('defaults.connectTimeout')) ?? 5000 : 5000
-  const { routes, issues: routeIssues } = checkRoutes(Array.isArray(rawRoutes) ? rawRoutes : [], { keepalive, connectTimeoutMs })
+  const drainTimeoutMs = topLevelOk ? parseDurationMs(schema.get('defaults.drainTimeout')) ?? 30_000 : 30_000
+  const { routes, issues: routeIssues } = checkRoutes(Array.isArray(rawRoutes) ? rawRoutes : [], { keepalive, connectTimeoutMs, drainTimeoutMs })
   issues.push(...routeIssues)
   if (issues.length > 0) throw new ConfigError(issues)
 
@@ -113,7 +114,8 @@ export function buildConfig (raw: unknown, options: LoadOptions = {}): KaproxyCo
   return {
     log: { level: schema.get('log.level') as LogLevel },
     admin: { listen: admin === null || 'rule' in admin ? null : admin, token: schema.get('admin.token') },
-    defaults: { keepalive: keepalive.settings, idleAuto: keepalive.idleAuto, middleboxes: keepalive.middleboxes, connectTimeoutMs },
+    reload: { watch: schema.get('reload.watch') },
+    defaults: { keepalive: keepalive.settings, idleAuto: keepalive.idleAuto, middleboxes: keepalive.middleboxes, connectTimeoutMs, drainTimeoutMs },
     routes
   }
 }

@@ -1,10 +1,10 @@
 import { autoIdleSeconds, parseMiddlebox, type Middlebox } from '../budget/middleboxes.js'
 import type { ConfigIssue } from '../errors.js'
 import type { KeepaliveSettings } from '../keepalive.js'
-import { formatHostPort, parseDurationMs, parseHostPort } from './formats.js'
+import { formatHostPort, parseDurationMs, parseHostPort, type HostPort } from './formats.js'
 import {
-  AUTO, CONNECT_TIMEOUT_RULE, COUNT_RULE, IDLE_RULE, USER_TIMEOUT_RULE, WHOLE_SECONDS_RULE,
-  isConnectTimeout, isCount, isKeepaliveSeconds, isUserTimeout
+  AUTO, CONNECT_TIMEOUT_RULE, COUNT_RULE, DRAIN_TIMEOUT_RULE, IDLE_RULE, USER_TIMEOUT_RULE, WHOLE_SECONDS_RULE,
+  isConnectTimeout, isCount, isDrainTimeout, isKeepaliveSeconds, isUserTimeout
 } from './schema.js'
 import { isIP } from 'node:net'
 import { originalDstSupported } from '../sockopt/original-dst.js'
@@ -14,12 +14,12 @@ import { BALANCES, SIDES, type Balance, type HealthCheckConfig, type OriginalDst
 
 type Raw = Record<string, unknown>
 
-const ROUTE_KEYS = new Set(['name', 'listen', 'upstream', 'balance', 'retries', 'connectTimeout', 'keepalive', 'healthCheck',
+const ROUTE_KEYS = new Set(['name', 'listen', 'upstream', 'balance', 'retries', 'connectTimeout', 'drainTimeout', 'keepalive', 'healthCheck',
   'proxyProtocol', 'acceptProxyProtocol', 'proxyHeaderTimeout', 'maxConnections', 'idleTimeout', 'allow', 'destinations', 'socketMark'])
 const DESTINATION_KEYS = new Set(['match', 'keepalive'])
 const HEALTH_KEYS = new Set(['type', 'interval', 'timeout', 'rise', 'fall', 'path', 'expectStatus'])
 const MAX_UPSTREAMS = 64
-const KEEPALIVE_KEYS = new Set<string>(SIDES)
+const KEEPALIVE_KEYS = new Set<string>([...SIDES, 'applyToExisting'])
 const SIDE_KEYS = new Set(['enabled', 'idle', 'interval', 'count', 'userTimeout', 'middleboxes'])
 const NAME = /^[a-z0-9-]{1,63}$/
 
@@ -242,11 +242,16 @@ function checkRoute (c: Checker, path: string, value: unknown, defaults: RouteDe
   const connectTimeoutMs = value.connectTimeout === undefined
     ? defaults.connectTimeoutMs
     : c.duration(`${path}.connectTimeout`, value.connectTimeout, CONNECT_TIMEOUT_RULE, isConnectTimeout)
+  const drainTimeoutMs = value.drainTimeout === undefined
+    ? defaults.drainTimeoutMs
+    : c.duration(`${path}.drainTimeout`, value.drainTimeout, DRAIN_TIMEOUT_RULE, isDrainTimeout)
 
   const keepaliveRaw = c.object(`${path}.keepalive`, value.keepalive)
   if (keepaliveRaw !== undefined) c.unknownKeys(`${path}.keepalive`, keepaliveRaw, KEEPALIVE_KEYS)
   const client = checkSide(c, `${path}.keepalive.client`, keepaliveRaw?.client, defaults.keepalive)
   const upstreamKeepalive = checkSide(c, `${path}.keepalive.upstream`, keepaliveRaw?.upstream, defaults.keepalive)
+  const applyToExisting = keepaliveRaw?.applyToExisting ?? false
+  if (typeof applyToExisting !== 'boolean') c.fail(`${path}.keepalive.applyToExisting`, 'must be true or false', applyToExisting)
 
   const healthCheck = checkHealth(c, `${path}.healthCheck`, value.healthCheck)
   const proxyProtocol = value.proxyProtocol === undefined || value.proxyProtocol === null ? null : c.oneOf(`${path}.proxyProtocol`, value.proxyProtocol, ['v1', 'v2'] as const)
@@ -265,7 +270,7 @@ function checkRoute (c: Checker, path: string, value: unknown, defaults: RouteDe
   const socketMark = checkSocketMark(c, `${path}.socketMark`, value.socketMark, transparent || (upstreams ?? []).every((t) => t.kind === 'tcp' && isIP(t.host) !== 0))
 
   if (c.issues.length !== before || 'rule' in listen || upstreams === undefined || originalDst === undefined || socketMark === undefined || balance === undefined || retries === undefined ||
-    connectTimeoutMs === undefined || client === undefined || upstreamKeepalive === undefined || healthCheck === undefined ||
+    connectTimeoutMs === undefined || drainTimeoutMs === undefined || client === undefined || upstreamKeepalive === undefined || healthCheck === undefined ||
     proxyProtocol === undefined || proxyHeaderTimeoutMs === undefined || maxConnections === undefined || idleTimeoutMs === undefined) return undefined
   const sides: Record<Side, ResolvedSide> = { client, upstream: upstreamKeepalive }
   return {
@@ -275,7 +280,9 @@ function checkRoute (c: Checker, path: string, value: unknown, defaults: RouteDe
     balance,
     retries,
     connectTimeoutMs,
+    drainTimeoutMs,
     keepalive: { client: sides.client.settings, upstream: sides.upstream.settings },
+    keepaliveApplyToExisting: applyToExisting === true,
     middleboxes: { client: sides.client.middleboxes, upstream: sides.upstream.middleboxes },
     idleAuto: { client: sides.client.idleAuto, upstream: sides.upstream.idleAuto },
     healthCheck,
@@ -344,13 +351,17 @@ function checkSocketMark (c: Checker, path: string, value: unknown, ipOnly: bool
 export interface RouteDefaults {
   keepalive: KeepaliveDefaults
   connectTimeoutMs: number
+  drainTimeoutMs: number
 }
 
-/** Two listen addresses collide when ports match and hosts match or either is a wildcard. */
-function listenCollides (a: RouteConfig, b: RouteConfig): boolean {
-  if (a.listen.port === 0 || a.listen.port !== b.listen.port) return false
+/**
+ * Two listen addresses collide when ports match and hosts match or either is a wildcard.
+ * Port 0 (any free port) never collides.
+ */
+export function listenCollides (a: HostPort, b: HostPort): boolean {
+  if (a.port === 0 || a.port !== b.port) return false
   const wildcard = (host: string): boolean => host === '0.0.0.0' || host === '::'
-  return a.listen.host === b.listen.host || wildcard(a.listen.host) || wildcard(b.listen.host)
+  return a.host === b.host || wildcard(a.host) || wildcard(b.host)
 }
 
 /** Validate the raw route list; returns resolved routes and every issue found. */
@@ -363,7 +374,7 @@ export function checkRoutes (rawRoutes: readonly unknown[], defaults: RouteDefau
     if (route === undefined) return
     for (const other of seen) {
       if (other.route.name === route.name) c.fail(`routes[${index}].name`, `must be unique (routes[${other.index}] has the same name)`, route.name)
-      if (listenCollides(other.route, route)) c.fail(`routes[${index}].listen`, `must not collide with routes[${other.index}].listen ${formatHostPort(other.route.listen)}`, formatHostPort(route.listen))
+      if (listenCollides(other.route.listen, route.listen)) c.fail(`routes[${index}].listen`, `must not collide with routes[${other.index}].listen ${formatHostPort(other.route.listen)}`, formatHostPort(route.listen))
     }
     seen.push({ route, index })
     routes.push(route)

@@ -25,12 +25,14 @@ export const IDLE_RULE = `${WHOLE_SECONDS_RULE} or auto`
 export const COUNT_RULE = 'must be an integer 1..127'
 export const USER_TIMEOUT_RULE = 'must be a duration 0..2147483647ms (e.g. 30s, 500ms)'
 export const CONNECT_TIMEOUT_RULE = 'must be a duration 1ms..1h (e.g. 5s)'
+export const DRAIN_TIMEOUT_RULE = 'must be a duration 0ms..1h (e.g. 30s; 0 closes at once)'
 
 export const isKeepaliveSeconds = (ms: number): boolean => ms % 1000 === 0 && ms >= 1000 && ms <= 32767_000
 /** `idle: auto`: resolved per side from its middleboxes (src/budget/middleboxes.ts). */
 export const AUTO = 'auto'
 export const isUserTimeout = (ms: number): boolean => ms <= 2147483647
 export const isConnectTimeout = (ms: number): boolean => ms >= 1 && ms <= 3_600_000
+export const isDrainTimeout = (ms: number): boolean => ms <= 3_600_000
 export const isCount = (value: unknown): boolean => Number.isInteger(value) && (value as number) >= 1 && (value as number) <= 127
 
 const formats = {
@@ -53,8 +55,15 @@ const formats = {
   'keepalive-count': (value: unknown): void => check(isCount(value), COUNT_RULE, value),
   'user-timeout': durationFormat(USER_TIMEOUT_RULE, isUserTimeout),
   'connect-timeout': durationFormat(CONNECT_TIMEOUT_RULE, isConnectTimeout),
+  'drain-timeout': durationFormat(DRAIN_TIMEOUT_RULE, isDrainTimeout),
   'route-list': (value: unknown): void => check(Array.isArray(value), 'must be a list of routes', value)
 }
+
+// convict coerces a string by the type of a field's default when the format is a function: `no`
+// (a string in YAML 1.2) became `true` for a boolean, `"5"` became 5 for a count. Named formats with
+// an identity `coerce` keep the value as written, so the format judges it like a route's field.
+convict.addFormat({ name: 'kaproxy-boolean', validate: formats.boolean, coerce: (value: unknown) => value })
+convict.addFormat({ name: 'kaproxy-count', validate: formats['keepalive-count'], coerce: (value: unknown) => value })
 
 /** The convict schema of the top level: documentation, defaults, env names and formats. */
 export function createSchema (env: NodeJS.ProcessEnv) {
@@ -66,13 +75,21 @@ export function createSchema (env: NodeJS.ProcessEnv) {
       listen: { doc: 'admin HTTP API address; "" disables it', format: formats['admin-listen'], default: '127.0.0.1:9901', env: 'KAPROXY_ADMIN_LISTEN' },
       token: { doc: 'bearer token the admin API requires', format: formats.string, default: '', env: 'KAPROXY_ADMIN_TOKEN', sensitive: true }
     },
+    reload: {
+      watch: { doc: 'reload when the config file changes; SIGHUP (and the admin API) reload either way', format: 'kaproxy-boolean', default: true }
+    },
     defaults: {
       connectTimeout: { doc: 'upstream connect timeout', format: formats['connect-timeout'], default: '5s' as string | number },
+      drainTimeout: {
+        doc: 'how long live connections may go on once their route stops accepting (removed by a reload, or shutdown); then they are closed',
+        format: formats['drain-timeout'],
+        default: '30s' as string | number
+      },
       keepalive: {
-        enabled: { doc: 'SO_KEEPALIVE', format: formats.boolean, default: true },
+        enabled: { doc: 'SO_KEEPALIVE', format: 'kaproxy-boolean', default: true },
         idle: { doc: 'TCP_KEEPIDLE; auto: half the smallest middlebox idle timeout of each side', format: formats['keepalive-idle'], default: '60s' as string | number },
         interval: { doc: 'TCP_KEEPINTVL', format: formats['keepalive-seconds'], default: '10s' as string | number },
-        count: { doc: 'TCP_KEEPCNT', format: formats['keepalive-count'], default: 6 },
+        count: { doc: 'TCP_KEEPCNT', format: 'kaproxy-count', default: 6 },
         userTimeout: { doc: 'TCP_USER_TIMEOUT; null leaves the kernel default', format: formats['user-timeout'], default: null as string | number | null, nullable: true },
         middleboxes: { doc: 'middleboxes every side crosses unless it lists its own: preset names or { name, idleTimeout }', format: formats['middlebox-list'], default: [] as unknown[] }
       }

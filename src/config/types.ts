@@ -30,6 +30,17 @@ export interface RouteConfig {
   middleboxes: Record<Side, Middlebox[]>
   /** Whether each side's `idle` was `auto` (half the smallest middlebox timeout, see autoIdleSeconds). */
   idleAuto: Record<Side, boolean>
+  /**
+   * Milliseconds live connections may go on once the route stops accepting (the route was removed
+   * by a reload, or kaproxy is shutting down); then they are closed with `route-removed` or
+   * `shutdown`. 0 closes them at once. Default `defaults.drainTimeout` (30 s).
+   */
+  drainTimeoutMs: number
+  /**
+   * `keepalive.applyToExisting`: when a reload changes this route's keepalive, re-apply it with
+   * setsockopt to the route's live sockets too, not only to new connections. Default false.
+   */
+  keepaliveApplyToExisting: boolean
   /** Active checks of every target; null for none (passive ejection still applies). */
   healthCheck: HealthCheckConfig | null
   /** PROXY protocol header sent to the upstream before any client byte; null for none. */
@@ -84,10 +95,12 @@ export interface AdminConfig {
 export interface KaproxyConfig {
   log: { level: LogLevel }
   admin: AdminConfig
+  /** `reload.watch`: reload when the config file changes (default true). SIGHUP reloads either way. */
+  reload: { watch: boolean }
   /**
    * `defaults.keepalive` as validated. When `idleAuto` is true, `keepalive.idleSec` is a placeholder
    * (the built-in 60 s) that no socket receives: each side resolves `auto` against its own middleboxes.
    */
-  defaults: { keepalive: KeepaliveSettings, idleAuto: boolean, middleboxes: Middlebox[], connectTimeoutMs: number }
+  defaults: { keepalive: KeepaliveSettings, idleAuto: boolean, middleboxes: Middlebox[], connectTimeoutMs: number, drainTimeoutMs: number }
   routes: RouteConfig[]
 }

@@ -17,7 +17,8 @@ export type CloseReason =
   | 'destination-denied' // transparent mode: the original destination is outside `allow`
   | 'client-error' | 'upstream-error' // any other socket error
   | 'sockopt-failed' // setsockopt refused a keepalive value on this connection
-  | 'shutdown' // kaproxy is stopping
+  | 'route-removed' // a reload removed the route (or changed its listen address) and its drainTimeout ran out
+  | 'shutdown' // kaproxy is stopping (after the route's drainTimeout, or at once when forced)
 
 /** Map a socket error on one side to a close reason. */
 export function reasonForError (side: Side, err: NodeJS.ErrnoException, connected: boolean): CloseReason {

@@ -48,6 +48,45 @@ export interface EngineObserver {
   onUpstreamState?: (route: RouteConfig, target: UpstreamTarget, state: UpstreamState, reason: string) => void
   /** A run-time problem that closed no connection (e.g. accept failed with EMFILE). */
   onRouteError?: (route: RouteConfig, err: Error) => void
+  /**
+   * A route that stopped accepting (removed by `apply()`, or `drain()`/`close()`) has no connection
+   * left: `finished` ended by themselves within the drain window, `cut` were closed with `reason`.
+   */
+  onRouteDrained?: (route: RouteConfig, summary: DrainSummary) => void
+}
+
+/** How a stopped route's connections ended. */
+export interface DrainSummary {
+  reason: 'route-removed' | 'shutdown'
+  /** Connections live when the route stopped accepting that ended by themselves. */
+  finished: number
+  /** Connections closed by kaproxy with `reason` (drain window over, or a forced close). */
+  cut: number
+  /** Milliseconds from stopping to the last connection gone. */
+  durationMs: number
+}
+
+/**
+ * What `apply()` changed, by route name. Routes compare by their resolved config: a route whose
+ * listen address changed is removed and added (it appears in both lists); any other change keeps
+ * the listener and its connections (`updated`), and new connections use the new settings.
+ */
+export interface ApplyResult {
+  /** Routes now listening that were not before. */
+  added: string[]
+  /** Routes that stopped accepting; their connections drain for the route's drainTimeoutMs, then close with `route-removed`. */
+  removed: string[]
+  /** Routes that kept their listener and connections while a setting changed. */
+  updated: string[]
+  /** Routes identical to before. */
+  unchanged: string[]
+  /**
+   * Added routes that could not listen after all: an address freed by a removed route was taken by
+   * someone else in between (every other address is bound before anything changes). Normally empty.
+   */
+  failed: Array<{ route: string, message: string }>
+  /** Live sockets whose keepalive was re-applied with setsockopt (routes with keepaliveApplyToExisting). */
+  retunedSockets: number
 }
 
 /** The relay engine behind config, admin, logs and metrics. */
@@ -58,8 +97,20 @@ export interface Engine {
   address: (route: string) => string | null
   /** Each target of a route with its state and live connections; empty for an unknown route. */
   upstreams: (route: string) => Array<{ target: UpstreamTarget, state: UpstreamState, active: number }>
-  /** Live connections, optionally of one route. */
+  /** Live connections, optionally of one route; those of removed routes still draining included. */
   connections: (route?: string) => Iterable<ConnectionRecord>
-  /** Stop accepting and close every connection with reason `shutdown`. Idempotent. */
+  /**
+   * Replace the running routes with `routes` (see ApplyResult). Resolves once added routes listen
+   * and removed ones stopped accepting; their drain goes on. Rejects with nothing changed when a new
+   * listen address cannot be bound. Calls are applied one after another. Rejects after drain/close.
+   */
+  apply: (routes: readonly RouteConfig[]) => Promise<ApplyResult>
+  /**
+   * Graceful stop: every route stops accepting at once (before this returns); live connections get
+   * `graceMs` (default: each route's drainTimeoutMs; 0 = none) to end, then close with `shutdown`.
+   * Resolves when no connection is left. Idempotent: a second call joins the first.
+   */
+  drain: (graceMs?: number) => Promise<void>
+  /** Forced stop: stop accepting and close every connection now with reason `shutdown`, also during a drain. Idempotent. */
   close: () => Promise<void>
 }

@@ -1,3 +1,4 @@
+import { isDeepStrictEqual } from 'node:util'
 import type { Balance, RouteConfig } from '../config/types.js'
 import type { UpstreamTarget } from './target.js'
 
@@ -40,8 +41,12 @@ export class UpstreamPool {
   private readonly onState: StateListener
   private cursor = 0
 
-  constructor (route: RouteConfig, onState: StateListener) {
-    this.members = route.upstreams.map((target) => new UpstreamMember(target))
+  /**
+   * `previous`: the members of the pool this one replaces (a reload changed the route); a target
+   * still listed keeps its member, so its state, back-off and live connection count carry over.
+   */
+  constructor (route: RouteConfig, onState: StateListener, previous: readonly UpstreamMember[] = []) {
+    this.members = route.upstreams.map((target) => previous.find((member) => isDeepStrictEqual(member.target, target)) ?? new UpstreamMember(target))
     this.balance = route.balance
     this.fall = route.healthCheck?.fall ?? 3
     this.rise = route.healthCheck?.rise ?? 2

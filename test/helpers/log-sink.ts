@@ -36,13 +36,18 @@ export class LogSink extends Writable {
   /** The first line (already seen or future) matching `fields` exactly on each given key. */
   async waitFor (fields: LogLine, timeoutMs = 10_000): Promise<LogLine> {
     const match = (line: LogLine): boolean => Object.entries(fields).every(([key, value]) => line[key] === value)
+    return await this.waitUntil(match, timeoutMs, JSON.stringify(fields))
+  }
+
+  /** The first line (already seen or future) for which `match` is true. */
+  async waitUntil (match: (line: LogLine) => boolean, timeoutMs = 10_000, description = 'the predicate'): Promise<LogLine> {
     const seen = this.lines.find(match)
     if (seen !== undefined) return seen
     return await new Promise<LogLine>((resolve, reject) => {
       const waiter = { match, resolve: (line: LogLine) => { clearTimeout(timer); resolve(line) } }
       const timer = setTimeout(() => {
         this.waiters.delete(waiter)
-        reject(new Error(`no log line matching ${JSON.stringify(fields)} within ${timeoutMs} ms; last lines:\n${this.lines.slice(-5).map((l) => JSON.stringify(l)).join('\n')}`))
+        reject(new Error(`no log line matching ${description} within ${timeoutMs} ms; last lines:\n${this.lines.slice(-5).map((l) => JSON.stringify(l)).join('\n')}`))
       }, timeoutMs)
       this.waiters.add(waiter)
     })

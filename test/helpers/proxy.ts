@@ -1,8 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
-import { buildConfig } from '../../src/config/load.js'
+import type { Logger } from 'pino'
+import { buildConfig, loadConfigFile } from '../../src/config/load.js'
 import type { KaproxyConfig } from '../../src/config/types.js'
-import { Kaproxy } from '../../src/kaproxy.js'
+import { Kaproxy, type KaproxyOptions, type ReloadResult } from '../../src/kaproxy.js'
 import { createLogger } from '../../src/log.js'
 import { LogSink } from './log-sink.js'
 
@@ -13,21 +14,42 @@ export interface RunningProxy {
   kaproxy: Kaproxy
   config: KaproxyConfig
   log: LogSink
+  /** The pino logger writing into `log`. */
+  logger: Logger
   /** Bound port of a route. */
   port: (route: string) => number
+  /** Apply another raw config, as a reload from a file holding it would. */
+  reload: (raw: Record<string, unknown>) => Promise<ReloadResult>
   close: () => Promise<void>
 }
 
+/** A raw config object (as a YAML file would hold) validated the way startProxy does; admin off. */
+export function testConfig (raw: Record<string, unknown>): KaproxyConfig {
+  return buildConfig({ admin: { listen: '' }, ...raw }, { env: {} })
+}
+
 /** Start kaproxy in this process from a raw config object (as a YAML file would hold), logging into a sink. */
-export async function startProxy (raw: Record<string, unknown>): Promise<RunningProxy> {
-  const config = buildConfig({ admin: { listen: '' }, ...raw }, { env: {} })
+export async function startProxy (raw: Record<string, unknown>, options: KaproxyOptions = {}): Promise<RunningProxy> {
+  return await startWith(testConfig(raw), options)
+}
+
+/** Start kaproxy from a config file, reloading from that file as the CLI does (without KAPROXY_* variables). */
+export async function startProxyFromFile (file: string): Promise<RunningProxy> {
+  const load = (): KaproxyConfig => loadConfigFile(file, { env: {} })
+  return await startWith(load(), { load })
+}
+
+async function startWith (config: KaproxyConfig, options: KaproxyOptions): Promise<RunningProxy> {
   const log = new LogSink()
-  const kaproxy = new Kaproxy(config, createLogger('debug', log))
+  const logger = createLogger('debug', log)
+  const kaproxy = new Kaproxy(config, logger, options)
   await kaproxy.start()
   return {
     kaproxy,
     config,
     log,
+    logger,
+    reload: async (next) => await kaproxy.reload({ config: testConfig(next), trigger: 'test' }),
     port: (route) => {
       const address = kaproxy.engine.address(route)
       if (address === null) throw new Error(`route ${route} is not listening`)
@@ -45,9 +67,9 @@ export interface CliRun {
   kill: () => Promise<void>
 }
 
-/** Spawn `node dist/cli.js ...args`; stdout is parsed as log lines. */
-export function spawnCli (args: string[], env: NodeJS.ProcessEnv = {}): CliRun {
-  const child = spawn(process.execPath, [CLI, ...args], { env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+/** Spawn `node dist/cli.js ...args` (or another copy of the CLI); stdout is parsed as log lines. */
+export function spawnCli (args: string[], env: NodeJS.ProcessEnv = {}, cli = CLI): CliRun {
+  const child = spawn(process.execPath, [cli, ...args], { env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
   const stdout = new LogSink()
   let stderr = ''
   child.stdout.setEncoding('utf8').on('data', (text: string) => { stdout.push(text) })

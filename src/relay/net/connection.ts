@@ -1,6 +1,6 @@
 import net, { type Socket } from 'node:net'
 import { formatHostPort } from '../../config/formats.js'
-import type { RouteConfig, Side } from '../../config/types.js'
+import { SIDES, type RouteConfig, type Side } from '../../config/types.js'
 import { NoDescriptorError } from '../../errors.js'
 import { applyKeepalive, pendingSocketError, type KeepaliveSettings } from '../../keepalive.js'
 import { markedSocket } from '../../sockopt/mark.js'
@@ -64,6 +64,8 @@ export class Connection implements ConnectionRecord {
   // Dialing state: the pool member in use (none in transparent mode), those tried, and the last failure.
   private attempts = 0
   private originalTarget: UpstreamTarget | null = null
+  // The keepalive each side was given; a reload with keepalive.applyToExisting replaces them (retune).
+  private clientKeepalive: KeepaliveSettings
   private upstreamKeepalive: KeepaliveSettings
   private member: UpstreamMember | null = null
   private tried: Set<UpstreamMember> | null = null
@@ -79,6 +81,7 @@ export class Connection implements ConnectionRecord {
     this.owner = owner
     this.client = addressOf(client.remoteAddress, client.remotePort)
     this.upstream = route.upstreams[0]?.label ?? 'original-dst'
+    this.clientKeepalive = route.keepalive.client
     this.upstreamKeepalive = route.keepalive.upstream
     this.clientSocket = Object.assign(client, { [CONNECTION]: this })
   }
@@ -135,8 +138,49 @@ export class Connection implements ConnectionRecord {
       return false
     }
     this.originalTarget = { kind: 'tcp', host: destination.address, port: destination.port, label }
-    this.upstreamKeepalive = originalDst.destinations.find((d) => d.match.matches(destination.address, destination.port))?.keepalive ?? this.route.keepalive.upstream
+    this.upstreamKeepalive = this.keepaliveFor(this.route).upstream
     return true
+  }
+
+  /** The keepalive each side of this connection gets under `route` (transparent mode: per destination). */
+  keepaliveFor (route: RouteConfig): Record<Side, KeepaliveSettings> {
+    const target = this.originalTarget
+    const upstream = target?.kind === 'tcp'
+      ? route.originalDst?.destinations.find((d) => d.match.matches(target.host, target.port))?.keepalive ?? route.keepalive.upstream
+      : route.keepalive.upstream
+    return { client: route.keepalive.client, upstream }
+  }
+
+  /** The keepalive each side was last given. */
+  keepaliveSettings (): Record<Side, KeepaliveSettings> {
+    return { client: this.clientKeepalive, upstream: this.upstreamKeepalive }
+  }
+
+  /**
+   * Use `keepalive` from now on: re-apply it with setsockopt to each side's live TCP socket; an
+   * upstream still dialing gets it once connected. Returns how many sockets were re-tuned. A socket
+   * without a descriptor (closing) is skipped; a refused value throws SockoptError after both sides
+   * were tried, and the connection carries on with what the kernel kept: tuning never cuts it.
+   */
+  retune (keepalive: Record<Side, KeepaliveSettings>): number {
+    this.clientKeepalive = keepalive.client
+    this.upstreamKeepalive = keepalive.upstream
+    if (this.phase === 'closing') return 0
+    const upstreamIsTcp = (this.member?.target ?? this.originalTarget)?.kind === 'tcp'
+    let sockets = 0
+    let failure: unknown = null
+    for (const side of SIDES) {
+      const socket = side === 'client' ? this.clientSocket : this.phase === 'relaying' && upstreamIsTcp ? this.upstreamSocket : null
+      if (socket === null || socket.destroyed) continue
+      try {
+        applyKeepalive(socket, keepalive[side])
+        sockets++
+      } catch (err) {
+        if (!(err instanceof NoDescriptorError)) failure ??= err
+      }
+    }
+    if (failure !== null) throw failure
+    return sockets
   }
 
   /** Refuse the client at once (e.g. `limit`), without dialing. */
@@ -341,7 +385,7 @@ export class Connection implements ConnectionRecord {
     const socket = side === 'client' ? this.clientSocket : this.upstreamSocket
     if (socket === null) return false
     try {
-      applyKeepalive(socket, side === 'client' ? this.route.keepalive.client : this.upstreamKeepalive)
+      applyKeepalive(socket, side === 'client' ? this.clientKeepalive : this.upstreamKeepalive)
       return true
     } catch (err) {
       // No descriptor means the peer is already gone; anything else is the kernel refusing a value.

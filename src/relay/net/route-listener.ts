@@ -1,4 +1,5 @@
 import net from 'node:net'
+import { isDeepStrictEqual } from 'node:util'
 import { formatHostPort } from '../../config/formats.js'
 import type { RouteConfig } from '../../config/types.js'
 import { KaproxyError } from '../../errors.js'
@@ -7,7 +8,7 @@ import { HealthChecker } from '../../upstream/health.js'
 import { UpstreamPool } from '../../upstream/pool.js'
 import type { UpstreamTarget } from '../../upstream/target.js'
 import type { CloseReason } from '../close-reason.js'
-import type { CloseSummary, EngineObserver } from '../engine.js'
+import type { CloseSummary, DrainSummary, EngineObserver } from '../engine.js'
 import { Connection, type ConnectionOwner } from './connection.js'
 
 let nextConnectionId = 1
@@ -18,18 +19,48 @@ let nextConnectionId = 1
  */
 const LISTEN_BACKLOG = 4096
 
+type StopReason = DrainSummary['reason']
+
+/** A listener that stopped accepting, until its last connection is gone. */
+interface Stopping {
+  reason: StopReason
+  startedAt: number
+  finished: number
+  cut: number
+  deadline: NodeJS.Timeout | null
+  settled: boolean
+  done: Promise<void>
+  resolve: () => void
+}
+
+/** The settings that shape a route's pool and health checks: a change rebuilds them. */
+function poolSettings (route: RouteConfig): unknown {
+  return { upstreams: route.upstreams, balance: route.balance, healthCheck: route.healthCheck }
+}
+
+/** Check that the process may set the route's socket mark (CAP_NET_ADMIN). Throws KAPROXY_ERR_CAPABILITY. */
+export function probeRouteSocketMark (route: RouteConfig): void {
+  if (route.socketMark === null) return
+  try {
+    probeSocketMark(route.socketMark)
+  } catch (err) {
+    throw new KaproxyError('KAPROXY_ERR_CAPABILITY', `route ${route.name}: ${(err as Error).message}`, { cause: err })
+  }
+}
+
 /** One route's listening socket and the connections it accepted; it owns and closes both. */
 export class RouteListener implements ConnectionOwner {
-  readonly route: RouteConfig
+  /** The settings new connections get; `update()` replaces them while listener and connections stay. */
+  route: RouteConfig
   readonly connections = new Set<Connection>()
-  readonly pool: UpstreamPool
-  private readonly health: HealthChecker | null
+  /** The targets new connections dial; rebuilt by `update()` when upstreams, balance or health checks change. */
+  pool: UpstreamPool
+  private health: HealthChecker | null
   /** The bound `host:port` once listening (the real port when 0 was configured). */
   address: string | null = null
   private readonly server: net.Server
   private readonly observer: EngineObserver
-  private closing: Promise<void> | null = null
-  private idle: (() => void) | null = null
+  private stopping: Stopping | null = null
 
   constructor (route: RouteConfig, observer: EngineObserver) {
     this.route = route
@@ -37,9 +68,10 @@ export class RouteListener implements ConnectionOwner {
     // allowHalfOpen: a client's FIN must not end our write side; pauseOnConnect: read nothing
     // from the client until its upstream is connected.
     this.server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true })
-    this.pool = new UpstreamPool(route, (target, state, reason) => { this.observer.onUpstreamState?.(this.route, target, state, reason) })
+    this.pool = this.createPool(route)
     this.health = route.healthCheck === null ? null : new HealthChecker(this.pool, route.healthCheck)
     this.server.on('connection', (socket) => {
+      if (this.stopping !== null) { socket.destroy(); return }
       const connection = new Connection(nextConnectionId++, this.route, socket, this)
       const full = this.route.maxConnections !== null && this.connections.size >= this.route.maxConnections
       this.connections.add(connection)
@@ -50,16 +82,14 @@ export class RouteListener implements ConnectionOwner {
     this.server.on('error', (err) => { this.observer.onRouteError?.(this.route, err) })
   }
 
+  private createPool (route: RouteConfig, previous?: UpstreamPool): UpstreamPool {
+    return new UpstreamPool(route, (target, state, reason) => { this.observer.onUpstreamState?.(this.route, target, state, reason) }, previous?.members)
+  }
+
   /** Resolves with the bound address once listening. */
   async listen (): Promise<string> {
     const { host, port } = this.route.listen
-    if (this.route.socketMark !== null) {
-      try {
-        probeSocketMark(this.route.socketMark)
-      } catch (err) {
-        throw new KaproxyError('KAPROXY_ERR_CAPABILITY', `route ${this.route.name}: ${(err as Error).message}`, { cause: err })
-      }
-    }
+    probeRouteSocketMark(this.route)
     await new Promise<void>((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException): void => {
         reject(new KaproxyError('KAPROXY_ERR_LISTEN', `route ${this.route.name}: cannot listen on ${formatHostPort(this.route.listen)}: ${err.code ?? err.message}`, { cause: err }))
@@ -78,6 +108,37 @@ export class RouteListener implements ConnectionOwner {
     return address
   }
 
+  /**
+   * New connections use `route` from now on (same name and listen address). Changed upstreams,
+   * balance or health checks get a new pool (targets kept keep their state and counts) and new
+   * checks. With `keepaliveApplyToExisting`, live connections whose keepalive differs are re-tuned
+   * with setsockopt. Returns how many sockets were re-tuned; a refusal is reported, never fatal.
+   */
+  update (route: RouteConfig): number {
+    const previous = this.route
+    this.route = route
+    if (!isDeepStrictEqual(poolSettings(previous), poolSettings(route))) {
+      this.pool = this.createPool(route, this.pool)
+      const old = this.health
+      this.health = route.healthCheck === null ? null : new HealthChecker(this.pool, route.healthCheck)
+      old?.close().catch((err: unknown) => { this.observer.onRouteError?.(route, err as Error) })
+      this.health?.start()
+    }
+    if (!route.keepaliveApplyToExisting) return 0
+    let sockets = 0
+    for (const connection of this.connections) {
+      const keepalive = connection.keepaliveFor(route)
+      if (isDeepStrictEqual(connection.keepaliveSettings(), keepalive)) continue
+      try {
+        sockets += connection.retune(keepalive)
+      } catch (err) {
+        this.observer.onRouteError?.(route, new KaproxyError('KAPROXY_ERR_RETUNE',
+          `route ${route.name}: keepalive not re-applied to connection ${connection.id}: ${(err as Error).message}`, { cause: err }))
+      }
+    }
+    return sockets
+  }
+
   opened (connection: Connection): void {
     this.observer.onOpen?.(connection)
   }
@@ -88,21 +149,54 @@ export class RouteListener implements ConnectionOwner {
 
   closed (connection: Connection, summary: CloseSummary): void {
     this.connections.delete(connection)
+    const stopping = this.stopping
+    if (stopping !== null) {
+      if (summary.reason === 'route-removed' || summary.reason === 'shutdown') stopping.cut++
+      else stopping.finished++
+    }
     this.observer.onClose?.(connection, summary)
-    if (this.connections.size === 0) this.idle?.()
+    if (this.connections.size === 0) this.settle()
   }
 
-  /** Stop accepting and checking, close live connections with reason `shutdown`; resolves when all are closed. Idempotent. */
+  /**
+   * Stop accepting and checking: the listening socket is closed before this returns (the port is
+   * free, new connections are refused). Live connections get `graceMs` to end by themselves, then
+   * are closed with `reason`. Resolves when none is left. Idempotent: later calls join the first.
+   */
+  async drain (graceMs: number, reason: StopReason): Promise<void> {
+    if (this.stopping === null) {
+      let resolve = (): void => {}
+      const connectionsDone = new Promise<void>((resolveDone) => { resolve = resolveDone })
+      const healthDone = this.health?.close()
+      const done = Promise.all([connectionsDone, healthDone]).then(() => {})
+      const stopping: Stopping = { reason, startedAt: Date.now(), finished: 0, cut: 0, deadline: null, settled: false, done, resolve }
+      this.stopping = stopping
+      // Without a callback close() cannot fail: a server that never listened just stays closed.
+      this.server.close()
+      if (this.connections.size === 0) this.settle()
+      else stopping.deadline = setTimeout(() => { this.cut(stopping.reason) }, graceMs)
+    }
+    await this.stopping.done
+  }
+
+  /** Stop accepting and close live connections now with `shutdown`, cutting a drain short. Idempotent. */
   async close (): Promise<void> {
-    this.closing ??= Promise.all([
-      this.health?.close(),
-      new Promise<void>((resolve) => {
-        this.server.close()
-        if (this.connections.size === 0) { resolve(); return }
-        this.idle = resolve
-        for (const connection of this.connections) connection.destroy('shutdown')
-      })
-    ]).then(() => {})
-    return await this.closing
+    const done = this.drain(0, 'shutdown')
+    this.cut('shutdown')
+    await done
+  }
+
+  private cut (reason: StopReason): void {
+    if (this.stopping?.deadline != null) clearTimeout(this.stopping.deadline)
+    for (const connection of this.connections) connection.destroy(reason)
+  }
+
+  private settle (): void {
+    const stopping = this.stopping
+    if (stopping === null || stopping.settled) return
+    stopping.settled = true
+    if (stopping.deadline !== null) clearTimeout(stopping.deadline)
+    this.observer.onRouteDrained?.(this.route, { reason: stopping.reason, finished: stopping.finished, cut: stopping.cut, durationMs: Date.now() - stopping.startedAt })
+    stopping.resolve()
   }
 }
