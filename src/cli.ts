@@ -1,13 +1,14 @@
 #!/usr/bin/env node
-import { readFileSync } from 'node:fs'
 import { parseHostPort } from './config/formats.js'
 import { parseConfigFlags } from './config/flags.js'
 import { resolveConfig } from './config/resolve.js'
+import { STATUS_USAGE, statusCommand } from './admin/status-command.js'
 import { checkReport, formatCheckReport } from './check.js'
 import { demoBanner, startEchoServer } from './demo.js'
 import { ConfigError, KaproxyError } from './errors.js'
 import { Kaproxy } from './kaproxy.js'
 import { createLogger } from './log.js'
+import { kaproxyVersion } from './version.js'
 
 // The only file that exits the process: parse arguments, load config, start, wait for signals.
 
@@ -19,14 +20,11 @@ const USAGE = `usage:
           [--no-keepalive] [--connect-timeout DURATION]
   kaproxy check [--config FILE | route flags] [--json]
   kaproxy demo [--listen HOST:PORT]      echo server to relay to (default 127.0.0.1:7001)
+  ${STATUS_USAGE.replace(/\n/g, '\n  ')}
 
 environment: KAPROXY_CONFIG (config file), KAPROXY_LOG_LEVEL, KAPROXY_ADMIN_LISTEN, KAPROXY_ADMIN_TOKEN
+admin API (default 127.0.0.1:9901): /healthz /readyz /metrics /routes /connections /stats, and a status page at /
 durations: 500ms, 30s, 5m, 2h or a bare number of seconds`
-
-function version (): string {
-  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
-  return pkg.version
-}
 
 function reportError (err: unknown): number {
   if (err instanceof KaproxyError) {
@@ -78,14 +76,29 @@ async function demo (args: string[]): Promise<number> {
   return 0
 }
 
+async function status (args: string[]): Promise<number> {
+  // SIGINT/SIGTERM end a --watch cleanly (exit 0).
+  const controller = new AbortController()
+  const stop = (): void => { controller.abort() }
+  process.once('SIGINT', stop)
+  process.once('SIGTERM', stop)
+  try {
+    return await statusCommand(args, { stdout: process.stdout, env: process.env, signal: controller.signal })
+  } finally {
+    process.off('SIGINT', stop)
+    process.off('SIGTERM', stop)
+  }
+}
+
 async function main (argv: string[]): Promise<number> {
   const [command, ...rest] = argv
   try {
     switch (command) {
       case 'check': return check(rest)
       case 'demo': return await demo(rest)
+      case 'status': return await status(rest)
       case 'help': case '--help': case '-h': process.stdout.write(`${USAGE}\n`); return 0
-      case 'version': case '--version': process.stdout.write(`kaproxy ${version()}\n`); return 0
+      case 'version': case '--version': process.stdout.write(`kaproxy ${kaproxyVersion()}\n`); return 0
       case 'run': return await run(rest)
       default: return await run(argv)
     }

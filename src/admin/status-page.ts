@@ -66,14 +66,23 @@ function duration(ms) {
   return Math.floor(h / 24) + 'd' + String(h % 24).padStart(2, '0') + 'h';
 }
 function secs(n) { return duration(n * 1000); }
+// Settings as a config file writes them: 90s, 2m, 1h, 500ms.
+function setting(ms) {
+  if (ms !== 0 && ms % 3600000 === 0) return ms / 3600000 + 'h';
+  if (ms !== 0 && ms % 60000 === 0) return ms / 60000 + 'm';
+  if (ms % 1000 === 0) return ms / 1000 + 's';
+  return ms + 'ms';
+}
 function keepaliveConfig(k) {
-  if (!k.enabled) return 'off' + (k.userTimeoutMs !== null ? ', user timeout ' + duration(k.userTimeoutMs) : '');
-  return secs(k.idleSec) + ' / ' + secs(k.intervalSec) + ' / ' + k.count + (k.userTimeoutMs ? ', user timeout ' + duration(k.userTimeoutMs) : '');
+  var ut = k.userTimeoutMs ? ', user timeout ' + setting(k.userTimeoutMs) : '';
+  if (!k.enabled) return 'off' + ut;
+  return setting(k.idleSec * 1000) + ' / ' + setting(k.intervalSec * 1000) + ' / ' + k.count + ut;
 }
 function keepaliveRead(k) {
   if (!k) return '';
-  if (!k.enabled) return 'off';
-  return secs(k.idleSec) + '/' + secs(k.intervalSec) + '/' + k.count + (k.userTimeoutMs ? ' ut ' + duration(k.userTimeoutMs) : '');
+  var ut = k.userTimeoutMs ? ' ut ' + setting(k.userTimeoutMs) : '';
+  if (!k.enabled) return 'off' + ut;
+  return setting(k.idleSec * 1000) + '/' + setting(k.intervalSec * 1000) + '/' + k.count + ut;
 }
 function row(cells) {
   var tr = document.createElement('tr');
