@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto'
 const STYLE = `
 :root { color-scheme: light; --fg: #1d232a; --muted: #5b6670; --line: #d5dbe1; --head: #eef2f5; --ok: #1f7a3f; --bad: #b3261e; --warn: #9a6700; --accent: #0b5cad; }
 * { box-sizing: border-box; }
-body { margin: 0; font: 13px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg); background: #fafbfc; }
+body { margin: 0; font: 13px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg); background: #fafbfc; display: inline-block; min-width: 100%; }
 header { display: flex; align-items: baseline; gap: 16px; padding: 10px 16px; background: #16202a; color: #f3f6f9; }
 header h1 { font-size: 18px; margin: 0; letter-spacing: 0.5px; }
 header .meta { color: #b7c3cf; }
@@ -29,6 +29,7 @@ td.off { color: var(--muted); }
 td.warn { color: var(--warn); font-weight: 600; }
 td.bad { color: var(--bad); font-weight: 600; }
 tbody tr:nth-child(even) td { background: #f7f9fb; }
+#closes { width: auto; min-width: 520px; }
 #error { margin-top: 10px; color: var(--bad); min-height: 1em; }
 #auth { margin-top: 12px; padding: 10px; border: 1px solid var(--line); background: #fff; max-width: 520px; }
 #auth[hidden] { display: none; }
@@ -112,7 +113,7 @@ function render(routes, conns, stats) {
   var ready = document.getElementById('ready');
   ready.textContent = stats.ready ? 'ready' : 'not ready';
   ready.className = 'badge ' + (stats.ready ? 'ok' : 'bad');
-  document.getElementById('uptime').textContent = 'up ' + secs(stats.uptimeSec);
+  document.getElementById('uptime').textContent = 'up ' + (stats.uptimeSec < 60 ? stats.uptimeSec + 's' : secs(stats.uptimeSec));
   document.getElementById('updated').textContent = 'updated ' + new Date().toLocaleTimeString();
 
   var byName = {};
