@@ -62,7 +62,7 @@ interface LiveTotals {
 const CONNECT_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 
 // Process and Node.js metrics (CPU, memory, event loop lag, GC) describe the process, not one
-// Kaproxy: one registry per process, created on first use, merged into every scrape.
+// Kaproxy: one registry per process, created once, merged into every scrape.
 let processRegistry: Registry | undefined
 function processMetrics (): Registry {
   if (processRegistry === undefined) {
@@ -100,6 +100,8 @@ export class Metrics {
 
   constructor (source: MetricsSource, version: string) {
     this.source = source
+    // Started with the first Kaproxy, so GC and event-loop figures cover the whole run.
+    processMetrics()
     const registers = [this.registry]
     this.connectionsTotal = new Counter({ name: 'kaproxy_connections_total', help: 'Client connections accepted, per route', labelNames: ['route'], registers })
     this.connectionsActive = new Gauge({ name: 'kaproxy_connections_active', help: 'Live client connections, including those still dialing the upstream', labelNames: ['route'], registers })
