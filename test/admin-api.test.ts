@@ -129,14 +129,19 @@ describe('admin API', () => {
         assert.ok(info.rtoUs >= 200_000, `rto ${info.rtoUs} us is at least TCP_RTO_MIN`)
         assert.equal(info.probes, 0)
         assert.equal(info.retransmits, 0)
-        assert.equal(info.unacked, 0)
         assert.ok(info.lastDataRecvMs < 10_000)
         // Byte counters of the kernel match the relay's on each side.
         const received = side === 'client' ? record.bytesFromClient : record.bytesFromUpstream
         const sent = side === 'client' ? record.bytesFromUpstream : record.bytesFromClient
         assert.equal(info.bytesReceived, received, `${side} tcpi_bytes_received`)
-        // kaproxy dialed the upstream: on that socket the acknowledged SYN counts as one byte.
-        assert.equal(info.bytesAcked, side === 'upstream' ? sent + 1 : sent, `${side} tcpi_bytes_acked`)
+        assert.equal(info.bytesSent, sent, `${side} tcpi_bytes_sent`)
+        if (side === 'upstream') {
+          // The echo that came back carried the upstream's ACK of everything sent to it; on this
+          // socket (kaproxy dialed) the acknowledged SYN counts as one byte. The client's ACK of
+          // the echo may still be delayed, so the client side is not checked this way.
+          assert.equal(info.unacked, 0)
+          assert.equal(info.bytesAcked, sent + 1, 'upstream tcpi_bytes_acked')
+        }
 
         // ss reads the same struct through netlink: the offsets must agree.
         const { stdout } = await run('ss', ['-tni', 'state', 'established', `( sport = :${String(socket.localPort)} and dport = :${String(socket.remotePort)} )`])
