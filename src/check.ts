@@ -1,6 +1,7 @@
 import { formatDuration, formatHostPort } from './config/formats.js'
 import { SIDES, type KaproxyConfig, type Side } from './config/types.js'
 import { detectionSeconds, type KeepaliveSettings } from './keepalive.js'
+import { targetsLabel } from './upstream/target.js'
 
 /** One side in `check --json`; durations in seconds. */
 export interface SideReport {
@@ -52,8 +53,15 @@ function sideLine (side: Side, settings: KeepaliveSettings): string {
 export function formatCheckReport (config: KaproxyConfig): string {
   const lines = [`${config.routes.length} route(s); log level ${config.log.level}; admin ${config.admin.listen === null ? 'disabled' : formatHostPort(config.admin.listen)}`]
   for (const route of config.routes) {
-    lines.push('', `route ${route.name}: ${formatHostPort(route.listen)} -> ${formatHostPort(route.upstream)} (connect timeout ${formatDuration(route.connectTimeoutMs)})`)
+    lines.push('', `route ${route.name}: ${formatHostPort(route.listen)} -> ${targetsLabel(route.upstreams)} (connect timeout ${formatDuration(route.connectTimeoutMs)})`)
     for (const side of SIDES) lines.push(sideLine(side, route.keepalive[side]))
+    if (route.upstreams.length > 1 || route.healthCheck !== null) {
+      const health = route.healthCheck === null ? 'passive ejection only' : `${route.healthCheck.type} health checks every ${formatDuration(route.healthCheck.intervalMs)}`
+      lines.push(`  pool      ${route.upstreams.length} upstream(s), ${route.balance}, ${route.retries} retries, ${health}`)
+    }
+    for (const target of route.upstreams) {
+      if (target.kind === 'unix') lines.push(`  note      upstream keepalive does not apply to the unix socket ${target.label}`)
+    }
   }
   return lines.join('\n')
 }

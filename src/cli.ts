@@ -6,6 +6,7 @@ import { STATUS_USAGE, statusCommand } from './admin/status-command.js'
 import { checkReport, formatCheckReport } from './check.js'
 import { demoBanner, startEchoServer } from './demo.js'
 import { ConfigError, KaproxyError } from './errors.js'
+import { iptablesCommand } from './iptables.js'
 import { Kaproxy } from './kaproxy.js'
 import { createLogger } from './log.js'
 import { kaproxyVersion } from './version.js'
@@ -20,6 +21,10 @@ const USAGE = `usage:
           [--no-keepalive] [--connect-timeout DURATION]
   kaproxy check [--config FILE | route flags] [--json]
   kaproxy demo [--listen HOST:PORT]      echo server to relay to (default 127.0.0.1:7001)
+  kaproxy iptables --route NAME [--config FILE] --uid UID [--ports 5432,6379] [--exclude-cidr CIDR ...]
+          [--mark 0x539] [--format all|iptables|nft]
+                                         print (never run) the rules that redirect outbound TCP into an
+                                         original-dst route, excluding kaproxy's uid (and mark)
   ${STATUS_USAGE.replace(/\n/g, '\n  ')}
 
 environment: KAPROXY_CONFIG (config file), KAPROXY_LOG_LEVEL, KAPROXY_ADMIN_LISTEN, KAPROXY_ADMIN_TOKEN
@@ -96,6 +101,7 @@ async function main (argv: string[]): Promise<number> {
     switch (command) {
       case 'check': return check(rest)
       case 'demo': return await demo(rest)
+      case 'iptables': process.stdout.write(iptablesCommand(rest)); return 0
       case 'status': return await status(rest)
       case 'help': case '--help': case '-h': process.stdout.write(`${USAGE}\n`); return 0
       case 'version': case '--version': process.stdout.write(`kaproxy ${kaproxyVersion()}\n`); return 0

@@ -28,6 +28,7 @@ export class Kaproxy {
     this.metrics = new Metrics({
       connections: () => this.engine.connections(),
       routes: () => this.config.routes,
+      upstreams: (route) => this.engine.upstreams(route),
       ready: () => this.ready
     }, kaproxyVersion())
     this.engine = new NetEngine(composeObservers(loggingObserver(log), this.metrics.observer))

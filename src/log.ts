@@ -2,12 +2,26 @@ import pino, { type DestinationStream, type Logger } from 'pino'
 import { formatHostPort } from './config/formats.js'
 import type { LogLevel, RouteConfig, Side } from './config/types.js'
 import type { KeepaliveSettings } from './keepalive.js'
+import type { CloseReason } from './relay/close-reason.js'
 import type { CloseSummary, ConnectionRecord, EngineObserver } from './relay/engine.js'
+import type { UpstreamState } from './upstream/pool.js'
+import { targetsLabel, type UpstreamTarget } from './upstream/target.js'
 
 /** The process logger: pino JSON lines on stdout (or `destination`, e.g. a test sink). */
 export function createLogger (level: LogLevel, destination?: DestinationStream): Logger {
-  const options = { level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime }
+  const options = { level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime, serializers: { err: serializeError } }
   return destination === undefined ? pino(options) : pino(options, destination)
+}
+
+/**
+ * Socket errors are expected events: code and message are the whole story. Anything else keeps
+ * pino's full form with the stack.
+ */
+function serializeError (err: unknown): unknown {
+  if (typeof err !== 'object' || err === null) return err
+  const e = err as NodeJS.ErrnoException
+  if (!(err instanceof Error) || (e.syscall !== undefined && e.code !== undefined)) return { code: e.code, message: e.message }
+  return pino.stdSerializers.err(err)
 }
 
 /** A side's keepalive in log form: the values kaproxy applies with setsockopt. */
@@ -17,7 +31,9 @@ export function keepaliveFields (settings: KeepaliveSettings): Record<string, un
 }
 
 function connectionFields (connection: ConnectionRecord): Record<string, unknown> {
-  return { route: connection.route.name, conn: connection.id, client: connection.client, upstream: connection.upstream }
+  const fields: Record<string, unknown> = { route: connection.route.name, conn: connection.id, client: connection.client, upstream: connection.upstream }
+  if (connection.clientVia !== null) fields.via = connection.clientVia
+  return fields
 }
 
 /**
@@ -27,7 +43,7 @@ function connectionFields (connection: ConnectionRecord): Record<string, unknown
 export function loggingObserver (log: Logger): Required<EngineObserver> {
   return {
     onListening (route: RouteConfig, address: string) {
-      log.info({ event: 'listening', route: route.name, address, upstream: formatHostPort(route.upstream) }, `route ${route.name} listening on ${address}`)
+      log.info({ event: 'listening', route: route.name, address, upstream: targetsLabel(route.upstreams) }, `route ${route.name} listening on ${address}`)
     },
     onOpen (connection: ConnectionRecord) {
       log.info({ event: 'open', ...connectionFields(connection) }, 'connection open')
@@ -45,6 +61,13 @@ export function loggingObserver (log: Logger): Required<EngineObserver> {
       if (summary.error !== null) fields.err = { code: summary.error.code, message: summary.error.message }
       log.info(fields, 'connection closed')
     },
+    onDialFailed (connection: ConnectionRecord, target: UpstreamTarget, reason: CloseReason, error: NodeJS.ErrnoException | null) {
+      log.warn({ event: 'dial-failed', ...connectionFields(connection), upstream: target.label, reason, err: error === null ? undefined : { code: error.code, message: error.message } },
+        `route ${connection.route.name}: connect to ${target.label} failed (${reason})`)
+    },
+    onUpstreamState (route: RouteConfig, target: UpstreamTarget, state: UpstreamState, reason: string) {
+      log[state === 'up' ? 'info' : 'warn']({ event: 'upstream-state', route: route.name, upstream: target.label, state, reason }, `route ${route.name}: upstream ${target.label} is ${state}: ${reason}`)
+    },
     onRouteError (route: RouteConfig, err: Error) {
       log.warn({ event: 'route-error', route: route.name, err }, `route ${route.name}: ${err.message}`)
     }
@@ -54,7 +77,11 @@ export function loggingObserver (log: Logger): Required<EngineObserver> {
 /** Log each route's keepalive per side as it will be applied. */
 export function logRoutePlan (log: Logger, routes: readonly RouteConfig[]): void {
   for (const route of routes) {
-    const sides: Record<Side, unknown> = { client: keepaliveFields(route.keepalive.client), upstream: keepaliveFields(route.keepalive.upstream) }
-    log.info({ event: 'route', route: route.name, listen: formatHostPort(route.listen), upstream: formatHostPort(route.upstream), connectTimeoutMs: route.connectTimeoutMs, keepalive: sides }, `route ${route.name} keepalive`)
+    const unix = route.upstreams.filter((target) => target.kind === 'unix').length
+    const upstreamPlan = unix === route.upstreams.length
+      ? 'not applied: unix socket upstream'
+      : { ...keepaliveFields(route.keepalive.upstream), ...(unix > 0 ? { note: `not applied to the ${unix} unix socket upstream(s)` } : {}) }
+    const sides: Record<Side, unknown> = { client: keepaliveFields(route.keepalive.client), upstream: upstreamPlan }
+    log.info({ event: 'route', route: route.name, listen: formatHostPort(route.listen), upstream: targetsLabel(route.upstreams), balance: route.balance, connectTimeoutMs: route.connectTimeoutMs, keepalive: sides }, `route ${route.name} keepalive`)
   }
 }

@@ -8,7 +8,7 @@ import type { ConnectionsView, RouteView, SideView } from '../src/admin/views.js
 import type { Side } from '../src/config/types.js'
 import { readKeepalive } from '../src/keepalive.js'
 import { adminAddress, adminClient } from './helpers/admin.js'
-import { connect, startEchoServer } from './helpers/peers.js'
+import { closedPort, connect, startEchoServer } from './helpers/peers.js'
 import { startProxy } from './helpers/proxy.js'
 
 const run = promisify(execFile)
@@ -36,7 +36,10 @@ describe('admin API', () => {
   it('answers /healthz and /readyz, and /routes with both sides resolved', async (t) => {
     const upstream = await startEchoServer()
     t.after(upstream.close)
-    const proxy = await startProxy({ admin: { listen: '127.0.0.1:0' }, defaults: { keepalive: { count: 5 } }, routes: ROUTES(upstream.address) })
+    const spare = await closedPort()
+    const config = ROUTES(upstream.address)
+    config[1] = { ...config[1], upstream: [upstream.address, `127.0.0.1:${spare}`], balance: 'first-available', maxConnections: 50, idleTimeout: '10m' }
+    const proxy = await startProxy({ admin: { listen: '127.0.0.1:0' }, defaults: { keepalive: { count: 5 } }, routes: config })
     t.after(proxy.close)
     const get = adminClient(t, adminAddress(proxy))
 
@@ -58,23 +61,41 @@ describe('admin API', () => {
         listen: '127.0.0.1:0',
         address: `127.0.0.1:${proxy.port('alpha')}`,
         upstream: upstream.address,
+        upstreams: [{ target: upstream.address, state: 'up', active: 0 }],
+        balance: 'round-robin',
+        retries: 0,
         connectTimeoutMs: 5000,
+        idleTimeoutMs: null,
+        maxConnections: null,
+        healthCheck: null,
+        proxyProtocol: null,
+        acceptProxyProtocol: false,
         keepalive: {
           client: { enabled: true, idleSec: 30, intervalSec: 5, count: 4, userTimeoutMs: 50_000, detectionSec: 50 },
           upstream: { enabled: true, idleSec: 120, intervalSec: 15, count: 8, userTimeoutMs: null, detectionSec: 240 }
         },
+        destinations: [],
         connections: 0
       },
       {
         name: 'beta',
         listen: '127.0.0.1:0',
         address: `127.0.0.1:${proxy.port('beta')}`,
-        upstream: upstream.address,
+        upstream: `${upstream.address},127.0.0.1:${spare}`,
+        upstreams: [{ target: upstream.address, state: 'up', active: 0 }, { target: `127.0.0.1:${spare}`, state: 'up', active: 0 }],
+        balance: 'first-available',
+        retries: 1,
         connectTimeoutMs: 2000,
+        idleTimeoutMs: 600_000,
+        maxConnections: 50,
+        healthCheck: null,
+        proxyProtocol: null,
+        acceptProxyProtocol: false,
         keepalive: {
           client: { enabled: true, idleSec: 7, intervalSec: 3, count: 5, userTimeoutMs: null, detectionSec: 22 },
           upstream: { enabled: false, idleSec: null, intervalSec: null, count: null, userTimeoutMs: null, detectionSec: null }
         },
+        destinations: [],
         connections: 0
       }
     ])

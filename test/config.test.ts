@@ -81,7 +81,7 @@ describe('config', () => {
     assert.deepEqual(issuesOf({ listen: 1, defaults: { keepalive: { idel: 3 } }, routes: [{ ...ok, upstreams: [], keepalive: { server: {}, client: { intervall: 1 } } }] }), [
       'listen: unknown key',
       'defaults.keepalive.idel: unknown key',
-      'routes[0].upstreams: unknown key (allowed: name, listen, upstream, connectTimeout, keepalive)',
+      'routes[0].upstreams: unknown key (allowed: name, listen, upstream, balance, retries, connectTimeout, keepalive, healthCheck, proxyProtocol, acceptProxyProtocol, proxyHeaderTimeout, maxConnections, idleTimeout, allow, destinations, socketMark)',
       'routes[0].keepalive.server: unknown key (allowed: client, upstream)',
       'routes[0].keepalive.client.intervall: unknown key (allowed: enabled, idle, interval, count, userTimeout)'
     ])
@@ -93,11 +93,53 @@ describe('config', () => {
       'admin.listen: must be host:port or [ipv6]:port with port 0..65535, or "" to disable (got "nowhere")',
       'routes[0].name: must be 1..63 characters of a-z, 0-9 and - (got "Bad Name")',
       'routes[0].listen: must put an IPv6 address in brackets: [::1]:port (got "::1:80")',
-      'routes[0].upstream: must be host:port or [ipv6]:port with port 1..65535 (got "db:0")',
+      'routes[0].upstream: must be host:port or [ipv6]:port with port 1..65535, or unix:/path (got "db:0")',
       'routes[0].connectTimeout: must be a duration 1ms..1h (e.g. 5s) (got "0s")'
     ])
     assert.deepEqual(issuesOf({ routes: 'all' }), ['routes: must be a list of routes (got "all")'])
     assert.deepEqual(issuesOf([]), [': the configuration must be an object with routes (got a list)'])
+  })
+
+  it('validates pools, limits and transparent-mode fields with the same precision', () => {
+    assert.deepEqual(issuesOf({
+      routes: [
+        { name: 'p', listen: '127.0.0.1:1', upstream: ['10.0.0.1:1', '10.0.0.1:1', 'unix:relative'], balance: 'random', retries: 99, healthCheck: { type: 'udp', rise: 0, path: 'x' }, proxyProtocol: 'v3', maxConnections: -1, idleTimeout: '10ms' },
+        { name: 't', listen: '127.0.0.1:2', upstream: 'original-dst', allow: ['10.0.0.0/33', '10.0.0.0/8:0'], destinations: [{ match: '10.0.5.0/24:5432', keepalive: { idle: '20s', count: 0 } }], socketMark: 'mark' },
+        { name: 'n', listen: '127.0.0.1:3', upstream: 'db.internal:5432', allow: ['10.0.0.0/8'], socketMark: 1337 }
+      ]
+    }), [
+      'routes[0].upstream[1]: must not repeat an upstream (got "10.0.0.1:1")',
+      'routes[0].upstream[2]: must be unix:/absolute/path (at most 107 bytes) (got "unix:relative")',
+      'routes[0].balance: must be one of round-robin, least-connections, first-available (got "random")',
+      'routes[0].retries: must be an integer 0..16 (got 99)',
+      'routes[0].healthCheck.type: must be one of tcp, http (got "udp")',
+      'routes[0].healthCheck.rise: must be an integer 1..100 (got 0)',
+      'routes[0].healthCheck.path: must be an absolute request path without spaces, e.g. /healthz (got "x")',
+      'routes[0].healthCheck.type: must be http when path or expectStatus is set (got "udp")',
+      'routes[0].proxyProtocol: must be one of v1, v2 (got "v3")',
+      'routes[0].maxConnections: must be an integer 0..1000000 (got -1)',
+      'routes[0].idleTimeout: must be a duration 1s..7d, or 0 for off (got "10ms")',
+      'routes[1].allow[0]: must be CIDR or CIDR:port, e.g. 10.0.0.0/8, 192.168.1.10/32:5432, [fd00::/8]:443 (prefix 0..32) (got "10.0.0.0/33")',
+      'routes[1].allow[1]: must be CIDR or CIDR:port, e.g. 10.0.0.0/8, 192.168.1.10/32:5432, [fd00::/8]:443 (port 1..65535) (got "10.0.0.0/8:0")',
+      'routes[1].destinations[0].keepalive.count: must be an integer 1..127 (got 0)',
+      'routes[1].socketMark: must be an integer 1..0xffffffff (e.g. 0x539) (got "mark")',
+      'routes[2].allow: only applies with upstream: original-dst (got ["10.0.0.0/8"])',
+      'routes[2].socketMark: needs upstreams given as IP addresses (or original-dst): the socket is made before the name is resolved (got 1337)'
+    ])
+    const config = buildConfig({
+      routes: [{ name: 'outbound', listen: '127.0.0.1:15001', upstream: 'original-dst', allow: ['10.0.0.0/8', '192.168.1.10/32:5432', '[fd00::/8]:443'], socketMark: '0x539', keepalive: { upstream: { idle: '30s', interval: '5s', count: 4 } }, destinations: [{ match: '10.0.5.0/24:5432', keepalive: { idle: '20s', interval: '3s' } }] }]
+    }, { env: {} })
+    const route = config.routes[0]
+    assert.equal(route?.socketMark, 0x539)
+    assert.deepEqual(route?.originalDst?.destinations[0]?.keepalive, { enabled: true, idleSec: 20, intervalSec: 3, count: 4 }, 'merged over keepalive.upstream')
+    const allow = route?.originalDst?.allow ?? []
+    const allowed = (address: string, port: number): boolean => allow.some((rule) => rule.matches(address, port))
+    assert.equal(allowed('10.200.3.4', 80), true)
+    assert.equal(allowed('192.168.1.10', 5432), true)
+    assert.equal(allowed('192.168.1.10', 5433), false)
+    assert.equal(allowed('fd00::1', 443), true)
+    assert.equal(allowed('fd00::1', 80), false)
+    assert.equal(allowed('172.16.0.1', 80), false)
   })
 
   it('takes KAPROXY_* environment overrides, validated like the file', () => {

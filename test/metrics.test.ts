@@ -127,6 +127,10 @@ describe('/metrics', () => {
     assert.match(response.text, /^kaproxy_upstream_connect_seconds_bucket\{le="\+Inf",route="echo"\} 4$/m)
     assert.doesNotMatch(response.text, /^kaproxy_upstream_connect_seconds_count\{route="refused"\}/m, 'no observation for a refused dial')
 
+    // Each failed dial, and each configured target's state.
+    assert.equal(sample(families, 'kaproxy_upstream_dial_failures_total', { route: 'refused', reason: 'upstream-refused' }), 2)
+    assert.equal(sample(families, 'kaproxy_upstream_up', { route: 'echo', upstream: echo.address }), 1)
+
     assert.equal(sample(families, 'kaproxy_config_reloads_total', { result: 'ok' }), 0)
     assert.equal(sample(families, 'kaproxy_config_reloads_total', { result: 'failed' }), 0)
     assert.equal(sample(families, 'kaproxy_ready'), 1)

@@ -1,7 +1,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import type { RouteConfig, Side } from '../config/types.js'
 import type { CloseReason } from '../relay/close-reason.js'
-import type { CloseSummary, ConnectionRecord, EngineObserver } from '../relay/engine.js'
+import type { CloseSummary, ConnectionRecord, Engine, EngineObserver } from '../relay/engine.js'
 
 /** What the metrics read at scrape time; nothing here is called per chunk or per connection. */
 export interface MetricsSource {
@@ -9,6 +9,8 @@ export interface MetricsSource {
   connections: () => Iterable<ConnectionRecord>
   /** The routes in force (after a reload, the new ones). */
   routes: () => readonly RouteConfig[]
+  /** Each configured target of a route with its state (up/down). */
+  upstreams: Engine['upstreams']
   ready: () => boolean
 }
 
@@ -24,6 +26,8 @@ export interface RouteStats {
   active: number
   /** Connections whose upstream accepted. */
   upstreamConnects: number
+  /** Dial attempts that failed (a connection may go on with another target). */
+  dialFailures: number
   /** Mean upstream connect time in milliseconds; null before the first connect. */
   connectMsMean: number | null
   bytesFromClient: number
@@ -48,6 +52,7 @@ interface RouteTotals {
   bytesFromUpstream: number
   upstreamConnects: number
   connectMsSum: number
+  dialFailures: number
   /** By `reason|side`. */
   closes: Map<string, number>
 }
@@ -73,7 +78,7 @@ function processMetrics (): Registry {
 }
 
 function emptyTotals (): RouteTotals {
-  return { closed: 0, bytesFromClient: 0, bytesFromUpstream: 0, upstreamConnects: 0, connectMsSum: 0, closes: new Map() }
+  return { closed: 0, bytesFromClient: 0, bytesFromUpstream: 0, upstreamConnects: 0, connectMsSum: 0, dialFailures: 0, closes: new Map() }
 }
 
 /**
@@ -95,6 +100,8 @@ export class Metrics {
   private readonly connectionsClosed: Counter<'route' | 'reason' | 'side'>
   private readonly bytes: Counter<'route' | 'from'>
   private readonly connectSeconds: Histogram<'route'>
+  private readonly dialFailuresTotal: Counter<'route' | 'reason'>
+  private readonly upstreamUp: Gauge<'route' | 'upstream'>
   private readonly reloadsTotal: Counter<'result'>
   private readonly readyGauge: Gauge
 
@@ -113,6 +120,8 @@ export class Metrics {
     })
     this.bytes = new Counter({ name: 'kaproxy_relayed_bytes_total', help: 'Bytes relayed, by the side they came from (client or upstream); live connections included', labelNames: ['route', 'from'], registers })
     this.connectSeconds = new Histogram({ name: 'kaproxy_upstream_connect_seconds', help: 'Time for the upstream to accept a connection', labelNames: ['route'], buckets: CONNECT_BUCKETS, registers })
+    this.dialFailuresTotal = new Counter({ name: 'kaproxy_upstream_dial_failures_total', help: 'Upstream connect attempts that failed, by reason (the connection may have gone on with another target)', labelNames: ['route', 'reason'], registers })
+    this.upstreamUp = new Gauge({ name: 'kaproxy_upstream_up', help: '1 when a configured upstream target is up (health checks and passive ejection), 0 when down', labelNames: ['route', 'upstream'], registers })
     this.reloadsTotal = new Counter({ name: 'kaproxy_config_reloads_total', help: 'Configuration reloads by result (ok, failed)', labelNames: ['result'], registers })
     this.readyGauge = new Gauge({ name: 'kaproxy_ready', help: '1 when every route listens and kaproxy is not shutting down', registers })
     new Gauge({ name: 'kaproxy_build_info', help: 'Always 1; labels carry the kaproxy and Node.js versions', labelNames: ['version', 'node'], registers })
@@ -128,7 +137,12 @@ export class Metrics {
         totals.connectMsSum += connection.connectMs
         this.connectSeconds.observe({ route: connection.route.name }, connection.connectMs / 1000)
       },
-      onClose: (connection, summary) => { this.closed(connection, summary) }
+      onClose: (connection, summary) => { this.closed(connection, summary) },
+      onDialFailed: (connection, _target, reason) => {
+        this.route(connection.route.name).dialFailures++
+        // By reason only: in transparent mode every destination would be a new series.
+        this.dialFailuresTotal.inc({ route: connection.route.name, reason })
+      }
     }
   }
 
@@ -158,6 +172,10 @@ export class Metrics {
         this.connectionsClosed.inc({ route: name, reason, side }, count)
       }
     }
+    this.upstreamUp.reset()
+    for (const route of this.source.routes()) {
+      for (const upstream of this.source.upstreams(route.name)) this.upstreamUp.set({ route: route.name, upstream: upstream.target.label }, upstream.state === 'up' ? 1 : 0)
+    }
     this.readyGauge.set(this.source.ready() ? 1 : 0)
     const registry = Registry.merge([this.registry, processMetrics()])
     return { contentType: registry.contentType, text: await registry.metrics() }
@@ -176,6 +194,7 @@ export class Metrics {
         active: now.active,
         upstreamConnects: totals.upstreamConnects,
         connectMsMean: totals.upstreamConnects === 0 ? null : totals.connectMsSum / totals.upstreamConnects,
+        dialFailures: totals.dialFailures,
         bytesFromClient: totals.bytesFromClient + now.bytesFromClient,
         bytesFromUpstream: totals.bytesFromUpstream + now.bytesFromUpstream,
         closes: [...totals.closes].filter(([, count]) => count > 0).map(([key, count]) => {

@@ -69,7 +69,8 @@ export function formatStatus (s: StatusSnapshot): string {
     ['ROUTE', 'LISTEN', 'UPSTREAM', 'CLIENT KEEPALIVE', 'UPSTREAM KEEPALIVE', 'ACTIVE', 'TOTAL', 'FROM CLIENT', 'FROM UPSTREAM'],
     s.routes.routes.map((route) => {
       const r = stats.get(route.name)
-      return [route.name, route.address ?? `${route.listen} (not listening)`, route.upstream,
+      const upstream = route.upstreams.length === 0 ? route.upstream : route.upstreams.map((u) => `${u.target}${u.state === 'down' ? ' (down)' : ''}`).join(',')
+      return [route.name, route.address ?? `${route.listen} (not listening)`, upstream,
         formatKeepalive(route.keepalive.client), formatKeepalive(route.keepalive.upstream),
         String(r?.active ?? 0), String(r?.connectionsTotal ?? 0), formatBytes(r?.bytesFromClient ?? 0), formatBytes(r?.bytesFromUpstream ?? 0)]
     }),

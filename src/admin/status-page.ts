@@ -85,6 +85,10 @@ function keepaliveRead(k) {
   if (!k.enabled) return 'off' + ut;
   return setting(k.idleSec * 1000) + '/' + setting(k.intervalSec * 1000) + '/' + k.count + ut;
 }
+function upstreams(r) {
+  if (r.upstreams.length === 0) return r.upstream;
+  return r.upstreams.map(function (u) { return u.target + (u.state === 'down' ? ' (down)' : ''); }).join(', ');
+}
 function row(cells) {
   var tr = document.createElement('tr');
   cells.forEach(function (c) { tr.appendChild(c); });
@@ -121,7 +125,7 @@ function render(routes, conns, stats) {
   fill(document.querySelector('#routes tbody'), routes.routes.map(function (r) {
     var s = byName[r.name] || { active: 0, connectionsTotal: 0, bytesFromClient: 0, bytesFromUpstream: 0, connectMsMean: null };
     var tr = row([
-      el('td', r.name), el('td', r.address || r.listen, 'mono'), el('td', r.upstream, 'mono'),
+      el('td', r.name), el('td', r.address || r.listen, 'mono'), el('td', upstreams(r), 'mono'),
       el('td', keepaliveConfig(r.keepalive.client)), el('td', keepaliveConfig(r.keepalive.upstream)),
       el('td', s.active, 'num'), el('td', s.connectionsTotal, 'num'),
       el('td', bytes(s.bytesFromClient), 'num'), el('td', bytes(s.bytesFromUpstream), 'num'),

@@ -1,9 +1,11 @@
 import { formatHostPort } from '../config/formats.js'
-import { SIDES, type RouteConfig, type Side } from '../config/types.js'
+import { SIDES, type Balance, type RouteConfig, type Side } from '../config/types.js'
 import { KaproxyError } from '../errors.js'
 import { detectionSeconds, readKeepalive, socketFd, type KeepaliveReading, type KeepaliveSettings } from '../keepalive.js'
 import type { ConnectionRecord, Engine } from '../relay/engine.js'
 import { readTcpInfo, type TcpInfo } from '../sockopt/tcp-info.js'
+import type { UpstreamState } from '../upstream/pool.js'
+import { targetsLabel } from '../upstream/target.js'
 
 /** `/connections?limit=` default and maximum. */
 export const CONNECTIONS_LIMIT_DEFAULT = 1000
@@ -21,6 +23,15 @@ export interface SideConfigView {
   detectionSec: number | null
 }
 
+/** One target of a route's upstream pool, as the engine sees it now. */
+export interface UpstreamView {
+  /** `host:port` or `unix:/path`. */
+  target: string
+  state: UpstreamState
+  /** Live connections to it. */
+  active: number
+}
+
 /** `/routes`: one route's effective configuration. */
 export interface RouteView {
   name: string
@@ -28,9 +39,22 @@ export interface RouteView {
   listen: string
   /** The bound address; null when not listening. */
   address: string | null
+  /** The targets as one label (`10.0.0.5:5432,10.0.0.6:5432`), or `original-dst` in transparent mode. */
   upstream: string
+  upstreams: UpstreamView[]
+  balance: Balance
+  retries: number
   connectTimeoutMs: number
+  /** null: no idle timeout. */
+  idleTimeoutMs: number | null
+  /** null: no limit. */
+  maxConnections: number | null
+  healthCheck: { type: 'tcp' | 'http', intervalMs: number } | null
+  proxyProtocol: 'v1' | 'v2' | null
+  acceptProxyProtocol: boolean
   keepalive: Record<Side, SideConfigView>
+  /** Transparent mode: upstream keepalive per destination rule (first match wins over keepalive.upstream). */
+  destinations: Array<{ match: string, keepalive: SideConfigView }>
   /** Live connections right now. */
   connections: number
 }
@@ -92,9 +116,18 @@ export function routesView (routes: readonly RouteConfig[], engine: Engine): Rou
     name: route.name,
     listen: formatHostPort(route.listen),
     address: engine.address(route.name),
-    upstream: formatHostPort(route.upstream),
+    upstream: route.originalDst !== null ? 'original-dst' : targetsLabel(route.upstreams),
+    upstreams: engine.upstreams(route.name).map((u) => ({ target: u.target.label, state: u.state, active: u.active })),
+    balance: route.balance,
+    retries: route.retries,
     connectTimeoutMs: route.connectTimeoutMs,
+    idleTimeoutMs: route.idleTimeoutMs,
+    maxConnections: route.maxConnections,
+    healthCheck: route.healthCheck === null ? null : { type: route.healthCheck.type, intervalMs: route.healthCheck.intervalMs },
+    proxyProtocol: route.proxyProtocol,
+    acceptProxyProtocol: route.acceptProxyProtocol,
     keepalive: { client: sideConfig(route.keepalive.client), upstream: sideConfig(route.keepalive.upstream) },
+    destinations: route.originalDst?.destinations.map((d) => ({ match: d.match.text, keepalive: sideConfig(d.keepalive) })) ?? [],
     connections: live.get(route.name) ?? 0
   }))
 }
@@ -108,6 +141,11 @@ function sideView (connection: ConnectionRecord, side: Side): SideView {
   const socket = connection.socket(side)
   if (socket === null) return { local: null, remote: null, keepalive: null, tcpInfo: null, error: 'not connected yet' }
   const view: SideView = { local: address(socket.localAddress, socket.localPort), remote: address(socket.remoteAddress, socket.remotePort), keepalive: null, tcpInfo: null, error: null }
+  // A unix socket upstream has no TCP keepalive or TCP_INFO to read.
+  if (side === 'upstream' && connection.upstream.startsWith('unix:')) {
+    view.error = 'unix socket: no TCP keepalive'
+    return view
+  }
   try {
     const fd = socketFd(socket)
     view.keepalive = readKeepalive(socket)

@@ -5,11 +5,19 @@ import {
   CONNECT_TIMEOUT_RULE, COUNT_RULE, USER_TIMEOUT_RULE, WHOLE_SECONDS_RULE,
   isConnectTimeout, isCount, isKeepaliveSeconds, isUserTimeout
 } from './schema.js'
-import { SIDES, type RouteConfig } from './types.js'
+import { isIP } from 'node:net'
+import { originalDstSupported } from '../sockopt/original-dst.js'
+import { parseUpstreamTarget, type UpstreamTarget } from '../upstream/target.js'
+import { parseAddressRule, type AddressRule } from './address-rule.js'
+import { BALANCES, SIDES, type Balance, type HealthCheckConfig, type OriginalDstConfig, type RouteConfig } from './types.js'
 
 type Raw = Record<string, unknown>
 
-const ROUTE_KEYS = new Set(['name', 'listen', 'upstream', 'connectTimeout', 'keepalive'])
+const ROUTE_KEYS = new Set(['name', 'listen', 'upstream', 'balance', 'retries', 'connectTimeout', 'keepalive', 'healthCheck',
+  'proxyProtocol', 'acceptProxyProtocol', 'proxyHeaderTimeout', 'maxConnections', 'idleTimeout', 'allow', 'destinations', 'socketMark'])
+const DESTINATION_KEYS = new Set(['match', 'keepalive'])
+const HEALTH_KEYS = new Set(['type', 'interval', 'timeout', 'rise', 'fall', 'path', 'expectStatus'])
+const MAX_UPSTREAMS = 64
 const KEEPALIVE_KEYS = new Set<string>(SIDES)
 const SIDE_KEYS = new Set(['enabled', 'idle', 'interval', 'count', 'userTimeout'])
 const NAME = /^[a-z0-9-]{1,63}$/
@@ -39,6 +47,18 @@ class Checker {
     if (value === undefined || value === null) return {}
     if (isObject(value)) return value
     this.fail(path, 'must be an object', value)
+    return undefined
+  }
+
+  integer (path: string, value: unknown, min: number, max: number): number | undefined {
+    if (Number.isInteger(value) && (value as number) >= min && (value as number) <= max) return value as number
+    this.fail(path, `must be an integer ${min}..${max}`, value)
+    return undefined
+  }
+
+  oneOf<T extends string> (path: string, value: unknown, allowed: readonly T[]): T | undefined {
+    if (typeof value === 'string' && (allowed as readonly string[]).includes(value)) return value as T
+    this.fail(path, `must be one of ${allowed.join(', ')}`, value)
     return undefined
   }
 
@@ -92,6 +112,52 @@ function checkSide (c: Checker, path: string, value: unknown, defaults: Keepaliv
   return c.issues.length === before ? settings : undefined
 }
 
+function checkUpstreams (c: Checker, path: string, value: unknown): UpstreamTarget[] | undefined {
+  const list = Array.isArray(value) ? value : [value]
+  if (list.length === 0 || list.length > MAX_UPSTREAMS) {
+    c.fail(path, `must be host:port, unix:/path, or a list of 1..${MAX_UPSTREAMS} of them`, value)
+    return undefined
+  }
+  const targets: UpstreamTarget[] = []
+  list.forEach((item, index) => {
+    const target = parseUpstreamTarget(item)
+    const itemPath = Array.isArray(value) ? `${path}[${index}]` : path
+    if ('rule' in target) { c.fail(itemPath, target.rule, item); return }
+    if (targets.some((t) => t.label === target.label)) { c.fail(itemPath, 'must not repeat an upstream', item); return }
+    targets.push(target)
+  })
+  return targets.length === list.length ? targets : undefined
+}
+
+const isCheckInterval = (ms: number): boolean => ms >= 100 && ms <= 3_600_000
+const isCheckTimeout = (ms: number): boolean => ms >= 1 && ms <= 600_000
+
+function checkHealth (c: Checker, path: string, value: unknown): HealthCheckConfig | null | undefined {
+  if (value === undefined || value === null) return null
+  const raw = c.object(path, value)
+  if (raw === undefined) return undefined
+  c.unknownKeys(path, raw, HEALTH_KEYS)
+  const before = c.issues.length
+  const health: HealthCheckConfig = {
+    type: raw.type === undefined ? 'tcp' : c.oneOf(`${path}.type`, raw.type, ['tcp', 'http'] as const) ?? 'tcp',
+    intervalMs: raw.interval === undefined ? 5000 : c.duration(`${path}.interval`, raw.interval, 'must be a duration 100ms..1h', isCheckInterval) ?? 0,
+    timeoutMs: raw.timeout === undefined ? 2000 : c.duration(`${path}.timeout`, raw.timeout, 'must be a duration 1ms..10m', isCheckTimeout) ?? 0,
+    rise: raw.rise === undefined ? 2 : c.integer(`${path}.rise`, raw.rise, 1, 100) ?? 0,
+    fall: raw.fall === undefined ? 3 : c.integer(`${path}.fall`, raw.fall, 1, 100) ?? 0,
+    path: '/',
+    expectStatus: raw.expectStatus === undefined ? 200 : c.integer(`${path}.expectStatus`, raw.expectStatus, 100, 599) ?? 0
+  }
+  if (raw.path !== undefined) {
+    if (typeof raw.path === 'string' && raw.path.startsWith('/') && !/[\s\0]/.test(raw.path)) health.path = raw.path
+    else c.fail(`${path}.path`, 'must be an absolute request path without spaces, e.g. /healthz', raw.path)
+  }
+  if (health.type === 'tcp' && (raw.path !== undefined || raw.expectStatus !== undefined)) {
+    c.fail(`${path}.type`, 'must be http when path or expectStatus is set', raw.type ?? 'tcp')
+  }
+  if (c.issues.length === before && health.timeoutMs > health.intervalMs) c.fail(`${path}.timeout`, 'must not exceed healthCheck.interval', raw.timeout)
+  return c.issues.length === before ? health : undefined
+}
+
 function checkRoute (c: Checker, path: string, value: unknown, defaults: RouteDefaults): RouteConfig | undefined {
   if (!isObject(value)) { c.fail(path, 'must be an object with name, listen and upstream', value); return undefined }
   const before = c.issues.length
@@ -102,8 +168,11 @@ function checkRoute (c: Checker, path: string, value: unknown, defaults: RouteDe
 
   const listen = parseHostPort(value.listen, 0)
   if ('rule' in listen) c.fail(`${path}.listen`, listen.rule, value.listen)
-  const upstream = parseHostPort(value.upstream, 1)
-  if ('rule' in upstream) c.fail(`${path}.upstream`, upstream.rule, value.upstream)
+  const transparent = value.upstream === 'original-dst'
+  if (transparent && !originalDstSupported) c.fail(`${path}.upstream`, `original-dst needs Linux (SO_ORIGINAL_DST); this is ${process.platform}`, value.upstream)
+  const upstreams = transparent ? [] : checkUpstreams(c, `${path}.upstream`, value.upstream)
+  const balance: Balance | undefined = value.balance === undefined ? 'round-robin' : c.oneOf(`${path}.balance`, value.balance, BALANCES)
+  const retries = value.retries === undefined ? Math.max(0, (upstreams?.length ?? 1) - 1) : c.integer(`${path}.retries`, value.retries, 0, 16)
 
   const connectTimeoutMs = value.connectTimeout === undefined
     ? defaults.connectTimeoutMs
@@ -114,9 +183,92 @@ function checkRoute (c: Checker, path: string, value: unknown, defaults: RouteDe
   const client = checkSide(c, `${path}.keepalive.client`, keepaliveRaw?.client, defaults.keepalive)
   const upstreamKeepalive = checkSide(c, `${path}.keepalive.upstream`, keepaliveRaw?.upstream, defaults.keepalive)
 
-  if (c.issues.length !== before || 'rule' in listen || 'rule' in upstream ||
-    connectTimeoutMs === undefined || client === undefined || upstreamKeepalive === undefined) return undefined
-  return { name: name as string, listen, upstream, connectTimeoutMs, keepalive: { client, upstream: upstreamKeepalive } }
+  const healthCheck = checkHealth(c, `${path}.healthCheck`, value.healthCheck)
+  const proxyProtocol = value.proxyProtocol === undefined || value.proxyProtocol === null ? null : c.oneOf(`${path}.proxyProtocol`, value.proxyProtocol, ['v1', 'v2'] as const)
+  let acceptProxyProtocol = false
+  if (value.acceptProxyProtocol !== undefined) {
+    if (typeof value.acceptProxyProtocol === 'boolean') acceptProxyProtocol = value.acceptProxyProtocol
+    else c.fail(`${path}.acceptProxyProtocol`, 'must be true or false', value.acceptProxyProtocol)
+  }
+  const proxyHeaderTimeoutMs = value.proxyHeaderTimeout === undefined ? 5000 : c.duration(`${path}.proxyHeaderTimeout`, value.proxyHeaderTimeout, 'must be a duration 1ms..1m', (ms) => ms >= 1 && ms <= 60_000)
+  const maxConnections = value.maxConnections === undefined || value.maxConnections === 0 ? null : c.integer(`${path}.maxConnections`, value.maxConnections, 0, 1_000_000)
+  const idleTimeoutMs = value.idleTimeout === undefined || value.idleTimeout === 0 || value.idleTimeout === '0s'
+    ? null
+    : c.duration(`${path}.idleTimeout`, value.idleTimeout, 'must be a duration 1s..7d, or 0 for off', (ms) => ms >= 1000 && ms <= 604_800_000)
+
+  const originalDst = checkOriginalDst(c, path, value, transparent, upstreamKeepalive)
+  const socketMark = checkSocketMark(c, `${path}.socketMark`, value.socketMark, transparent || (upstreams ?? []).every((t) => t.kind === 'tcp' && isIP(t.host) !== 0))
+
+  if (c.issues.length !== before || 'rule' in listen || upstreams === undefined || originalDst === undefined || socketMark === undefined || balance === undefined || retries === undefined ||
+    connectTimeoutMs === undefined || client === undefined || upstreamKeepalive === undefined || healthCheck === undefined ||
+    proxyProtocol === undefined || proxyHeaderTimeoutMs === undefined || maxConnections === undefined || idleTimeoutMs === undefined) return undefined
+  return {
+    name: name as string,
+    listen,
+    upstreams,
+    balance,
+    retries,
+    connectTimeoutMs,
+    keepalive: { client, upstream: upstreamKeepalive },
+    healthCheck,
+    proxyProtocol,
+    acceptProxyProtocol,
+    proxyHeaderTimeoutMs,
+    maxConnections,
+    idleTimeoutMs,
+    originalDst,
+    socketMark
+  }
+}
+
+function checkRules (c: Checker, path: string, value: unknown): AddressRule[] | undefined {
+  if (!Array.isArray(value)) { c.fail(path, 'must be a list of CIDR or CIDR:port', value); return undefined }
+  const rules: AddressRule[] = []
+  value.forEach((item, index) => {
+    const rule = parseAddressRule(item)
+    if ('rule' in rule) c.fail(`${path}[${index}]`, rule.rule, item)
+    else rules.push(rule)
+  })
+  return rules.length === value.length ? rules : undefined
+}
+
+function checkOriginalDst (c: Checker, path: string, route: Raw, transparent: boolean, upstreamKeepalive: KeepaliveSettings | undefined): OriginalDstConfig | null | undefined {
+  if (!transparent) {
+    if (route.allow !== undefined) c.fail(`${path}.allow`, 'only applies with upstream: original-dst', route.allow)
+    if (route.destinations !== undefined) c.fail(`${path}.destinations`, 'only applies with upstream: original-dst', route.destinations)
+    return null
+  }
+  const before = c.issues.length
+  const allow = route.allow === undefined ? null : checkRules(c, `${path}.allow`, route.allow) ?? null
+  const destinations: Array<{ match: AddressRule, keepalive: KeepaliveSettings }> = []
+  if (route.destinations !== undefined) {
+    if (!Array.isArray(route.destinations)) c.fail(`${path}.destinations`, 'must be a list of { match, keepalive }', route.destinations)
+    else {
+      route.destinations.forEach((item, index) => {
+        const itemPath = `${path}.destinations[${index}]`
+        const raw = c.object(itemPath, item)
+        if (raw === undefined) return
+        c.unknownKeys(itemPath, raw, DESTINATION_KEYS)
+        const match = parseAddressRule(raw.match)
+        if ('rule' in match) c.fail(`${itemPath}.match`, match.rule, raw.match)
+        const keepalive = upstreamKeepalive === undefined ? undefined : checkSide(c, `${itemPath}.keepalive`, raw.keepalive, upstreamKeepalive)
+        if (!('rule' in match) && keepalive !== undefined) destinations.push({ match, keepalive })
+      })
+    }
+  }
+  return c.issues.length === before ? { allow, destinations } : undefined
+}
+
+function checkSocketMark (c: Checker, path: string, value: unknown, ipOnly: boolean): number | null | undefined {
+  if (value === undefined || value === null) return null
+  const mark = typeof value === 'string' && /^0x[0-9a-f]{1,8}$/i.test(value) ? parseInt(value, 16) : value
+  if (!Number.isInteger(mark) || (mark as number) < 1 || (mark as number) > 0xffffffff) {
+    c.fail(path, 'must be an integer 1..0xffffffff (e.g. 0x539)', value)
+    return undefined
+  }
+  if (process.platform !== 'linux') { c.fail(path, `needs Linux (SO_MARK); this is ${process.platform}`, value); return undefined }
+  if (!ipOnly) { c.fail(path, 'needs upstreams given as IP addresses (or original-dst): the socket is made before the name is resolved', value); return undefined }
+  return mark as number
 }
 
 export interface RouteDefaults {

@@ -1,4 +1,6 @@
 import type { KeepaliveSettings } from '../keepalive.js'
+import type { UpstreamTarget } from '../upstream/target.js'
+import type { AddressRule } from './address-rule.js'
 import type { HostPort } from './formats.js'
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
@@ -13,11 +15,57 @@ export interface RouteConfig {
   name: string
   /** Where clients connect. Port 0 binds any free port (the bound one is logged). */
   listen: HostPort
-  /** Where each client connection is relayed to. */
-  upstream: HostPort
-  /** Milliseconds to wait for the upstream to accept before closing the client (`connect-timeout`). */
+  /** Where client connections are relayed to: one or more targets (`upstream:` a string or a list). */
+  upstreams: readonly UpstreamTarget[]
+  /** How a target is chosen for each connection. Default round-robin. */
+  balance: Balance
+  /** Further targets tried after a connect failure within one client connection; default upstreams - 1. */
+  retries: number
+  /** Milliseconds to wait for the upstream to accept before trying the next (`connect-timeout`). */
   connectTimeoutMs: number
   keepalive: Record<Side, KeepaliveSettings>
+  /** Active checks of every target; null for none (passive ejection still applies). */
+  healthCheck: HealthCheckConfig | null
+  /** PROXY protocol header sent to the upstream before any client byte; null for none. */
+  proxyProtocol: 'v1' | 'v2' | null
+  /** Expect a PROXY protocol (v1 or v2) header from a load balancer in front. */
+  acceptProxyProtocol: boolean
+  /** Milliseconds a client has to send its PROXY header when accepted with acceptProxyProtocol. Default 5 s. */
+  proxyHeaderTimeoutMs: number
+  /** Live connections above which new clients are closed at once (`limit`); null for no limit. */
+  maxConnections: number | null
+  /** Close a connection with no bytes either way for this many milliseconds (`idle-timeout`); null for off. */
+  idleTimeoutMs: number | null
+  /** Transparent mode (`upstream: original-dst`): relay to each connection's pre-NAT destination; null otherwise. */
+  originalDst: OriginalDstConfig | null
+  /** SO_MARK set on upstream sockets before connect (Linux, needs CAP_NET_ADMIN); null for none. */
+  socketMark: number | null
+}
+
+export interface OriginalDstConfig {
+  /** Destinations that may be relayed to; null allows all (the loop guard still applies). */
+  allow: readonly AddressRule[] | null
+  /** Per-destination upstream keepalive, merged over keepalive.upstream; the first match wins. */
+  destinations: ReadonlyArray<{ match: AddressRule, keepalive: KeepaliveSettings }>
+}
+
+export const BALANCES = ['round-robin', 'least-connections', 'first-available'] as const
+export type Balance = typeof BALANCES[number]
+
+export interface HealthCheckConfig {
+  type: 'tcp' | 'http'
+  /** Milliseconds between checks of one target. Default 5 s. */
+  intervalMs: number
+  /** Milliseconds a check may take. Default 2 s. */
+  timeoutMs: number
+  /** Consecutive passes that bring a down target up. Default 2. */
+  rise: number
+  /** Consecutive failures (checks or connects) that take a target down. Default 3. */
+  fall: number
+  /** HTTP checks: request path. Default `/`. */
+  path: string
+  /** HTTP checks: the status that counts as healthy. Default 200. */
+  expectStatus: number
 }
 
 export interface AdminConfig {

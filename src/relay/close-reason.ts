@@ -8,7 +8,13 @@ export type CloseReason =
   | 'client-closed' | 'upstream-closed' // orderly FIN, named after the side that sent it first
   | 'client-reset' | 'upstream-reset' // ECONNRESET / EPIPE
   | 'keepalive-timeout' // ETIMEDOUT: keepalive probes or TCP_USER_TIMEOUT gave up on a silent peer
-  | 'upstream-refused' | 'upstream-unreachable' | 'connect-timeout' // dialing the upstream failed
+  | 'upstream-refused' | 'upstream-unreachable' | 'connect-timeout' // the only dial attempt failed
+  | 'no-upstream' // every attempt failed, or every target is down
+  | 'limit' // the route is at maxConnections
+  | 'idle-timeout' // no bytes either way for the route's idleTimeout
+  | 'proxy-protocol-error' | 'proxy-header-timeout' // acceptProxyProtocol: bad or missing header
+  | 'no-original-destination' // transparent mode: the connection was not redirected (loop guard)
+  | 'destination-denied' // transparent mode: the original destination is outside `allow`
   | 'client-error' | 'upstream-error' // any other socket error
   | 'sockopt-failed' // setsockopt refused a keepalive value on this connection
   | 'shutdown' // kaproxy is stopping

@@ -1,5 +1,7 @@
 import type { Socket } from 'node:net'
 import type { RouteConfig, Side } from '../config/types.js'
+import type { UpstreamState } from '../upstream/pool.js'
+import type { UpstreamTarget } from '../upstream/target.js'
 import type { CloseReason } from './close-reason.js'
 
 /** A live connection as the engine exposes it to logs, metrics and the admin API. */
@@ -9,6 +11,8 @@ export interface ConnectionRecord {
   readonly route: RouteConfig
   /** `ip:port` of the client as accepted. */
   readonly client: string
+  /** The load balancer's `ip:port` when `client` came from an accepted PROXY header; else null. */
+  readonly clientVia: string | null
   /** `ip:port` the upstream socket is connected to, or the configured target before that. */
   readonly upstream: string
   /** Date.now() at accept. */
@@ -38,6 +42,10 @@ export interface EngineObserver {
   onClose?: (connection: ConnectionRecord, summary: CloseSummary) => void
   /** A route is accepting on `address` (the bound port when 0 was configured). */
   onListening?: (route: RouteConfig, address: string) => void
+  /** One dial attempt failed; the connection may go on with another target. */
+  onDialFailed?: (connection: ConnectionRecord, target: UpstreamTarget, reason: CloseReason, error: NodeJS.ErrnoException | null) => void
+  /** A target of a route went up or down (health checks or passive ejection). */
+  onUpstreamState?: (route: RouteConfig, target: UpstreamTarget, state: UpstreamState, reason: string) => void
   /** A run-time problem that closed no connection (e.g. accept failed with EMFILE). */
   onRouteError?: (route: RouteConfig, err: Error) => void
 }
@@ -48,6 +56,8 @@ export interface Engine {
   start: (routes: readonly RouteConfig[]) => Promise<void>
   /** The bound `host:port` of a listening route, or null. */
   address: (route: string) => string | null
+  /** Each target of a route with its state and live connections; empty for an unknown route. */
+  upstreams: (route: string) => Array<{ target: UpstreamTarget, state: UpstreamState, active: number }>
   /** Live connections, optionally of one route. */
   connections: (route?: string) => Iterable<ConnectionRecord>
   /** Stop accepting and close every connection with reason `shutdown`. Idempotent. */

@@ -8,12 +8,16 @@ import { LIBC_PATH, SOCKOPT_CONSTANTS, isSupportedPlatform, type SockoptConstant
 type RawSetsockopt = (fd: number, level: number, name: number, value: Int32Array, length: number) => number
 type RawGetsockoptInt = (fd: number, level: number, name: number, value: [number], length: [number]) => number
 type RawGetsockoptBuffer = (fd: number, level: number, name: number, value: Buffer, length: [number]) => number
+type RawSocket = (domain: number, type: number, protocol: number) => number
+type RawClose = (fd: number) => number
 
 interface Libc {
   constants: Readonly<SockoptConstants>
   setsockopt: RawSetsockopt
   getsockoptInt: RawGetsockoptInt
   getsockoptBuffer: RawGetsockoptBuffer
+  socket: RawSocket
+  close: RawClose
 }
 
 let libc: Libc | undefined
@@ -29,7 +33,9 @@ function load (): Libc {
     constants: SOCKOPT_CONSTANTS[platform],
     setsockopt: lib.func('int setsockopt(int fd, int level, int optname, const void *optval, uint32_t optlen)') as RawSetsockopt,
     getsockoptInt: lib.func('int getsockopt(int fd, int level, int optname, _Out_ int *optval, _Inout_ uint32_t *optlen)') as RawGetsockoptInt,
-    getsockoptBuffer: lib.func('getsockopt', 'int', ['int', 'int', 'int', 'void *', koffi.inout(koffi.pointer('uint32_t'))]) as RawGetsockoptBuffer
+    getsockoptBuffer: lib.func('getsockopt', 'int', ['int', 'int', 'int', 'void *', koffi.inout(koffi.pointer('uint32_t'))]) as RawGetsockoptBuffer,
+    socket: lib.func('int socket(int domain, int type, int protocol)') as RawSocket,
+    close: lib.func('int close(int fd)') as RawClose
   }
   return libc
 }
@@ -79,4 +85,23 @@ export function getsockoptBuffer (fd: number, level: number, name: number, buffe
     throw new SockoptError('getsockopt', errnoName(koffi.errno()), optionName)
   }
   return length[0]
+}
+
+// Linux values: AF_INET 2, AF_INET6 10, SOCK_STREAM 1 | SOCK_NONBLOCK 0x800 | SOCK_CLOEXEC 0x80000.
+const LINUX_STREAM_NONBLOCK_CLOEXEC = 1 | 0x800 | 0x80000
+
+/**
+ * A new non-blocking TCP socket descriptor (Linux), for options that must be set before connect
+ * (SO_MARK). The caller hands it to `new net.Socket({ fd })`, which then owns and closes it.
+ */
+export function tcpSocket (family: 4 | 6): number {
+  const { socket } = load()
+  const fd = socket(family === 4 ? 2 : 10, LINUX_STREAM_NONBLOCK_CLOEXEC, 0)
+  if (fd < 0) throw new SockoptError('setsockopt', errnoName(koffi.errno()), 'socket()')
+  return fd
+}
+
+/** close(2) for a descriptor no Node handle owns yet (a failed setup). */
+export function closeDescriptor (fd: number): void {
+  load().close(fd)
 }

@@ -48,24 +48,24 @@ export class LogSink extends Writable {
     })
   }
 
-  /** Resolves with the first `count` lines matching `fields`, once that many were seen (bounded by a timeout). */
+  /** Resolves once `count` lines match `fields` (each wait bounded by the timeout). */
   async waitForCount (fields: LogLine, count: number, timeoutMs = 10_000): Promise<LogLine[]> {
-    const match = (line: LogLine): boolean => Object.entries(fields).every(([key, value]) => line[key] === value)
     const deadline = Date.now() + timeoutMs
     let seen = this.find(fields)
     while (seen.length < count) {
-      // Waiters only see lines pushed from now on: wait for the next matching one, then count again.
-      await new Promise<void>((resolve, reject) => {
-        const waiter = { match, resolve: () => { clearTimeout(timer); resolve() } }
+      await new Promise<LogLine>((resolve, reject) => {
+        const before = seen.length
+        const match = (line: LogLine): boolean => Object.entries(fields).every(([key, value]) => line[key] === value) && this.find(fields).length > before
+        const waiter = { match, resolve: (line: LogLine) => { clearTimeout(timer); resolve(line) } }
         const timer = setTimeout(() => {
           this.waiters.delete(waiter)
-          reject(new Error(`${seen.length} of ${count} log lines matching ${JSON.stringify(fields)} within ${timeoutMs} ms`))
-        }, Math.max(0, deadline - Date.now()))
+          reject(new Error(`only ${seen.length} of ${count} log lines matching ${JSON.stringify(fields)}`))
+        }, Math.max(1, deadline - Date.now()))
         this.waiters.add(waiter)
       })
       seen = this.find(fields)
     }
-    return seen.slice(0, count)
+    return seen
   }
 
   find (fields: LogLine): LogLine[] {

@@ -25,12 +25,14 @@ export async function startServer (onSocket: (socket: net.Socket) => void, host 
     if (waiter !== undefined) waiter(socket)
     else pending.push(socket)
   })
-  server.listen(0, host)
+  // A host starting with / is a unix socket path.
+  if (host.startsWith('/')) server.listen(host)
+  else server.listen(0, host)
   await once(server, 'listening')
-  const { port } = server.address() as net.AddressInfo
+  const port = host.startsWith('/') ? 0 : (server.address() as net.AddressInfo).port
   return {
     port,
-    address: host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`,
+    address: host.startsWith('/') ? host : host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`,
     sockets,
     nextSocket: async () => pending.shift() ?? await new Promise<net.Socket>((resolve) => waiting.push(resolve)),
     close: async () => {

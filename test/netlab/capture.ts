@@ -96,3 +96,47 @@ async function waitStderr (proc: LabProcess, pattern: RegExp, timeoutMs: number)
     await new Promise((resolve) => setTimeout(resolve, 10))
   }
 }
+
+/** One keepalive probe sent by the side under test, and how it relates to what came before it. */
+export interface ProbeTiming {
+  /** Time of the probe, ms since the epoch. */
+  at: number
+  /**
+   * `first`: the first probe after the peer last sent something other than a probe's ACK; `gapMs` is
+   * from that packet, and Linux sends it `idle` after it.
+   * `next`: the probe after an answered probe; `gapMs` is from that probe. Linux rearms the timer for
+   * `interval` after each probe and, finding the peer heard from within `idle`, waits out the idle:
+   * expect max(idle, interval).
+   * `retry`: the probe after an unanswered probe; `gapMs` is from that probe: expect `interval`.
+   */
+  kind: 'first' | 'next' | 'retry'
+  gapMs: number
+  /** Whether the peer sent anything after this probe (its keepalive ACK). */
+  answered: boolean
+}
+
+/**
+ * The keepalive probes sent by one end of a captured flow, classified as first, next or retry.
+ * `fromProber` tells a packet of the probing end from one of its peer. The kernel counts idle time
+ * from the last packet *received*, so the peer's packets are the reference.
+ */
+export function probeTimings (packets: readonly Packet[], fromProber: (p: Packet) => boolean): ProbeTiming[] {
+  const probes: ProbeTiming[] = []
+  let lastPeerAt: number | undefined
+  let peerSilentSinceProbe = false
+  for (const p of [...packets].sort((a, b) => a.time - b.time)) {
+    const last = probes[probes.length - 1]
+    if (!fromProber(p)) {
+      lastPeerAt = p.time
+      if (last !== undefined) last.answered = true
+      // Only a probe's ACK keeps the probe chain going; anything else starts a new idle period.
+      peerSilentSinceProbe = p.keepAliveAck
+      continue
+    }
+    if (!p.keepAlive) continue
+    if (last !== undefined && !last.answered) probes.push({ at: p.time, kind: 'retry', gapMs: p.time - last.at, answered: false })
+    else if (last !== undefined && peerSilentSinceProbe) probes.push({ at: p.time, kind: 'next', gapMs: p.time - last.at, answered: false })
+    else probes.push({ at: p.time, kind: 'first', gapMs: p.time - (lastPeerAt ?? p.time), answered: false })
+  }
+  return probes
+}

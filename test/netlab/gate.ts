@@ -16,14 +16,14 @@ export interface Gate {
 
 const TOOLS = ['ip', 'iptables', 'conntrack', 'tcpdump', 'tshark', 'ss'] as const
 
-async function whyNot (needKaproxy: boolean): Promise<string | undefined> {
+async function whyNot (needKaproxy: boolean, extraTools: readonly string[]): Promise<string | undefined> {
   if (process.platform !== 'linux') return `network namespaces need Linux (this is ${process.platform})`
   if (process.getuid?.() !== 0) return 'network-namespace lab needs root (CAP_NET_ADMIN)'
-  for (const tool of TOOLS) {
+  for (const tool of [...TOOLS, ...extraTools]) {
     try {
       await run('sh', ['-c', `command -v ${tool}`])
     } catch {
-      return `${tool} is not installed (apt-get install -y iproute2 iptables conntrack tcpdump tshark)`
+      return `${tool} is not installed (apt-get install -y iproute2 iptables nftables util-linux conntrack tcpdump tshark)`
     }
   }
   if (!existsSync(PEER_SCRIPT)) return `${PEER_SCRIPT} is missing (npm run build:test)`
@@ -45,11 +45,15 @@ async function whyNot (needKaproxy: boolean): Promise<string | undefined> {
   return undefined
 }
 
-/** Decide once per test file whether the lab suites run, skip (with the reason) or fail (CI). */
-export async function labGate (options: { needKaproxy: boolean }): Promise<Gate> {
-  const reason = await whyNot(options.needKaproxy)
+/**
+ * Decide once per test file whether the lab suites run, skip (with the reason) or fail (CI).
+ * `tools`: commands the suite needs beyond the lab's own (e.g. `ip6tables`, `nft`, `setpriv`);
+ * `probe`: a further check once those pass, resolving with the reason it cannot run, or undefined.
+ */
+export async function labGate (options: { needKaproxy: boolean, tools?: readonly string[], probe?: () => Promise<string | undefined> }): Promise<Gate> {
+  const reason = await whyNot(options.needKaproxy, options.tools ?? []) ?? await options.probe?.()
   const ci = process.env.CI === 'true'
   if (reason === undefined) return { skip: false, check: () => {} }
-  if (!ci) return { skip: `skipped: ${reason}`, check: () => {} }
+  if (!ci) return { skip: reason, check: () => {} }
   return { skip: false, check: () => { throw new Error(`CI=true: the NAT lab must run, but ${reason}`) } }
 }

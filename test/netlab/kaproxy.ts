@@ -4,6 +4,7 @@ import { existsSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import type { Lab, Role } from './lab.js'
 import type { LabProcess } from './proc.js'
+import { asUser, type RunAs } from './users.js'
 
 /** The CLI under test: $KAPROXY_CLI, or dist/cli.js of this checkout (build/test/netlab -> ../../../dist). */
 export const KAPROXY_CLI = process.env.KAPROXY_CLI ?? fileURLToPath(new URL('../../../dist/cli.js', import.meta.url))
@@ -59,6 +60,34 @@ export class Kaproxy {
     const proc = lab.node(role, KAPROXY_CLI, args, `kaproxy ${options.name}@${role}`)
     await proc.waitJson((e) => e.event === 'ready' || (e.event === 'listening' && e.route === options.name), timeoutMs, `kaproxy ${options.name} ready`)
     return new Kaproxy(proc, options, args)
+  }
+
+  /**
+   * Start kaproxy with a config file (written into the lab's temporary directory from `config`, a
+   * plain object as the YAML would hold) in namespace `role`, optionally as another user; resolves once
+   * it logged `ready`. `route` names the route whose `open`/`close` lines `opened`/`closed` wait for.
+   */
+  static async startConfig (lab: Lab, role: Role, config: Record<string, unknown>, options: { route: string, user?: RunAs, timeoutMs?: number }): Promise<Kaproxy> {
+    const file = lab.writeFile(`kaproxy-${options.route}-${role}.json`, JSON.stringify({ admin: { listen: '' }, ...config }, null, 2))
+    const args = ['--config', file, '--log-level', 'info']
+    const [cmd, argv] = asUser(options.user, process.execPath, [KAPROXY_CLI, ...args])
+    const proc = lab.spawn(role, cmd, argv, `kaproxy ${options.route}@${role}`)
+    await proc.waitJson((e) => e.event === 'ready', options.timeoutMs ?? 10_000, `kaproxy ${options.route} ready`)
+    const route: RouteOptions = { name: options.route, listen: 'config', upstream: 'config' }
+    return new Kaproxy(proc, route, args)
+  }
+
+  /** The config file given with --config, if any. */
+  get configFile (): string | undefined {
+    const at = this.args.indexOf('--config')
+    return at < 0 ? undefined : this.args[at + 1]
+  }
+
+  /** kaproxy's pid (`ip netns exec` and setpriv exec, so it is the spawned pid). */
+  get pid (): number {
+    const pid = this.proc.pid
+    if (pid === undefined) throw new Error('kaproxy has no pid (it did not start)')
+    return pid
   }
 
   /** The command line, for messages. */

@@ -5,6 +5,9 @@
 //   client 10.200.1.2 [vc] ==== [vnc] 10.200.1.1  nat  10.200.2.1 [vns] ==== [vs] 10.200.2.2 server
 //
 // The server has no route back to the client: replies only flow through the NAT mapping.
+import { chmodSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { run, runSync } from './exec.js'
 import type { ExecResult } from './exec.js'
 import { LabProcess } from './proc.js'
@@ -20,6 +23,14 @@ export const ADDR = {
   server: '10.200.2.2'
 } as const
 
+/** IPv6 addresses of a lab made with `ipv6: true` (same layout, masqueraded the same way). */
+export const ADDR6 = {
+  client: 'fd00:200:1::2',
+  natClientSide: 'fd00:200:1::1',
+  natServerSide: 'fd00:200:2::1',
+  server: 'fd00:200:2::2'
+} as const
+
 /**
  * Prefix of every namespace and interface this test process creates: `ka` + pid mod 10000 (4 digits) + `-`.
  * Lab n of the run uses `${RUN_PREFIX}${n}` + a role letter; the longest name, `ka1234-12vnc`, fits the
@@ -30,6 +41,11 @@ export const RUN_PREFIX = `ka${String(process.pid % 10_000).padStart(4, '0')}-`
 export interface LabOptions {
   /** nf_conntrack_tcp_timeout_established in the nat namespace, in seconds; default 3. */
   conntrackEstablishedSec?: number
+  /**
+   * Also give every end an IPv6 address (ADDR6), route and masquerade IPv6 the same way, with the same
+   * INVALID drops; default false.
+   */
+  ipv6?: boolean
 }
 
 /** One parsed line of `conntrack -L` (TCP only). */
@@ -78,7 +94,9 @@ export class Lab {
   /** Interface names: `client` and `server` are the outer ends, `natClient`/`natServer` the nat's ends. */
   readonly ifaces: { client: string, natClient: string, natServer: string, server: string }
   readonly conntrackEstablishedSec: number
+  readonly ipv6: boolean
   private readonly procs = new Set<LabProcess>()
+  private tempDir: string | undefined
   private destroying: Promise<void> | undefined
   private createdNs: string[] = []
 
@@ -87,6 +105,7 @@ export class Lab {
     this.ns = { client: `${this.id}c`, nat: `${this.id}n`, server: `${this.id}s` }
     this.ifaces = { client: `${this.id}vc`, natClient: `${this.id}vnc`, natServer: `${this.id}vns`, server: `${this.id}vs` }
     this.conntrackEstablishedSec = options.conntrackEstablishedSec ?? 3
+    this.ipv6 = options.ipv6 ?? false
   }
 
   /** Build a fresh lab; on any failure what was built is removed and the error is thrown. */
@@ -129,6 +148,35 @@ export class Lab {
     // re-adopts a forgotten flow mid-stream, which hides the NAT-idle failure.
     await this.exec('nat', 'sysctl', ['-qw', `net.netfilter.nf_conntrack_tcp_timeout_established=${this.conntrackEstablishedSec}`])
     await this.exec('nat', 'sysctl', ['-qw', 'net.netfilter.nf_conntrack_tcp_loose=0'])
+    if (this.ipv6) await this.buildIpv6()
+  }
+
+  private async buildIpv6 (): Promise<void> {
+    const { ns, ifaces: i } = this
+    // nodad: the addresses are usable at once instead of after duplicate address detection.
+    for (const [role, dev, address] of [['client', i.client, ADDR6.client], ['nat', i.natClient, ADDR6.natClientSide],
+      ['nat', i.natServer, ADDR6.natServerSide], ['server', i.server, ADDR6.server]] as const) {
+      await run('ip', ['-n', ns[role], '-6', 'addr', 'add', `${address}/64`, 'dev', dev, 'nodad'])
+    }
+    await run('ip', ['-n', ns.client, '-6', 'route', 'add', 'default', 'via', ADDR6.natClientSide])
+    await this.exec('nat', 'sysctl', ['-qw', 'net.ipv6.conf.all.forwarding=1'])
+    await this.exec('nat', 'ip6tables', ['-t', 'nat', '-A', 'POSTROUTING', '-o', i.natServer, '-j', 'MASQUERADE'])
+    await this.exec('nat', 'ip6tables', ['-A', 'FORWARD', '-m', 'conntrack', '--ctstate', 'INVALID', '-j', 'DROP'])
+    await this.exec('nat', 'ip6tables', ['-A', 'INPUT', '-m', 'conntrack', '--ctstate', 'INVALID', '-j', 'DROP'])
+  }
+
+  /**
+   * Write a file into this lab's own temporary directory (world-readable, so processes run as another
+   * uid can read it) and return its path. The directory is removed on destroy().
+   */
+  writeFile (name: string, text: string): string {
+    if (this.tempDir === undefined) {
+      this.tempDir = mkdtempSync(join(tmpdir(), `${this.id}-`))
+      chmodSync(this.tempDir, 0o755)
+    }
+    const file = join(this.tempDir, name)
+    writeFileSync(file, text, { mode: 0o644 })
+    return file
   }
 
   /** Run a command inside a namespace of the lab and resolve with its output (rejects on non-zero exit). */
@@ -164,9 +212,12 @@ export class Lab {
     }
   }
 
-  /** The nat's conntrack entries of TCP flows, all of them or those whose original destination or source port is `port`. */
-  async conntrackEntries (port?: number): Promise<ConntrackEntry[]> {
-    const { stdout } = await this.exec('nat', 'conntrack', ['-L', '-p', 'tcp'])
+  /**
+   * The nat's conntrack entries of TCP flows, all of them or those whose original destination or source
+   * port is `port`; IPv4 unless `family` is 6.
+   */
+  async conntrackEntries (port?: number, family: 4 | 6 = 4): Promise<ConntrackEntry[]> {
+    const { stdout } = await this.exec('nat', 'conntrack', ['-L', '-p', 'tcp', ...(family === 6 ? ['-f', 'ipv6'] : [])])
     const entries = parseConntrack(stdout)
     return port === undefined ? entries : entries.filter((e) => e.orig.dport === port || e.orig.sport === port)
   }
@@ -226,7 +277,13 @@ export class Lab {
       await run('ip', ['netns', 'del', ns]).catch(() => {})
     }
     this.createdNs = []
+    this.removeTempDir()
     liveLabs.delete(this)
+  }
+
+  private removeTempDir (): void {
+    if (this.tempDir !== undefined) rmSync(this.tempDir, { recursive: true, force: true })
+    this.tempDir = undefined
   }
 
   /** Synchronous teardown for exit and signal handlers. */
@@ -237,6 +294,7 @@ export class Lab {
       runSync('ip', ['netns', 'del', ns])
     }
     this.createdNs = []
+    this.removeTempDir()
     liveLabs.delete(this)
   }
 }
@@ -280,10 +338,11 @@ export function parseConntrack (text: string): ConntrackEntry[] {
 }
 
 /**
- * What a run left behind: namespaces and root-namespace interfaces whose name starts with `prefix`
- * (default: this run's prefix), and processes spawned by any lab of this process that still run.
+ * What a run left behind: namespaces, root-namespace interfaces and temporary directories whose name
+ * starts with `prefix` (default: this run's prefix), and processes spawned by any lab of this process
+ * that still run.
  */
-export async function leftovers (prefix = RUN_PREFIX): Promise<{ namespaces: string[], links: string[], processes: string[] }> {
+export async function leftovers (prefix = RUN_PREFIX): Promise<{ namespaces: string[], links: string[], processes: string[], tempDirs: string[] }> {
   const { stdout: nsOut } = await run('ip', ['netns', 'list'])
   const namespaces = nsOut.split('\n').map((l) => l.split(/\s+/)[0] ?? '').filter((n) => n.startsWith(prefix))
   const { stdout: linkOut } = await run('ip', ['-o', 'link', 'show'])
@@ -291,5 +350,6 @@ export async function leftovers (prefix = RUN_PREFIX): Promise<{ namespaces: str
     .map((l) => /^\d+:\s+([^:@\s]+)/.exec(l)?.[1] ?? '')
     .filter((n) => n.startsWith(prefix))
   const processes = [...everySpawned].filter((p) => p.running).map((p) => `${p.label} (pid ${String(p.pid)})`)
-  return { namespaces, links, processes }
+  const tempDirs = readdirSync(tmpdir()).filter((n) => n.startsWith(prefix)).map((n) => join(tmpdir(), n))
+  return { namespaces, links, processes, tempDirs }
 }

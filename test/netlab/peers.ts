@@ -3,6 +3,7 @@ import { fileURLToPath } from 'node:url'
 import type { Lab, Role } from './lab.js'
 import type { LabProcess } from './proc.js'
 import { nowMs } from './proc.js'
+import { asUser, type RunAs } from './users.js'
 
 /** Absolute path of the compiled peer script. */
 export const PEER_SCRIPT = fileURLToPath(new URL('./peer.js', import.meta.url))
@@ -81,9 +82,13 @@ export class Client {
     this.localPort = Number(local.split(':').pop())
   }
 
-  /** Connect from `role` to `host:port`; resolves once connected (rejects if it fails or takes over `timeoutMs`). */
-  static async connect (lab: Lab, role: Role, host: string, port: number, timeoutMs = 5_000): Promise<Client> {
-    const proc = lab.node(role, PEER_SCRIPT, ['client', host, String(port)], `client@${role}->${host}:${port}`)
+  /**
+   * Connect from `role` to `host:port`, as `user` if given; resolves once connected (rejects if it fails
+   * or takes over `timeoutMs`).
+   */
+  static async connect (lab: Lab, role: Role, host: string, port: number, timeoutMs = 5_000, user?: RunAs): Promise<Client> {
+    const [cmd, args] = asUser(user, process.execPath, [PEER_SCRIPT, 'client', host, String(port)])
+    const proc = lab.spawn(role, cmd, args, `client@${role}->${host}:${port}`)
     const e = await proc.waitJson((o) => o.ev === 'connected' || o.ev === 'close', timeoutMs, `connect to ${host}:${port}`)
     if (e.ev !== 'connected') throw new Error(`connect to ${host}:${port} failed: ${JSON.stringify(proc.json())}`)
     return new Client(proc, String(e.local))

@@ -15,8 +15,8 @@ export async function newLab (t: TestContext, options: LabOptions = {}): Promise
 
 /** The last test of a lab suite: no namespace, veth or spawned process of this run remains. */
 export function itLeavesNothingBehind (): void {
-  it('leaves no namespace, veth or process behind', async () => {
-    assert.deepEqual(await leftovers(), { namespaces: [], links: [], processes: [] })
+  it('leaves no namespace, veth, process or temporary directory behind', async () => {
+    assert.deepEqual(await leftovers(), { namespaces: [], links: [], processes: [], tempDirs: [] })
   })
 }
 

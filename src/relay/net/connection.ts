@@ -2,14 +2,22 @@ import net, { type Socket } from 'node:net'
 import { formatHostPort } from '../../config/formats.js'
 import type { RouteConfig, Side } from '../../config/types.js'
 import { NoDescriptorError } from '../../errors.js'
-import { applyKeepalive } from '../../keepalive.js'
+import { applyKeepalive, type KeepaliveSettings } from '../../keepalive.js'
+import { markedSocket } from '../../sockopt/mark.js'
+import { originalDestination } from '../../sockopt/original-dst.js'
+import type { UpstreamMember, UpstreamPool } from '../../upstream/pool.js'
+import { cachedLookup } from '../../upstream/resolver.js'
+import type { UpstreamTarget } from '../../upstream/target.js'
 import { isAbortive, reasonForError, type CloseReason } from '../close-reason.js'
 import type { CloseSummary, ConnectionRecord } from '../engine.js'
+import { encodeV1, encodeV2, parseProxyHeader, type ProxiedAddresses } from '../proxy-protocol.js'
 
 /** What a connection reports to the listener that owns it. */
 export interface ConnectionOwner {
+  readonly pool: UpstreamPool
   opened: (connection: Connection) => void
   closed: (connection: Connection, summary: CloseSummary) => void
+  dialFailed: (connection: Connection, target: UpstreamTarget, reason: CloseReason, error: NodeJS.ErrnoException | null) => void
 }
 
 // Handlers are shared by every connection (no closures per connection): each socket carries
@@ -17,19 +25,27 @@ export interface ConnectionOwner {
 const CONNECTION = Symbol('kaproxy.connection')
 type RelaySocket = Socket & { [CONNECTION]: Connection }
 
+/** Largest PROXY header accepted (v1 is at most 107 bytes; v2 TLVs beyond this are refused). */
+const MAX_PROXY_HEADER = 4096
+
+type Phase = 'header' | 'dialing' | 'relaying' | 'closing'
+
 function addressOf (host: string | undefined, port: number | undefined): string {
   return host === undefined || port === undefined ? 'unknown' : formatHostPort({ host, port })
 }
 
 /**
  * One client connection and its upstream, from accept to the single close summary.
- * The data path, top to bottom: accept -> client keepalive -> dial -> upstream keepalive ->
+ * The data path, top to bottom: accept -> client keepalive -> [PROXY header in] -> dial a target
+ * (next target on failure, up to `retries`) -> upstream keepalive -> [PROXY header out] ->
  * pump both ways with backpressure and half-close -> close with one reason.
  */
 export class Connection implements ConnectionRecord {
   readonly id: number
   readonly route: RouteConfig
-  readonly client: string
+  client: string
+  /** The load balancer's address when the client address came from a PROXY header. */
+  clientVia: string | null = null
   upstream: string
   readonly openedAt = Date.now()
   bytesFromClient = 0
@@ -39,19 +55,31 @@ export class Connection implements ConnectionRecord {
   private readonly owner: ConnectionOwner
   private readonly clientSocket: RelaySocket
   private upstreamSocket: RelaySocket | null = null
-  private connected = false
+  private phase: Phase = 'dialing'
   private openSockets = 1
   private firstFin: Side | null = null
   private reason: CloseReason | null = null
   private reasonSide: Side | null = null
   private error: NodeJS.ErrnoException | null = null
+  // Dialing state: the pool member in use (none in transparent mode), those tried, and the last failure.
+  private attempts = 0
+  private originalTarget: UpstreamTarget | null = null
+  private upstreamKeepalive: KeepaliveSettings
+  private member: UpstreamMember | null = null
+  private tried: Set<UpstreamMember> | null = null
+  private lastFailure: { reason: CloseReason, error: NodeJS.ErrnoException | null } | null = null
+  // acceptProxyProtocol: bytes read so far, the parsed addresses, and stream bytes that followed the header.
+  private header: Buffer | null = null
+  private proxied: ProxiedAddresses | null = null
+  private pendingToUpstream: Buffer | null = null
 
   constructor (id: number, route: RouteConfig, client: Socket, owner: ConnectionOwner) {
     this.id = id
     this.route = route
     this.owner = owner
     this.client = addressOf(client.remoteAddress, client.remotePort)
-    this.upstream = formatHostPort(route.upstream)
+    this.upstream = route.upstreams[0]?.label ?? 'original-dst'
+    this.upstreamKeepalive = route.keepalive.upstream
     this.clientSocket = Object.assign(client, { [CONNECTION]: this })
   }
 
@@ -65,18 +93,57 @@ export class Connection implements ConnectionRecord {
     client.on('error', onError)
     client.on('end', onEnd)
     client.on('close', onClose)
+    client.on('timeout', onClientTimeout)
     if (!this.applySideKeepalive('client')) return
+    if (this.route.acceptProxyProtocol) {
+      this.phase = 'header'
+      this.header = Buffer.alloc(0)
+      client.on('data', onHeaderData)
+      client.setTimeout(this.route.proxyHeaderTimeoutMs)
+      client.resume()
+      return
+    }
+    if (this.route.originalDst !== null && !this.findOriginalDestination()) return
+    this.dial()
+  }
 
-    const { host, port } = this.route.upstream
-    const upstream = net.connect({ host, port, allowHalfOpen: true, noDelay: true })
-    this.upstreamSocket = Object.assign(upstream, { [CONNECTION]: this })
-    this.openSockets++
-    upstream.on('connect', onUpstreamConnect)
-    upstream.on('error', onError)
-    upstream.on('end', onEnd)
-    upstream.on('close', onClose)
-    upstream.on('timeout', onConnectTimeout)
-    upstream.setTimeout(this.route.connectTimeoutMs)
+  /**
+   * Transparent mode: the destination the client meant before an iptables REDIRECT. A connection
+   * that was not redirected (ENOENT, or the destination is this listener itself) is never relayed,
+   * so kaproxy cannot connect to itself in a loop.
+   */
+  private findOriginalDestination (): boolean {
+    const originalDst = this.route.originalDst
+    if (originalDst === null) return true
+    const client = this.clientSocket
+    let destination
+    try {
+      destination = originalDestination(client)
+    } catch (err) {
+      this.finish('no-original-destination', 'client', err as NodeJS.ErrnoException)
+      return false
+    }
+    const local = (client.localAddress ?? '').replace(/^::ffff:/, '')
+    const label = formatHostPort({ host: destination.address, port: destination.port })
+    this.upstream = label
+    if (destination.address === local && destination.port === client.localPort) {
+      this.finish('no-original-destination', 'client', null)
+      return false
+    }
+    if (originalDst.allow !== null && !originalDst.allow.some((rule) => rule.matches(destination.address, destination.port))) {
+      this.finish('destination-denied', 'client', null)
+      return false
+    }
+    this.originalTarget = { kind: 'tcp', host: destination.address, port: destination.port, label }
+    this.upstreamKeepalive = originalDst.destinations.find((d) => d.match.matches(destination.address, destination.port))?.keepalive ?? this.route.keepalive.upstream
+    return true
+  }
+
+  /** Refuse the client at once (e.g. `limit`), without dialing. */
+  reject (reason: CloseReason): void {
+    this.clientSocket.on('error', onError)
+    this.clientSocket.on('close', onClose)
+    this.finish(reason, null, null)
   }
 
   /** Close both sides now with `reason` (e.g. `shutdown`). */
@@ -88,26 +155,154 @@ export class Connection implements ConnectionRecord {
     return socket === this.clientSocket ? 'client' : 'upstream'
   }
 
+  /** False for an abandoned dial attempt's socket, whose late events are ignored. */
+  owns (socket: Socket): boolean {
+    return socket === this.clientSocket || socket === this.upstreamSocket
+  }
+
   peerOf (socket: Socket): Socket | null {
     return socket === this.clientSocket ? this.upstreamSocket : this.clientSocket
   }
 
+  isConnected (): boolean {
+    return this.phase === 'relaying'
+  }
+
+  currentPhase (): Phase {
+    return this.phase
+  }
+
+  /** acceptProxyProtocol: accumulate and parse the header; then dial with the bytes that followed. */
+  headerData (chunk: Buffer): void {
+    const buffer = Buffer.concat([this.header ?? Buffer.alloc(0), chunk])
+    this.header = buffer
+    let parsed
+    try {
+      parsed = parseProxyHeader(buffer)
+      if (parsed === null && buffer.length > MAX_PROXY_HEADER) throw new Error(`header longer than ${MAX_PROXY_HEADER} bytes`)
+    } catch (err) {
+      this.finish('proxy-protocol-error', 'client', err as NodeJS.ErrnoException)
+      return
+    }
+    if (parsed === null) return
+    const client = this.clientSocket
+    client.pause()
+    client.off('data', onHeaderData)
+    client.setTimeout(0)
+    this.header = null
+    this.proxied = parsed.addresses
+    const source = parsed.addresses.source
+    if (source !== null) {
+      this.clientVia = this.client
+      this.client = formatHostPort({ host: source.address, port: source.port })
+    }
+    if (parsed.rest.length > 0) this.pendingToUpstream = Buffer.from(parsed.rest)
+    this.phase = 'dialing'
+    if (this.route.originalDst !== null && !this.findOriginalDestination()) return
+    this.dial()
+  }
+
+  private dial (): void {
+    let target: UpstreamTarget
+    if (this.originalTarget !== null) {
+      if (this.attempts > 0) { this.giveUp(); return }
+      target = this.originalTarget
+    } else {
+      this.tried ??= new Set()
+      const member = this.owner.pool.pick(this.tried)
+      if (member === null) { this.giveUp(); return }
+      this.tried.add(member)
+      member.active++
+      this.member = member
+      target = member.target
+    }
+    this.attempts++
+    this.upstream = target.label
+    let socket: Socket
+    try {
+      socket = openUpstream(target, this.route.socketMark)
+    } catch (err) {
+      if (this.member !== null) { this.member.active--; this.member = null }
+      this.finish('sockopt-failed', 'upstream', err as NodeJS.ErrnoException)
+      return
+    }
+    const upstream = this.upstreamSocket = Object.assign(socket, { [CONNECTION]: this })
+    this.openSockets++
+    upstream.on('connect', onUpstreamConnect)
+    upstream.on('error', onError)
+    upstream.on('end', onEnd)
+    upstream.on('close', onClose)
+    upstream.on('timeout', onUpstreamTimeout)
+    upstream.setTimeout(this.route.connectTimeoutMs)
+  }
+
+  /** A dial attempt failed: try the next target, or give up when `retries` are spent. */
+  dialFailed (reason: CloseReason, error: NodeJS.ErrnoException | null): void {
+    const socket = this.upstreamSocket
+    const member = this.member
+    const target = member?.target ?? this.originalTarget
+    if (socket === null || target === null) return
+    this.upstreamSocket = null
+    this.member = null
+    this.openSockets--
+    socket.destroy()
+    this.owner.dialFailed(this, target, reason, error)
+    if (member !== null) {
+      member.active--
+      this.owner.pool.connectFailed(member, error?.code ?? reason)
+    }
+    this.lastFailure = { reason, error }
+    if (this.attempts <= this.route.retries) this.dial()
+    else this.giveUp()
+  }
+
+  private giveUp (): void {
+    const attempts = this.attempts
+    // One attempt keeps its precise reason; after several (or none possible) the pool is out of targets.
+    const reason = attempts === 1 && this.lastFailure !== null ? this.lastFailure.reason : 'no-upstream'
+    this.finish(reason, 'upstream', this.lastFailure?.error ?? null)
+  }
+
   connectedUpstream (): void {
     const upstream = this.upstreamSocket
-    if (upstream === null) return
+    const member = this.member
+    const target = member?.target ?? this.originalTarget
+    if (upstream === null || target === null) return
     upstream.setTimeout(0)
-    this.connected = true
     this.connectMs = Date.now() - this.openedAt
-    this.upstream = addressOf(upstream.remoteAddress, upstream.remotePort)
-    // Node's setKeepAlive() is never called: libuv would force interval 1 s and count 10.
-    if (!this.applySideKeepalive('upstream')) return
+    if (member !== null) this.owner.pool.connectSucceeded(member)
+    if (target.kind === 'tcp') {
+      this.upstream = addressOf(upstream.remoteAddress, upstream.remotePort)
+      // Node's setKeepAlive() is never called: libuv would force interval 1 s and count 10.
+      if (!this.applySideKeepalive('upstream')) return
+    }
+    this.phase = 'relaying'
     const client = this.clientSocket
     client.on('data', onData)
     client.on('drain', onDrain)
     upstream.on('data', onData)
     upstream.on('drain', onDrain)
+    if (this.route.proxyProtocol !== null) upstream.write(this.proxyHeader(this.route.proxyProtocol))
+    if (this.pendingToUpstream !== null) {
+      this.bytesFromClient += this.pendingToUpstream.length
+      upstream.write(this.pendingToUpstream)
+      this.pendingToUpstream = null
+    }
+    if (this.firstFin === 'client') upstream.end()
+    // Socket timeouts restart on every read and write, and each relayed byte is read or written
+    // on the client socket, so one timer there covers both directions.
+    if (this.route.idleTimeoutMs !== null) client.setTimeout(this.route.idleTimeoutMs)
     this.owner.opened(this)
     client.resume()
+  }
+
+  private proxyHeader (version: 'v1' | 'v2'): Buffer {
+    const client = this.clientSocket
+    const addresses: ProxiedAddresses = this.proxied ?? {
+      source: client.remoteAddress === undefined || client.remotePort === undefined ? null : { address: client.remoteAddress, port: client.remotePort },
+      destination: client.localAddress === undefined || client.localPort === undefined ? null : { address: client.localAddress, port: client.localPort }
+    }
+    return version === 'v1' ? encodeV1(addresses) : encodeV2(addresses)
   }
 
   countFin (side: Side): void {
@@ -116,6 +311,7 @@ export class Connection implements ConnectionRecord {
 
   /** Record the first cause (an error may replace an orderly close) and tear both sides down. */
   finish (reason: CloseReason, side: Side | null, error: NodeJS.ErrnoException | null): void {
+    this.phase = 'closing'
     const orderly = this.reason === null || this.reason === 'client-closed' || this.reason === 'upstream-closed'
     if (orderly) {
       this.reason = reason
@@ -134,6 +330,7 @@ export class Connection implements ConnectionRecord {
 
   socketClosed (): void {
     if (--this.openSockets > 0) return
+    if (this.member !== null) { this.member.active--; this.member = null }
     const side = this.reasonSide ?? this.firstFin
     const reason = this.reason ?? (this.firstFin === 'upstream' ? 'upstream-closed' : 'client-closed')
     this.owner.closed(this, { reason, side, durationMs: Date.now() - this.openedAt, error: this.error })
@@ -143,7 +340,7 @@ export class Connection implements ConnectionRecord {
     const socket = side === 'client' ? this.clientSocket : this.upstreamSocket
     if (socket === null) return false
     try {
-      applyKeepalive(socket, this.route.keepalive[side])
+      applyKeepalive(socket, side === 'client' ? this.route.keepalive.client : this.upstreamKeepalive)
       return true
     } catch (err) {
       // No descriptor means the peer is already gone; anything else is the kernel refusing a value.
@@ -151,10 +348,6 @@ export class Connection implements ConnectionRecord {
       this.finish(reason, side, err as NodeJS.ErrnoException)
       return false
     }
-  }
-
-  isConnected (): boolean {
-    return this.connected
   }
 }
 
@@ -173,25 +366,63 @@ function onDrain (this: RelaySocket): void {
 // Half-close: a FIN from one side becomes a FIN to the other, and the reverse direction keeps flowing.
 function onEnd (this: RelaySocket): void {
   const connection = this[CONNECTION]
-  connection.countFin(connection.sideOf(this))
+  if (!connection.owns(this)) return
+  const side = connection.sideOf(this)
+  connection.countFin(side)
+  const phase = connection.currentPhase()
+  if (phase === 'closing') return
+  // The client's FIN after a PROXY header, while dialing: passed on once connected.
+  if (phase === 'dialing' && side === 'client') return
+  if (phase === 'header') {
+    connection.finish('client-closed', side, null)
+    return
+  }
   connection.peerOf(this)?.end()
 }
 
 function onError (this: RelaySocket, err: NodeJS.ErrnoException): void {
   const connection = this[CONNECTION]
+  if (!connection.owns(this)) return
   const side = connection.sideOf(this)
+  if (side === 'upstream' && connection.currentPhase() === 'dialing') {
+    connection.dialFailed(reasonForError(side, err, false), err)
+    return
+  }
   connection.finish(reasonForError(side, err, connection.isConnected()), side, err)
 }
 
 function onClose (this: RelaySocket): void {
-  this[CONNECTION].socketClosed()
+  const connection = this[CONNECTION]
+  if (connection.owns(this)) connection.socketClosed()
 }
 
 function onUpstreamConnect (this: RelaySocket): void {
-  this[CONNECTION].connectedUpstream()
+  const connection = this[CONNECTION]
+  if (connection.owns(this)) connection.connectedUpstream()
 }
 
-function onConnectTimeout (this: RelaySocket): void {
+function onUpstreamTimeout (this: RelaySocket): void {
   const connection = this[CONNECTION]
-  if (!connection.isConnected()) connection.finish('connect-timeout', 'upstream', null)
+  if (connection.owns(this) && connection.currentPhase() === 'dialing') connection.dialFailed('connect-timeout', null)
+}
+
+function onClientTimeout (this: RelaySocket): void {
+  const connection = this[CONNECTION]
+  const phase = connection.currentPhase()
+  if (phase === 'header') connection.finish('proxy-header-timeout', 'client', null)
+  else if (phase === 'relaying') connection.finish('idle-timeout', null, null)
+}
+
+function onHeaderData (this: RelaySocket, chunk: Buffer): void {
+  this[CONNECTION].headerData(chunk)
+}
+
+/** A connecting socket to `target`; with a socket mark the descriptor is made and marked first. */
+function openUpstream (target: UpstreamTarget, socketMark: number | null): Socket {
+  if (target.kind === 'unix') return net.connect({ path: target.path, allowHalfOpen: true })
+  if (socketMark === null) return net.connect({ host: target.host, port: target.port, allowHalfOpen: true, noDelay: true, lookup: cachedLookup })
+  const socket = markedSocket(target.host, socketMark, { allowHalfOpen: true })
+  socket.connect({ host: target.host, port: target.port })
+  socket.setNoDelay(true)
+  return socket
 }

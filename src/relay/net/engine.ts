@@ -1,5 +1,7 @@
 import type { RouteConfig } from '../../config/types.js'
 import type { ConnectionRecord, Engine, EngineObserver } from '../engine.js'
+import type { UpstreamState } from '../../upstream/pool.js'
+import type { UpstreamTarget } from '../../upstream/target.js'
 import { RouteListener } from './route-listener.js'
 
 /** The portable engine: one net.Socket pair per connection. */
@@ -30,6 +32,10 @@ export class NetEngine implements Engine {
 
   address (route: string): string | null {
     return this.listeners.get(route)?.address ?? null
+  }
+
+  upstreams (route: string): Array<{ target: UpstreamTarget, state: UpstreamState, active: number }> {
+    return this.listeners.get(route)?.pool.members.map((m) => ({ target: m.target, state: m.state, active: m.active })) ?? []
   }
 
   * connections (route?: string): Iterable<ConnectionRecord> {

@@ -1,0 +1,67 @@
+import koffi from 'koffi'
+import type { Socket } from 'node:net'
+import { SockoptError } from '../errors.js'
+import { socketFd } from '../keepalive.js'
+import { getsockoptBuffer } from './libc.js'
+
+// Linux netfilter: getsockopt(SOL_IP, SO_ORIGINAL_DST) and getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST)
+// return the destination a connection had before an iptables REDIRECT/DNAT rewrote it.
+const SOL_IP = 0
+const SOL_IPV6 = 41
+const SO_ORIGINAL_DST = 80
+const IP6T_SO_ORIGINAL_DST = 80
+
+// Ports and addresses are in network byte order: uint16_be decodes the port, byte arrays keep the address.
+const SockaddrIn = koffi.struct('kaproxy_sockaddr_in', {
+  sin_family: 'uint16',
+  sin_port: 'uint16_be',
+  sin_addr: koffi.array('uint8', 4),
+  sin_zero: koffi.array('uint8', 8)
+})
+const SockaddrIn6 = koffi.struct('kaproxy_sockaddr_in6', {
+  sin6_family: 'uint16',
+  sin6_port: 'uint16_be',
+  sin6_flowinfo: 'uint32',
+  sin6_addr: koffi.array('uint8', 16),
+  sin6_scope_id: 'uint32'
+})
+
+interface DecodedIn { sin_port: number, sin_addr: Uint8Array }
+interface DecodedIn6 { sin6_port: number, sin6_addr: Uint8Array }
+
+/** Where a redirected connection was going. */
+export interface OriginalDestination {
+  address: string
+  port: number
+  family: 4 | 6
+}
+
+/** Whether this platform can read original destinations at all. */
+export const originalDstSupported = process.platform === 'linux'
+
+function ipv6Text (bytes: Uint8Array): string {
+  const groups: string[] = []
+  for (let i = 0; i < 16; i += 2) groups.push((((bytes[i] ?? 0) << 8) | (bytes[i + 1] ?? 0)).toString(16))
+  // The WHATWG URL parser prints the canonical (RFC 5952) form.
+  return new URL(`http://[${groups.join(':')}]/`).hostname.slice(1, -1)
+}
+
+/**
+ * Read the pre-NAT destination of an accepted socket. Throws SockoptError with errno ENOENT when
+ * the connection was not redirected (no conntrack NAT entry).
+ */
+export function originalDestination (socket: Socket): OriginalDestination {
+  const fd = socketFd(socket)
+  const local = socket.localAddress ?? ''
+  if (local.includes(':') && !local.startsWith('::ffff:')) {
+    const buffer = Buffer.alloc(koffi.sizeof(SockaddrIn6))
+    getsockoptBuffer(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, buffer, 'IP6T_SO_ORIGINAL_DST')
+    const decoded = koffi.decode(buffer, SockaddrIn6) as DecodedIn6
+    return { address: ipv6Text(decoded.sin6_addr), port: decoded.sin6_port, family: 6 }
+  }
+  const buffer = Buffer.alloc(koffi.sizeof(SockaddrIn))
+  getsockoptBuffer(fd, SOL_IP, SO_ORIGINAL_DST, buffer, 'SO_ORIGINAL_DST')
+  const decoded = koffi.decode(buffer, SockaddrIn) as DecodedIn
+  return { address: [...decoded.sin_addr].join('.'), port: decoded.sin_port, family: 4 }
+}
+
