@@ -43,6 +43,12 @@ export interface CaptureRules {
   summary: string[]
 }
 
+/**
+ * IPv6 link-local destinations are never captured: a connection from a link-local source redirected to
+ * ::1 never completes (it stays in SYN-SENT), and such a destination needs its interface to be dialed.
+ */
+const IPV6_LINK_LOCAL = 'fe80::/10'
+
 /** Maximum ports one `-m multiport` match takes (a range counts as two). */
 const MULTIPORT_MAX = 15
 
@@ -176,6 +182,7 @@ function multiportGroups (ports: CaptureOptions['ports']): Array<Array<number | 
 function xtablesLines (tool: 'iptables' | 'ip6tables', chain: string, port: number, options: CaptureOptions, mark: number | null, cidrs: readonly string[]): string[] {
   const nat = `${tool} -t nat`
   const lines = [`${nat} -N ${chain}`, `${nat} -A ${chain} -o lo -j RETURN`]
+  if (tool === 'ip6tables') lines.push(`${nat} -A ${chain} -d ${IPV6_LINK_LOCAL} -j RETURN`)
   for (const cidr of cidrs) lines.push(`${nat} -A ${chain} -d ${cidr} -j RETURN`)
   const exclusions = [
     ...(options.uid === null ? [] : [`-m owner ! --uid-owner ${options.uid}`]),
@@ -196,6 +203,7 @@ function nftRuleset (table: string, port: number, families: ReadonlyArray<4 | 6>
   const rules = ['oifname "lo" return']
   if (!families.includes(4)) rules.push('meta nfproto ipv4 return')
   if (!families.includes(6)) rules.push('meta nfproto ipv6 return')
+  else rules.push(`ip6 daddr ${IPV6_LINK_LOCAL} return`)
   for (const { cidr, family } of cidrs) rules.push(`${family === 4 ? 'ip' : 'ip6'} daddr ${cidr} return`)
   // `redirect to :port` needs the transport protocol matched in the same rule.
   const matches = [
@@ -245,6 +253,7 @@ export function captureRules (config: KaproxyConfig, options: CaptureOptions, so
   const cidrsOf = (family: 4 | 6): string[] => cidrs.filter((c) => c.family === family).map((c) => c.cidr)
   const excluded = [
     'loopback (-o lo)',
+    ...(families.includes(6) ? [`IPv6 link-local (${IPV6_LINK_LOCAL})`] : []),
     ...(options.uid === null ? [] : [`uid ${options.uid} (kaproxy)`]),
     ...(mark === null ? [] : [`mark ${hex(mark)}${route.socketMark === mark ? ' (the route\'s socketMark)' : ''}`]),
     ...cidrs.map((c) => c.cidr)

@@ -113,5 +113,24 @@ describe('transparent sidecar: capture by uid, IPv4 and IPv6', { skip: gate.skip
     figure(`transparent capture: 4 connections of uid ${NOBODY.uid} redirected into kaproxy (uid ${KAPROXY_UID}), ${BYTES} bytes each way byte-exact; upstream keepalive read back: ${readings.join('; ')}`)
   })
 
+  it('leaves IPv6 link-local destinations uncaptured: the application reaches them directly', { timeout: 30_000 }, async (t) => {
+    const lab = await newLab(t, { ipv6: true })
+    const { stdout } = await lab.exec('nat', 'ip', ['-6', '-o', 'addr', 'show', 'dev', lab.ifaces.natClient, 'scope', 'link'])
+    const linkLocal = /inet6 (fe80::[0-9a-f:]+)\//.exec(stdout)?.[1]
+    assert.ok(linkLocal !== undefined, `the nat's link-local address: ${stdout}`)
+    const server = await HashServer.start(lab, 'nat', '::', 7001)
+    const kaproxy = await Kaproxy.startConfig(lab, 'client', { routes: [{ name: 'outbound', listen: `[::]:${OUTBOUND_PORT}`, upstream: 'original-dst' }] }, { route: 'outbound', user: KAPROXY_USER })
+    const rules = await printedRules(['--config', kaproxy.configFile ?? '', '--route', 'outbound', '--uid', String(KAPROXY_UID), '--format', 'iptables'])
+    assert.match(rules, /^ip6tables -t nat -A KAPROXY_OUTBOUND -d fe80::\/10 -j RETURN$/m)
+    await installRules(lab, rules)
+    // Redirected to ::1, a connection from a link-local source stays in SYN-SENT: it must not be captured.
+    const to = `[${linkLocal}%${lab.ifaces.client}]:7001`
+    const app = await App.connect(lab, 'client', NOBODY, 4096, [to])
+    const [transfer] = await app.transfer(5_000)
+    assert.ok(transfer !== undefined && transfer.received === 4096 && transfer.receivedSha256 === transfer.sentSha256, 'byte-exact, directly')
+    assert.equal((await server.acceptedAtLeast(1)).length, 1)
+    assert.deepEqual(kaproxy.proc.json().filter((e) => e.event === 'open' || e.event === 'close'), [], 'kaproxy saw nothing')
+  })
+
   itLeavesNothingBehind()
 })

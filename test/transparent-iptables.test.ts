@@ -64,7 +64,7 @@ describe('kaproxy iptables', () => {
     assert.equal(text, `# kaproxy iptables --route outbound: printed, never run. Run it once, with NET_ADMIN, in the
 # application's network namespace (e.g. a Kubernetes init container).
 # route outbound: outbound TCP to ports 5432,6379,8000-8100 (IPv4 and IPv6) is redirected to kaproxy on port 15001
-# not captured: loopback (-o lo), uid 1337 (kaproxy), mark 0x539 (the route's socketMark), 10.96.0.0/12, fd00::/8
+# not captured: loopback (-o lo), IPv6 link-local (fe80::/10), uid 1337 (kaproxy), mark 0x539 (the route's socketMark), 10.96.0.0/12, fd00::/8
 
 # --- iptables (legacy or nft backend); or use the nft block below instead ---
 # IPv4
@@ -76,6 +76,7 @@ iptables -t nat -A OUTPUT -p tcp -j KAPROXY_OUTBOUND
 # IPv6
 ip6tables -t nat -N KAPROXY_OUTBOUND
 ip6tables -t nat -A KAPROXY_OUTBOUND -o lo -j RETURN
+ip6tables -t nat -A KAPROXY_OUTBOUND -d fe80::/10 -j RETURN
 ip6tables -t nat -A KAPROXY_OUTBOUND -d fd00::/8 -j RETURN
 ip6tables -t nat -A KAPROXY_OUTBOUND -p tcp -m multiport --dports 5432,6379,8000:8100 -m owner ! --uid-owner 1337 -m mark ! --mark 0x539 -j REDIRECT --to-ports 15001
 ip6tables -t nat -A OUTPUT -p tcp -j KAPROXY_OUTBOUND
@@ -86,6 +87,7 @@ table inet kaproxy_outbound {
 \tchain output {
 \t\ttype nat hook output priority -100; policy accept;
 \t\toifname "lo" return
+\t\tip6 daddr fe80::/10 return
 \t\tip daddr 10.96.0.0/12 return
 \t\tip6 daddr fd00::/8 return
 \t\tmeta l4proto tcp meta skuid != 1337 meta mark != 0x539 tcp dport { 5432, 6379, 8000-8100 } redirect to :15001
@@ -116,7 +118,7 @@ EOF
     const nft = iptablesCommand(['--config', file, '--route', 'outbound', '--format', 'nft'], {})
     assert.doesNotMatch(nft, /iptables -t/)
     assert.match(nft, /^\t\tmeta l4proto tcp meta mark != 0x539 redirect to :15001$/m)
-    assert.match(nft, /not captured: loopback \(-o lo\), mark 0x539 \(the route's socketMark\)$/m)
+    assert.match(nft, /not captured: loopback \(-o lo\), IPv6 link-local \(fe80::\/10\), mark 0x539 \(the route's socketMark\)$/m)
     const marked = iptablesCommand(['--config', file, '--route', 'outbound', '--mark', '1337', '--format', 'iptables'], {})
     assert.match(marked, /^iptables -t nat -A KAPROXY_OUTBOUND -p tcp -m mark ! --mark 0x539 -j REDIRECT --to-ports 15001$/m)
   })
