@@ -1,9 +1,9 @@
 #!/usr/bin/env node
-import { readFileSync } from 'node:fs'
 import { MIDDLEBOX_PRESETS } from './budget/middleboxes.js'
 import { parseHostPort } from './config/formats.js'
 import { parseConfigFlags } from './config/flags.js'
 import { configSource, resolveConfig } from './config/resolve.js'
+import { STATUS_USAGE, statusCommand } from './admin/status-command.js'
 import { checkReport, formatCheckReport, hasBudgetWarnings } from './check.js'
 import { demoBanner, startEchoServer } from './demo.js'
 import { ConfigError, KaproxyError } from './errors.js'
@@ -11,6 +11,7 @@ import { iptablesCommand } from './iptables.js'
 import { Kaproxy } from './kaproxy.js'
 import { createLogger } from './log.js'
 import { startReloadTriggers } from './reload.js'
+import { kaproxyVersion } from './version.js'
 
 // The only file that exits the process: parse arguments, load config, start, wait for signals.
 
@@ -28,8 +29,10 @@ const USAGE = `usage:
           [--mark 0x539] [--format all|iptables|nft]
                                          print (never run) the rules that redirect outbound TCP into an
                                          original-dst route, excluding kaproxy's uid (and mark)
+  ${STATUS_USAGE.replace(/\n/g, '\n  ')}
 
 environment: KAPROXY_CONFIG (config file), KAPROXY_LOG_LEVEL, KAPROXY_ADMIN_LISTEN, KAPROXY_ADMIN_TOKEN
+admin API (default 127.0.0.1:9901): /healthz /readyz /metrics /routes /connections /stats, and a status page at /
 durations: 500ms, 30s, 5m, 2h or a bare number of seconds
 IDLE may be auto: half the smallest timeout of the side's middleboxes
 middleboxes: PRESET or NAME=DURATION, comma-separated (e.g. aws-nlb,corp-fw=10m); presets:
@@ -42,11 +45,6 @@ function presetList (): string {
   const lines: string[] = []
   for (let i = 0; i < items.length; i += 4) lines.push(`  ${items.slice(i, i + 4).join(', ')}`)
   return lines.join('\n')
-}
-
-function version (): string {
-  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
-  return pkg.version
 }
 
 function reportError (err: unknown): number {
@@ -117,6 +115,20 @@ async function demo (args: string[]): Promise<number> {
   return 0
 }
 
+async function status (args: string[]): Promise<number> {
+  // SIGINT/SIGTERM end a --watch cleanly (exit 0).
+  const controller = new AbortController()
+  const stop = (): void => { controller.abort() }
+  process.once('SIGINT', stop)
+  process.once('SIGTERM', stop)
+  try {
+    return await statusCommand(args, { stdout: process.stdout, env: process.env, signal: controller.signal })
+  } finally {
+    process.off('SIGINT', stop)
+    process.off('SIGTERM', stop)
+  }
+}
+
 async function main (argv: string[]): Promise<number> {
   const [command, ...rest] = argv
   try {
@@ -124,8 +136,9 @@ async function main (argv: string[]): Promise<number> {
       case 'check': return check(rest)
       case 'demo': return await demo(rest)
       case 'iptables': process.stdout.write(iptablesCommand(rest)); return 0
+      case 'status': return await status(rest)
       case 'help': case '--help': case '-h': process.stdout.write(`${USAGE}\n`); return 0
-      case 'version': case '--version': process.stdout.write(`kaproxy ${version()}\n`); return 0
+      case 'version': case '--version': process.stdout.write(`kaproxy ${kaproxyVersion()}\n`); return 0
       case 'run': return await run(rest)
       default: return await run(argv)
     }

@@ -44,3 +44,28 @@ export class NoDescriptorError extends KaproxyError {
     super('KAPROXY_ERR_NO_FD', `${what} has no file descriptor (not connected, or already closed)`)
   }
 }
+
+/** The admin API could not be reached (refused, unreachable, timed out): `cause` has the socket error. */
+export class AdminUnreachableError extends KaproxyError {
+  readonly url: string
+  /** What went wrong, e.g. `connection refused (ECONNREFUSED)`. */
+  readonly reason: string
+  constructor (url: string, reason: string, hint = '', options?: ErrorOptions) {
+    super('KAPROXY_ERR_ADMIN_UNREACHABLE', `cannot reach the admin API at ${url}: ${reason}${hint === '' ? '' : `; ${hint}`}`, options)
+    this.url = url
+    this.reason = reason
+  }
+}
+
+/** The admin API answered with an error status; `statusCode` is the HTTP status, `detail` the server's message. */
+export class AdminResponseError extends KaproxyError {
+  readonly url: string
+  readonly statusCode: number
+  readonly detail: string
+  constructor (url: string, statusCode: number, detail: string, hint = '') {
+    super('KAPROXY_ERR_ADMIN_RESPONSE', `admin API ${url} answered ${statusCode}: ${detail}${hint === '' ? '' : `; ${hint}`}`)
+    this.url = url
+    this.statusCode = statusCode
+    this.detail = detail
+  }
+}

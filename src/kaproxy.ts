@@ -1,11 +1,15 @@
 import { isDeepStrictEqual } from 'node:util'
 import type { Logger } from 'pino'
+import { AdminServer } from './admin/server.js'
+import { Metrics } from './admin/metrics.js'
 import type { KaproxyConfig } from './config/types.js'
 import { ConfigError, type ConfigIssue, KaproxyError } from './errors.js'
 import { logBudget, logRoutePlan, loggingObserver } from './log.js'
 import type { ApplyResult, Engine } from './relay/engine.js'
 import { NetEngine } from './relay/net/engine.js'
+import { composeObservers } from './relay/observers.js'
 import { readSystemKeepalive } from './system-keepalive.js'
+import { kaproxyVersion } from './version.js'
 
 export interface KaproxyOptions {
   /**
@@ -35,6 +39,9 @@ export interface ReloadResult {
 /** The running proxy: one engine for the configured routes, plus what later sits beside it. */
 export class Kaproxy {
   readonly engine: Engine
+  readonly metrics: Metrics
+  /** The admin API; null when `admin.listen` is "". */
+  readonly admin: AdminServer | null
   /** Reloads since start, for metrics: `ok` put a configuration in force, `failed` did not (or only partly). */
   readonly reloads = { ok: 0, failed: 0 }
   private current: KaproxyConfig
@@ -50,7 +57,27 @@ export class Kaproxy {
     this.current = config
     this.log = log
     this.load = options.load ?? (() => this.current)
-    this.engine = new NetEngine(loggingObserver(log))
+    this.metrics = new Metrics({
+      connections: () => this.engine.connections(),
+      routes: () => this.current.routes,
+      upstreams: (route) => this.engine.upstreams(route),
+      ready: () => this.ready
+    }, kaproxyVersion())
+    this.engine = new NetEngine(composeObservers(loggingObserver(log), this.metrics.observer))
+    this.admin = config.admin.listen === null
+      ? null
+      : new AdminServer({
+        listen: config.admin.listen,
+        token: config.admin.token,
+        log,
+        source: {
+          engine: this.engine,
+          routes: () => this.current.routes,
+          ready: () => this.ready,
+          metrics: this.metrics,
+          reload: async () => await this.reload({ trigger: 'api' })
+        }
+      })
   }
 
   /** The configuration in force: the one given at start, then the last one a reload applied. */
@@ -63,7 +90,7 @@ export class Kaproxy {
     return this.started && !this.stopping
   }
 
-  /** Resolves once every route listens; rejects with nothing listening otherwise. */
+  /** Resolves once every route and the admin API listen; rejects with nothing listening otherwise. */
   async start (): Promise<void> {
     const system = readSystemKeepalive()
     this.log.info({ event: 'system-keepalive', ...system },
@@ -71,6 +98,14 @@ export class Kaproxy {
     logRoutePlan(this.log, this.current.routes)
     logBudget(this.log, this.current.routes)
     await this.engine.start(this.current.routes)
+    if (this.admin !== null) {
+      try {
+        await this.admin.listen()
+      } catch (err) {
+        await this.engine.close()
+        throw err
+      }
+    }
     this.started = true
     this.log.info({ event: 'ready', routes: this.current.routes.length }, 'kaproxy ready')
   }
@@ -111,11 +146,13 @@ export class Kaproxy {
     }
     if (result.failed.length > 0) {
       this.reloads.failed++
+      this.metrics.recordReload(false)
       const message = `some routes could not listen, the rest was applied: ${result.failed.map((failure) => failure.message).join('; ')}`
       this.log.error({ ...fields, ok: false, failed: result.failed }, `reload (${trigger}): ${message}`)
       return { ok: false, changes: result, error: { code: 'KAPROXY_ERR_LISTEN', message, issues: [] } }
     }
     this.reloads.ok++
+    this.metrics.recordReload(true)
     this.log.info({ ...fields, ok: true },
       `reload (${trigger}): ${result.added.length} added, ${result.removed.length} removed, ${result.updated.length} updated, ${result.unchanged.length} unchanged`)
     return { ok: true, changes: result, error: null }
@@ -124,6 +161,7 @@ export class Kaproxy {
   private reloadFailed (trigger: string, failure: unknown): ReloadResult {
     const err = failure instanceof Error ? failure : new Error(String(failure))
     this.reloads.failed++
+    this.metrics.recordReload(false)
     const issues = err instanceof ConfigError ? err.issues : []
     const code = err instanceof KaproxyError ? err.code : 'KAPROXY_ERR_RELOAD'
     // A ConfigError's message already lists every issue; a stack would only hide them.
@@ -149,10 +187,16 @@ export class Kaproxy {
     await this.draining
   }
 
-  /** Forced stop: stop listening and close every connection now (`shutdown`), also during a drain. Idempotent. */
+  /**
+   * Forced stop: stop listening and close every connection now (`shutdown`), also during a drain,
+   * then the admin API, which keeps answering (/readyz 503) until the routes are closed. Idempotent.
+   */
   async close (): Promise<void> {
     this.stopping = true
-    this.closing ??= this.engine.close()
+    this.closing ??= (async () => {
+      await this.engine.close()
+      await this.admin?.close()
+    })()
     return await this.closing
   }
 }

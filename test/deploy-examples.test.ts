@@ -29,7 +29,10 @@ describe('deployment files', () => {
     const configMap = docs.find((doc) => doc.kind === 'ConfigMap')
     const pod = docs.find((doc) => doc.kind === 'Pod')
     assert.ok(configMap?.data !== undefined && pod?.spec !== undefined)
-    const config = buildConfig(YAML.parse(configMap.data['kaproxy.yaml'] ?? '') as unknown, { env: {} })
+    const raw = YAML.parse(configMap.data['kaproxy.yaml'] ?? '') as unknown
+    // The admin API listens beyond loopback: without a token kaproxy refuses to start.
+    assert.throws(() => buildConfig(raw, { env: {} }), /admin\.token: required/)
+    const config = buildConfig(raw, { env: { KAPROXY_ADMIN_TOKEN: 'from-the-secret' } })
     const adminPort = config.admin.listen?.port
     assert.equal(adminPort, 9901)
 
@@ -37,6 +40,8 @@ describe('deployment files', () => {
     const kaproxy = containers.find((container) => container.name === 'kaproxy')
     const app = containers.find((container) => container.name === 'app')
     assert.ok(kaproxy !== undefined && app !== undefined)
+    const tokenEnv = (kaproxy as Container & { env?: Array<{ name: string, valueFrom?: { secretKeyRef?: { name: string } } }> }).env?.find((e) => e.name === 'KAPROXY_ADMIN_TOKEN')
+    assert.ok(docs.some((doc) => doc.kind === 'Secret' && (doc as { metadata?: { name?: string } }).metadata?.name === tokenEnv?.valueFrom?.secretKeyRef?.name), 'the token comes from a Secret in the example')
     assert.equal(kaproxy.readinessProbe?.httpGet?.path, '/readyz')
     assert.equal(kaproxy.livenessProbe?.httpGet?.path, '/healthz')
     const admin = kaproxy.ports?.find((port) => port.name === kaproxy.readinessProbe?.httpGet?.port)
@@ -68,7 +73,8 @@ describe('deployment files', () => {
 
   it('the Dockerfile: Node 24 slim, two stages, non-root, tini, /etc/kaproxy/kaproxy.yaml, admin port exposed and health-checked', () => {
     const dockerfile = read('Dockerfile')
-    const container = loadConfigFile(join(ROOT, 'conf/container.yaml'), { env: {} })
+    assert.throws(() => loadConfigFile(join(ROOT, 'conf/container.yaml'), { env: {} }), /admin\.token: required/)
+    const container = loadConfigFile(join(ROOT, 'conf/container.yaml'), { env: { KAPROXY_ADMIN_TOKEN: 'set-at-run-time' } })
     const adminPort = container.admin.listen?.port
     assert.match(dockerfile, /^ARG NODE_IMAGE=node:24-bookworm-slim$/m)
     assert.equal(dockerfile.match(/^FROM /gm)?.length, 2)

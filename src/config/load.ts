@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs'
 import { extname } from 'node:path'
 import YAML from 'yaml'
 import { ConfigError, type ConfigIssue } from '../errors.js'
+import { adminConfigIssues } from './admin.js'
 import { parseDurationMs, parseHostPort } from './formats.js'
 import { checkRoutes, resolveKeepaliveDefaults, type RawKeepaliveDefaults } from './routes.js'
 import { createSchema } from './schema.js'
@@ -110,10 +111,13 @@ export function buildConfig (raw: unknown, options: LoadOptions = {}): KaproxyCo
   if (issues.length > 0) throw new ConfigError(issues)
 
   const adminListen = schema.get('admin.listen')
-  const admin = adminListen === '' ? null : parseHostPort(adminListen, 0)
+  const parsedAdmin = adminListen === '' ? null : parseHostPort(adminListen, 0)
+  const admin = { listen: parsedAdmin === null || 'rule' in parsedAdmin ? null : parsedAdmin, token: schema.get('admin.token') }
+  const adminIssues = adminConfigIssues(admin)
+  if (adminIssues.length > 0) throw new ConfigError(adminIssues)
   return {
     log: { level: schema.get('log.level') as LogLevel },
-    admin: { listen: admin === null || 'rule' in admin ? null : admin, token: schema.get('admin.token') },
+    admin,
     reload: { watch: schema.get('reload.watch') },
     defaults: { keepalive: keepalive.settings, idleAuto: keepalive.idleAuto, middleboxes: keepalive.middleboxes, connectTimeoutMs, drainTimeoutMs },
     routes

@@ -67,9 +67,13 @@ export interface CliRun {
   kill: () => Promise<void>
 }
 
-/** Spawn `node dist/cli.js ...args` (or another copy of the CLI); stdout is parsed as log lines. */
+/**
+ * Spawn `node dist/cli.js ...args` (or another copy of the CLI); stdout is parsed as log lines.
+ * The admin API is off unless the test turns it on (`--admin-listen 127.0.0.1:0` or its own
+ * KAPROXY_ADMIN_LISTEN): its fixed default port would collide with anything else on this machine.
+ */
 export function spawnCli (args: string[], env: NodeJS.ProcessEnv = {}, cli = CLI): CliRun {
-  const child = spawn(process.execPath, [cli, ...args], { env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(process.execPath, [cli, ...args], { env: { PATH: process.env.PATH, KAPROXY_ADMIN_LISTEN: '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
   const stdout = new LogSink()
   let stderr = ''
   child.stdout.setEncoding('utf8').on('data', (text: string) => { stdout.push(text) })

@@ -55,7 +55,9 @@ export class Kaproxy {
       '--client-keepalive', options.clientKeepalive ?? 'off',
       '--upstream-keepalive', options.upstreamKeepalive ?? 'off',
       '--connect-timeout', options.connectTimeout ?? '5s',
-      '--log-level', 'info'
+      '--log-level', 'info',
+      // Several kaproxy processes may share a namespace: none takes the admin API's fixed port.
+      '--admin-listen', ''
     ]
     const proc = lab.node(role, KAPROXY_CLI, args, `kaproxy ${options.name}@${role}`)
     await proc.waitJson((e) => e.event === 'ready' || (e.event === 'listening' && e.route === options.name), timeoutMs, `kaproxy ${options.name} ready`)
