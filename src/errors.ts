@@ -24,12 +24,12 @@ export class ConfigError extends KaproxyError {
   }
 }
 
-/** A setsockopt/getsockopt call failed; `errno` is the OS error name (`EINVAL`, `EBADF`, ...). */
+/** A setsockopt/getsockopt (or other libc) call failed; `errno` is the OS error name (`EINVAL`, `EBADF`, `EMFILE`, ...). */
 export class SockoptError extends KaproxyError {
   readonly errno: string
   readonly option: string
   readonly value: number | undefined
-  constructor (op: 'setsockopt' | 'getsockopt', errno: string, option: string, value?: number) {
+  constructor (op: 'setsockopt' | 'getsockopt' | 'getrlimit' | 'fcntl', errno: string, option: string, value?: number) {
     super('KAPROXY_ERR_SOCKOPT',
       `${op}(${option}${value === undefined ? '' : ` = ${value}`}) failed: ${errno}`)
     this.errno = errno

@@ -4,7 +4,7 @@ import { formatHostPort } from './config/formats.js'
 import type { LogLevel, RouteConfig, Side } from './config/types.js'
 import type { KeepaliveSettings } from './keepalive.js'
 import type { CloseReason } from './relay/close-reason.js'
-import type { CloseSummary, ConnectionRecord, DrainSummary, EngineObserver } from './relay/engine.js'
+import type { AcceptBurst, AcceptPause, CloseSummary, ConnectionRecord, DrainSummary, EngineObserver } from './relay/engine.js'
 import type { UpstreamState } from './upstream/pool.js'
 import { targetsLabel, type UpstreamTarget } from './upstream/target.js'
 
@@ -75,6 +75,14 @@ export function loggingObserver (log: Logger): Required<EngineObserver> {
     onRouteDrained (route: RouteConfig, summary: DrainSummary) {
       log.info({ event: 'route-drained', route: route.name, ...summary },
         `route ${route.name} stopped (${summary.reason}): ${summary.finished} connection(s) finished, ${summary.cut} closed`)
+    },
+    onAcceptPaused (pause: AcceptPause) {
+      log.warn({ event: 'accept-paused', ...pause },
+        `descriptors running out (${pause.descriptors} of ${pause.limit}, ${pause.connections} connections): accepting paused, new clients wait in the accept queue`)
+    },
+    onAcceptResumed (burst: AcceptBurst) {
+      log.info({ event: 'accept-resumed', ...burst },
+        `accepting again: paused ${burst.pauses} time(s) for ${burst.pausedMs} ms in all, ${burst.fdExhausted} connection(s) closed with fd-exhausted`)
     }
   }
 }

@@ -17,6 +17,7 @@ export type CloseReason =
   | 'destination-denied' // transparent mode: the original destination is outside `allow`
   | 'client-error' | 'upstream-error' // any other socket error
   | 'sockopt-failed' // setsockopt refused a keepalive value on this connection
+  | 'fd-exhausted' // kaproxy had no descriptor left to dial (EMFILE, ENFILE): not the upstream's fault
   | 'route-removed' // a reload removed the route (or changed its listen address) and its drainTimeout ran out
   | 'shutdown' // kaproxy is stopping (after the route's drainTimeout, or at once when forced)
 
@@ -44,4 +45,9 @@ export function reasonForError (side: Side, err: NodeJS.ErrnoException, connecte
 export function isAbortive (reason: CloseReason): boolean {
   return reason === 'client-reset' || reason === 'upstream-reset' || reason === 'keepalive-timeout' ||
     reason === 'client-error' || reason === 'upstream-error'
+}
+
+/** The process (EMFILE) or the system (ENFILE) is out of file descriptors. */
+export function isDescriptorExhaustion (code: string | undefined): boolean {
+  return code === 'EMFILE' || code === 'ENFILE'
 }

@@ -53,6 +53,37 @@ export interface EngineObserver {
    * left: `finished` ended by themselves within the drain window, `cut` were closed with `reason`.
    */
   onRouteDrained?: (route: RouteConfig, summary: DrainSummary) => void
+  /** Descriptors ran short: every route stopped accepting (clients wait in the kernel's queue). Once per burst. */
+  onAcceptPaused?: (pause: AcceptPause) => void
+  /** The burst that paused accepting is over: accepting has run for 1 s without pausing again. */
+  onAcceptResumed?: (burst: AcceptBurst) => void
+}
+
+/** Why and where accepting paused. */
+export interface AcceptPause {
+  /** `budget`: the estimate reached `high`; `EMFILE`: the kernel refused a descriptor first. */
+  trigger: 'budget' | 'EMFILE'
+  /** The soft RLIMIT_NOFILE. */
+  limit: number
+  /** Descriptors (estimated) at which accepting pauses, and resumes. */
+  high: number
+  low: number
+  /** Descriptors in use (estimated) and live connections when it paused. */
+  descriptors: number
+  connections: number
+}
+
+/** One burst of descriptor exhaustion, from the first pause to the end of the quiet second. */
+export interface AcceptBurst {
+  /** Times accepting paused in the burst (1 unless it resumed and filled up again within 1 s). */
+  pauses: number
+  /** Milliseconds accepting was paused in all, and the whole burst lasted. */
+  pausedMs: number
+  burstMs: number
+  /** Connections closed with `fd-exhausted` in the burst. */
+  fdExhausted: number
+  descriptors: number
+  connections: number
 }
 
 /** How a stopped route's connections ended. */

@@ -10,6 +10,8 @@ type RawGetsockoptInt = (fd: number, level: number, name: number, value: [number
 type RawGetsockoptBuffer = (fd: number, level: number, name: number, value: Buffer, length: [number]) => number
 type RawSocket = (domain: number, type: number, protocol: number) => number
 type RawClose = (fd: number) => number
+type RawGetrlimit = (resource: number, limits: Buffer) => number
+type RawFcntl = (fd: number, command: number, arg: number) => number
 
 interface Libc {
   constants: Readonly<SockoptConstants>
@@ -18,6 +20,8 @@ interface Libc {
   getsockoptBuffer: RawGetsockoptBuffer
   socket: RawSocket
   close: RawClose
+  getrlimit: RawGetrlimit
+  fcntl: RawFcntl
 }
 
 let libc: Libc | undefined
@@ -35,7 +39,9 @@ function load (): Libc {
     getsockoptInt: lib.func('int getsockopt(int fd, int level, int optname, _Out_ int *optval, _Inout_ uint32_t *optlen)') as RawGetsockoptInt,
     getsockoptBuffer: lib.func('getsockopt', 'int', ['int', 'int', 'int', 'void *', koffi.inout(koffi.pointer('uint32_t'))]) as RawGetsockoptBuffer,
     socket: lib.func('int socket(int domain, int type, int protocol)') as RawSocket,
-    close: lib.func('int close(int fd)') as RawClose
+    close: lib.func('int close(int fd)') as RawClose,
+    getrlimit: lib.func('int getrlimit(int resource, _Out_ void *rlim)') as RawGetrlimit,
+    fcntl: lib.func('int fcntl(int fd, int cmd, int arg)') as RawFcntl
   }
   return libc
 }
@@ -104,4 +110,34 @@ export function tcpSocket (family: 4 | 6): number {
 /** close(2) for a descriptor no Node handle owns yet (a failed setup). */
 export function closeDescriptor (fd: number): void {
   load().close(fd)
+}
+
+// RLIMIT_NOFILE and F_DUPFD_CLOEXEC differ per platform (<sys/resource.h>, <fcntl.h>).
+const RLIMIT_NOFILE: Readonly<Record<string, number>> = { linux: 7, darwin: 8, freebsd: 8 }
+const F_DUPFD_CLOEXEC: Readonly<Record<string, number>> = { linux: 1030, darwin: 67, freebsd: 17 }
+
+/**
+ * The process's descriptor limit (RLIMIT_NOFILE): `soft` is what open/accept/socket enforce,
+ * `hard` the ceiling the soft limit may be raised to. Infinity stands for RLIM_INFINITY (or any
+ * value beyond 2^31, which no descriptor table reaches). Throws SockoptError on failure.
+ */
+export function descriptorLimit (): { soft: number, hard: number } {
+  const { getrlimit } = load()
+  // struct rlimit { rlim_t rlim_cur, rlim_max }: rlim_t is 64-bit on every supported 64-bit platform.
+  const limits = Buffer.alloc(16)
+  if (getrlimit(RLIMIT_NOFILE[process.platform] ?? 7, limits) !== 0) throw new SockoptError('getrlimit', errnoName(koffi.errno()), 'RLIMIT_NOFILE')
+  const finite = (value: bigint): number => value >= 2n ** 31n ? Infinity : Number(value)
+  return { soft: finite(limits.readBigUInt64LE(0)), hard: finite(limits.readBigUInt64LE(8)) }
+}
+
+/**
+ * A second descriptor for the same open socket (fcntl F_DUPFD_CLOEXEC): the socket lives on until
+ * both are closed. The caller owns the copy (close it with `closeDescriptor`, or hand it to Node).
+ * Throws SockoptError with the errno name (EMFILE when the table is full).
+ */
+export function duplicateDescriptor (fd: number): number {
+  const { fcntl } = load()
+  const copy = fcntl(fd, F_DUPFD_CLOEXEC[process.platform] ?? 1030, 0)
+  if (copy < 0) throw new SockoptError('fcntl', errnoName(koffi.errno()), 'F_DUPFD_CLOEXEC')
+  return copy
 }

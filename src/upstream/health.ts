@@ -1,6 +1,7 @@
 import net from 'node:net'
 import { Agent, request } from 'undici'
 import type { HealthCheckConfig } from '../config/types.js'
+import { isDescriptorExhaustion } from '../relay/close-reason.js'
 import type { UpstreamMember, UpstreamPool } from './pool.js'
 import type { UpstreamTarget } from './target.js'
 
@@ -51,7 +52,8 @@ export class HealthChecker {
       else await tcpCheck(member.target, controller.signal)
       if (!this.closed) this.pool.checkPassed(member)
     } catch (err) {
-      if (!this.closed) this.pool.checkFailed(member, describe(err))
+      // No descriptor for the check's socket says nothing about the target: the check is skipped.
+      if (!this.closed && !isDescriptorExhaustion(errorCode(err))) this.pool.checkFailed(member, describe(err))
     } finally {
       clearTimeout(timer)
       this.running.delete(controller)
@@ -69,6 +71,11 @@ export class HealthChecker {
       if (dispatcher !== this.agent) await dispatcher.destroy()
     }
   }
+}
+
+function errorCode (err: unknown): string | undefined {
+  const e = err as (NodeJS.ErrnoException & { cause?: NodeJS.ErrnoException }) | null
+  return e?.code ?? e?.cause?.code
 }
 
 function describe (err: unknown): string {

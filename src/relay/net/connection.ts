@@ -1,14 +1,14 @@
 import net, { type Socket } from 'node:net'
 import { formatHostPort } from '../../config/formats.js'
 import { SIDES, type RouteConfig, type Side } from '../../config/types.js'
-import { NoDescriptorError } from '../../errors.js'
+import { NoDescriptorError, SockoptError } from '../../errors.js'
 import { applyKeepalive, pendingSocketError, type KeepaliveSettings } from '../../keepalive.js'
 import { markedSocket } from '../../sockopt/mark.js'
 import { originalDestination } from '../../sockopt/original-dst.js'
 import type { UpstreamMember, UpstreamPool } from '../../upstream/pool.js'
 import { cachedLookup } from '../../upstream/resolver.js'
 import type { UpstreamTarget } from '../../upstream/target.js'
-import { isAbortive, reasonForError, type CloseReason } from '../close-reason.js'
+import { isAbortive, isDescriptorExhaustion, reasonForError, type CloseReason } from '../close-reason.js'
 import type { CloseSummary, ConnectionRecord } from '../engine.js'
 import { encodeV1, encodeV2, parseProxyHeader, type ProxiedAddresses } from '../proxy-protocol.js'
 
@@ -18,6 +18,8 @@ export interface ConnectionOwner {
   opened: (connection: Connection) => void
   closed: (connection: Connection, summary: CloseSummary) => void
   dialFailed: (connection: Connection, target: UpstreamTarget, reason: CloseReason, error: NodeJS.ErrnoException | null) => void
+  /** A dial found no descriptor left (EMFILE, ENFILE). */
+  fdExhausted: () => void
 }
 
 // Handlers are shared by every connection (no closures per connection): each socket carries
@@ -267,7 +269,9 @@ export class Connection implements ConnectionRecord {
       socket = openUpstream(target, this.route.socketMark)
     } catch (err) {
       if (this.member !== null) { this.member.active--; this.member = null }
-      this.finish('sockopt-failed', 'upstream', err as NodeJS.ErrnoException)
+      // A marked socket is made with socket(2) through koffi: EMFILE arrives here as a SockoptError.
+      if (err instanceof SockoptError && isDescriptorExhaustion(err.errno)) this.noDescriptor(err)
+      else this.finish('sockopt-failed', 'upstream', err as NodeJS.ErrnoException)
       return
     }
     const upstream = this.upstreamSocket = Object.assign(socket, { [CONNECTION]: this })
@@ -290,6 +294,13 @@ export class Connection implements ConnectionRecord {
     this.member = null
     this.openSockets--
     socket.destroy()
+    // No descriptor for the socket: the target was never tried, so it is neither blamed (passive
+    // ejection) nor retried elsewhere, where the same would happen.
+    if (isDescriptorExhaustion(error?.code)) {
+      if (member !== null) member.active--
+      this.noDescriptor(error)
+      return
+    }
     this.owner.dialFailed(this, target, reason, error)
     if (member !== null) {
       member.active--
@@ -298,6 +309,12 @@ export class Connection implements ConnectionRecord {
     this.lastFailure = { reason, error }
     if (this.attempts <= this.route.retries) this.dial()
     else this.giveUp()
+  }
+
+  private noDescriptor (error: NodeJS.ErrnoException | SockoptError | null): void {
+    this.owner.fdExhausted()
+    const cause = error instanceof SockoptError ? Object.assign(new Error(error.message), { code: error.errno }) : error
+    this.finish('fd-exhausted', null, cause)
   }
 
   private giveUp (): void {

@@ -5,6 +5,7 @@ import { KaproxyError } from '../../errors.js'
 import type { ApplyResult, ConnectionRecord, Engine, EngineObserver } from '../engine.js'
 import type { UpstreamState } from '../../upstream/pool.js'
 import type { UpstreamTarget } from '../../upstream/target.js'
+import { DescriptorBudget } from './descriptor-budget.js'
 import { probeRouteSocketMark, RouteListener } from './route-listener.js'
 
 /**
@@ -24,6 +25,8 @@ export function sameSettings (a: unknown, b: unknown): boolean {
 /** The portable engine: one net.Socket pair per connection. */
 export class NetEngine implements Engine {
   private readonly observer: EngineObserver
+  /** Descriptors, shared by every route: accepting pauses for all when they run short. */
+  readonly budget: DescriptorBudget
   /** The configured routes' listeners, in config order. */
   private listeners = new Map<string, RouteListener>()
   /** Listeners of removed routes whose connections are still draining. */
@@ -34,13 +37,14 @@ export class NetEngine implements Engine {
 
   constructor (observer: EngineObserver = {}) {
     this.observer = observer
+    this.budget = new DescriptorBudget(observer)
   }
 
   async start (routes: readonly RouteConfig[]): Promise<void> {
     const started: RouteListener[] = []
     try {
       for (const route of routes) {
-        const listener = new RouteListener(route, this.observer)
+        const listener = new RouteListener(route, this.observer, this.budget)
         started.push(listener)
         await listener.listen()
         this.listeners.set(route.name, listener)
@@ -142,7 +146,7 @@ export class NetEngine implements Engine {
   }
 
   private async listenRoute (route: RouteConfig): Promise<RouteListener> {
-    const listener = new RouteListener(route, this.observer)
+    const listener = new RouteListener(route, this.observer, this.budget)
     try {
       await listener.listen()
     } catch (err) {
@@ -164,12 +168,12 @@ export class NetEngine implements Engine {
       ...[...this.listeners.values()].map(async (listener) => { await listener.drain(graceMs ?? listener.route.drainTimeoutMs, 'shutdown') }),
       // Removed routes keep draining on their own deadline.
       ...[...this.retiring].map(async (listener) => { await listener.drain(0, 'route-removed') })
-    ]).then(() => {})
+    ]).then(() => { this.budget.close() })
     return await this.draining
   }
 
   async close (): Promise<void> {
-    this.closing ??= Promise.all([...this.listeners.values(), ...this.retiring].map(async (listener) => { await listener.close() })).then(() => {})
+    this.closing ??= Promise.all([...this.listeners.values(), ...this.retiring].map(async (listener) => { await listener.close() })).then(() => { this.budget.close() })
     return await this.closing
   }
 }

@@ -3,13 +3,15 @@ import { isDeepStrictEqual } from 'node:util'
 import { formatHostPort } from '../../config/formats.js'
 import type { RouteConfig } from '../../config/types.js'
 import { KaproxyError } from '../../errors.js'
+import { closeDescriptor, duplicateDescriptor } from '../../sockopt/libc.js'
 import { probeSocketMark } from '../../sockopt/mark.js'
 import { HealthChecker } from '../../upstream/health.js'
 import { UpstreamPool } from '../../upstream/pool.js'
 import type { UpstreamTarget } from '../../upstream/target.js'
-import type { CloseReason } from '../close-reason.js'
+import { isDescriptorExhaustion, type CloseReason } from '../close-reason.js'
 import type { CloseSummary, DrainSummary, EngineObserver } from '../engine.js'
 import { Connection, type ConnectionOwner } from './connection.js'
+import type { AcceptGate, DescriptorBudget } from './descriptor-budget.js'
 
 let nextConnectionId = 1
 
@@ -49,7 +51,7 @@ export function probeRouteSocketMark (route: RouteConfig): void {
 }
 
 /** One route's listening socket and the connections it accepted; it owns and closes both. */
-export class RouteListener implements ConnectionOwner {
+export class RouteListener implements ConnectionOwner, AcceptGate {
   /** The settings new connections get; `update()` replaces them while listener and connections stay. */
   route: RouteConfig
   readonly connections = new Set<Connection>()
@@ -58,28 +60,49 @@ export class RouteListener implements ConnectionOwner {
   private health: HealthChecker | null
   /** The bound `host:port` once listening (the real port when 0 was configured). */
   address: string | null = null
-  private readonly server: net.Server
+  /** The server accepting now; replaced each time accepting resumes after a pause. */
+  private server: net.Server
   private readonly observer: EngineObserver
+  readonly budget: DescriptorBudget
   private stopping: Stopping | null = null
+  /**
+   * A second descriptor of the listening socket (see pauseAccepting): while it is open the socket
+   * stays bound and listening when the server's own descriptor is closed. Null before listening,
+   * after stopping, or where it could not be made (then accepting never pauses).
+   */
+  private spareFd: number | null = null
+  private paused = false
 
-  constructor (route: RouteConfig, observer: EngineObserver) {
+  constructor (route: RouteConfig, observer: EngineObserver, budget: DescriptorBudget) {
     this.route = route
     this.observer = observer
-    // allowHalfOpen: a client's FIN must not end our write side; pauseOnConnect: read nothing
-    // from the client until its upstream is connected.
-    this.server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true })
+    this.budget = budget
+    this.server = this.createServer()
     this.pool = this.createPool(route)
     this.health = route.healthCheck === null ? null : new HealthChecker(this.pool, route.healthCheck)
-    this.server.on('connection', (socket) => {
+  }
+
+  private createServer (): net.Server {
+    // allowHalfOpen: a client's FIN must not end our write side; pauseOnConnect: read nothing
+    // from the client until its upstream is connected.
+    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true })
+    server.on('connection', (socket) => {
       if (this.stopping !== null) { socket.destroy(); return }
       const connection = new Connection(nextConnectionId++, this.route, socket, this)
       const full = this.route.maxConnections !== null && this.connections.size >= this.route.maxConnections
       this.connections.add(connection)
+      // May pause accepting (closing this server) before the connection starts: it still does.
+      this.budget.accepted()
       if (full) connection.reject('limit')
       else connection.start()
     })
-    // Accept errors (EMFILE, ENFILE) surface here; they must not crash the process.
-    this.server.on('error', (err) => { this.observer.onRouteError?.(this.route, err) })
+    // Accept errors surface here; they must not crash the process. EMFILE/ENFILE here means libuv's
+    // spare descriptor is gone too: stop accepting until descriptors are free.
+    server.on('error', (err: NodeJS.ErrnoException) => {
+      if (isDescriptorExhaustion(err.code)) this.budget.exhausted()
+      this.observer.onRouteError?.(this.route, err)
+    })
+    return server
   }
 
   private createPool (route: RouteConfig, previous?: UpstreamPool): UpstreamPool {
@@ -103,6 +126,8 @@ export class RouteListener implements ConnectionOwner {
     const bound = this.server.address()
     const address = bound !== null && typeof bound === 'object' ? formatHostPort({ host: bound.address, port: bound.port }) : String(bound)
     this.address = address
+    this.spareFd = this.duplicateListeningFd()
+    this.budget.register(this)
     this.health?.start()
     this.observer.onListening?.(this.route, address)
     return address
@@ -139,6 +164,46 @@ export class RouteListener implements ConnectionOwner {
     return sockets
   }
 
+  /** A second descriptor of the bound listening socket, or null (reported) when none can be made. */
+  private duplicateListeningFd (): number | null {
+    const fd = (this.server as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd
+    if (typeof fd !== 'number' || fd < 0) return null
+    try {
+      return duplicateDescriptor(fd)
+    } catch (err) {
+      this.observer.onRouteError?.(this.route, new KaproxyError('KAPROXY_ERR_ACCEPT_PAUSE',
+        `route ${this.route.name}: accepting cannot pause when descriptors run out: ${(err as Error).message}`, { cause: err }))
+      return null
+    }
+  }
+
+  /**
+   * Stop accepting without giving up the port or the clients waiting for it. libuv has no way to
+   * stop polling a listening handle, so the server's descriptor is closed: the spare descriptor
+   * keeps the kernel socket bound and listening, and clients keep completing their handshakes into
+   * its accept queue (up to the backlog; beyond it the kernel drops SYNs and clients retry).
+   * server.close() alone would free the port and reset every queued client. Costs one descriptor
+   * per route, held all the time.
+   */
+  pauseAccepting (): void {
+    if (this.paused || this.stopping !== null || this.spareFd === null) return
+    this.paused = true
+    // Connections already accepted keep their reference to the old server; that is harmless.
+    this.server.close()
+  }
+
+  /** Accept again on the same kernel socket: a new server takes over the spare descriptor, queued clients first. */
+  resumeAccepting (): void {
+    if (!this.paused || this.stopping !== null || this.spareFd === null) return
+    this.paused = false
+    const fd = this.spareFd
+    this.spareFd = null
+    this.server = this.createServer()
+    // The handle is set up synchronously (only 'listening' waits a tick), so the next spare can be made now.
+    this.server.listen({ fd, backlog: LISTEN_BACKLOG })
+    this.spareFd = this.duplicateListeningFd()
+  }
+
   opened (connection: Connection): void {
     this.observer.onOpen?.(connection)
   }
@@ -147,8 +212,13 @@ export class RouteListener implements ConnectionOwner {
     this.observer.onDialFailed?.(connection, target, reason, error)
   }
 
+  fdExhausted (): void {
+    this.budget.exhausted()
+  }
+
   closed (connection: Connection, summary: CloseSummary): void {
     this.connections.delete(connection)
+    this.budget.released()
     const stopping = this.stopping
     if (stopping !== null) {
       if (summary.reason === 'route-removed' || summary.reason === 'shutdown') stopping.cut++
@@ -171,8 +241,11 @@ export class RouteListener implements ConnectionOwner {
       const done = Promise.all([connectionsDone, healthDone]).then(() => {})
       const stopping: Stopping = { reason, startedAt: Date.now(), finished: 0, cut: 0, deadline: null, settled: false, done, resolve }
       this.stopping = stopping
-      // Without a callback close() cannot fail: a server that never listened just stays closed.
+      // Without a callback close() cannot fail: a server that never listened (or paused) just stays closed.
       this.server.close()
+      this.budget.unregister(this)
+      if (this.spareFd !== null) closeDescriptor(this.spareFd)
+      this.spareFd = null
       if (this.connections.size === 0) this.settle()
       else stopping.deadline = setTimeout(() => { this.cut(stopping.reason) }, graceMs)
     }
