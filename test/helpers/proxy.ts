@@ -71,9 +71,11 @@ export interface CliRun {
  * Spawn `node dist/cli.js ...args` (or another copy of the CLI); stdout is parsed as log lines.
  * The admin API is off unless the test turns it on (`--admin-listen 127.0.0.1:0` or its own
  * KAPROXY_ADMIN_LISTEN): its fixed default port would collide with anything else on this machine.
+ * `wrapper` runs the CLI under another command, e.g. `['prlimit', '--nofile=256:256']`.
  */
-export function spawnCli (args: string[], env: NodeJS.ProcessEnv = {}, cli = CLI): CliRun {
-  const child = spawn(process.execPath, [cli, ...args], { env: { PATH: process.env.PATH, KAPROXY_ADMIN_LISTEN: '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+export function spawnCli (args: string[], env: NodeJS.ProcessEnv = {}, cli = CLI, wrapper: readonly string[] = []): CliRun {
+  const [command, ...prefix] = [...wrapper, process.execPath]
+  const child = spawn(command ?? process.execPath, [...prefix, cli, ...args], { env: { PATH: process.env.PATH, KAPROXY_ADMIN_LISTEN: '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
   const stdout = new LogSink()
   let stderr = ''
   child.stdout.setEncoding('utf8').on('data', (text: string) => { stdout.push(text) })

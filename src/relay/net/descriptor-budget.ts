@@ -117,11 +117,12 @@ export class DescriptorBudget {
   /**
    * The kernel refused a descriptor (EMFILE, ENFILE) although the estimate had room: something
    * else holds more than the reserve. Re-count and stop accepting until descriptors are free.
+   * `closedConnection`: a connection was closed with `fd-exhausted` (false for an accept error).
    */
-  exhausted (): void {
-    this.fdExhausted++
+  exhausted (closedConnection = true): void {
     this.resync()
     if (!this.paused) this.pause('EMFILE')
+    if (closedConnection) this.fdExhausted++
   }
 
   /** Stop pausing and timers (the engine is stopping). */

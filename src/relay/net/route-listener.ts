@@ -99,7 +99,7 @@ export class RouteListener implements ConnectionOwner, AcceptGate {
     // Accept errors surface here; they must not crash the process. EMFILE/ENFILE here means libuv's
     // spare descriptor is gone too: stop accepting until descriptors are free.
     server.on('error', (err: NodeJS.ErrnoException) => {
-      if (isDescriptorExhaustion(err.code)) this.budget.exhausted()
+      if (isDescriptorExhaustion(err.code)) this.budget.exhausted(false)
       this.observer.onRouteError?.(this.route, err)
     })
     return server
