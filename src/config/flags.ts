@@ -23,7 +23,10 @@ export function parseConfigFlags (args: string[]) {
   try {
     return parseArgs({ args, options: CONFIG_OPTIONS, allowPositionals: false, strict: true }).values
   } catch (err) {
-    throw new ConfigError([{ path: '', message: (err as Error).message }])
+    // parseArgs names the offending option (or argument) in quotes: report the issue there.
+    const message = (err as Error).message
+    const token = /'(-{1,2}[^' <]+)/.exec(message)?.[1] ?? /argument '([^']+)'/.exec(message)?.[1] ?? 'arguments'
+    throw new ConfigError([{ path: token, message }])
   }
 }
 

@@ -50,6 +50,11 @@ function convictIssues (message: string): ConfigIssue[] {
   return message.split('\n').filter((line) => line !== '').map((line) => {
     const undeclared = /^configuration param '(.+)' not declared in the schema$/.exec(line)
     if (undeclared !== null) return { path: undeclared[1] ?? '', message: 'unknown key' }
+    // A key with a dot in it (`{ "a.b": 1 }`) is looked up as a path that does not exist.
+    const unfound = /^cannot find configuration param '(.+)'$/.exec(line)
+    if (unfound !== null) return { path: unfound[1] ?? '', message: 'unknown key' }
+    const missing = /^configuration param '(.+)' missing from config/.exec(line)
+    if (missing !== null) return { path: missing[1] ?? '', message: 'is missing: its section must be an object' }
     const colon = line.indexOf(': ')
     if (colon < 0) return { path: '', message: line }
     return { path: line.slice(0, colon), message: line.slice(colon + 2).replace(/: value was .*$/, '') }
@@ -73,6 +78,62 @@ function withoutNonListMiddleboxes (raw: object, issues: ConfigIssue[]): object 
   return { ...raw, defaults: { ...defaults, keepalive } }
 }
 
+// The sections convict describes. convict reads a section given as a scalar or a list as a leaf
+// ("param 'log.level' missing from config", "'log': unknown key"): report it by path instead.
+const SECTIONS = ['log', 'admin', 'reload', 'defaults'] as const
+
+const TOP_LEVEL_KEYS = new Set<string>([...SECTIONS, 'routes'])
+
+/** A key as a path segment: quoted when it is empty or not a plain identifier (`[""]`, `["a.b"]`). */
+function keyPath (key: string): string {
+  return /^[A-Za-z_$][\w$-]*$/.test(key) ? key : `[${JSON.stringify(key)}]`
+}
+
+function isPlainObject (value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value)
+}
+
+/** A copy of a section without keys convict cannot look up ('' and dotted ones), each reported as unknown. */
+function withoutOddKeys (section: Record<string, unknown>, path: string, issues: ConfigIssue[]): Record<string, unknown> {
+  const kept: Record<string, unknown> = {}
+  for (const [key, value] of Object.entries(section)) {
+    if (key === '' || key.includes('.')) {
+      issues.push({ path: `${path}${keyPath(key)}`, message: 'unknown key' })
+      continue
+    }
+    kept[key] = isPlainObject(value) ? withoutOddKeys(value, `${path}.${key}`, issues) : value
+  }
+  return kept
+}
+
+function withoutNonObjectSections (raw: object, issues: ConfigIssue[]): object {
+  const record = raw as Record<string, unknown>
+  const kept: Record<string, unknown> = { ...record }
+  // convict fails inside on some unknown keys (an empty one, one with a dot); they are reported here, by name.
+  for (const key of Object.keys(record)) {
+    if (TOP_LEVEL_KEYS.has(key)) continue
+    issues.push({ path: keyPath(key), message: `unknown key (allowed: ${[...TOP_LEVEL_KEYS].join(', ')})` })
+    delete kept[key]
+  }
+  for (const section of SECTIONS) {
+    const value = kept[section]
+    if (isPlainObject(value)) kept[section] = withoutOddKeys(value, section, issues)
+  }
+  const bad = (value: unknown): boolean => value !== undefined && (typeof value !== 'object' || value === null || Array.isArray(value))
+  for (const section of SECTIONS) {
+    if (!bad(record[section])) continue
+    issues.push({ path: section, message: `must be an object (got ${JSON.stringify(record[section]) ?? String(record[section])})` })
+    delete kept[section]
+  }
+  const defaults = kept.defaults as Record<string, unknown> | undefined
+  if (defaults !== undefined && bad(defaults.keepalive)) {
+    issues.push({ path: 'defaults.keepalive', message: `must be an object (got ${JSON.stringify(defaults.keepalive) ?? String(defaults.keepalive)})` })
+    const { keepalive: _dropped, ...rest } = defaults
+    kept.defaults = rest
+  }
+  return kept
+}
+
 /** Validate a parsed config object (from a file, or built from flags). Throws ConfigError. */
 export function buildConfig (raw: unknown, options: LoadOptions = {}): KaproxyConfig {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
@@ -84,7 +145,7 @@ export function buildConfig (raw: unknown, options: LoadOptions = {}): KaproxyCo
   // convict would try to coerce a non-list; report it by path instead.
   if (!Array.isArray(rawRoutes)) issues.push({ path: 'routes', message: `must be a list of routes (got ${JSON.stringify(rawRoutes)})` })
   try {
-    schema.load({ ...withoutNonListMiddleboxes(raw, issues), routes: Array.isArray(rawRoutes) ? rawRoutes : [] })
+    schema.load({ ...withoutNonListMiddleboxes(withoutNonObjectSections(raw, issues), issues), routes: Array.isArray(rawRoutes) ? rawRoutes : [] })
     for (const [path, value] of Object.entries(options.overrides ?? {})) schema.set(path, value)
     schema.validate({ allowed: 'strict' })
   } catch (err) {

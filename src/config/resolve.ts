@@ -28,11 +28,11 @@ export function resolveConfig (flags: ConfigFlags, env: NodeJS.ProcessEnv = proc
   const overrides = overridesFromFlags(flags)
   const file = configSource(flags, env)
   if (file !== null) {
-    if (hasRouteFlags(flags)) throw new ConfigError([{ path: '', message: 'use either --config FILE or --listen/--upstream, not both' }])
+    if (hasRouteFlags(flags)) throw new ConfigError([{ path: '--config', message: 'use either --config FILE or --listen/--upstream, not both' }])
     return loadConfigFile(file, { env, overrides })
   }
   if (!hasRouteFlags(flags)) {
-    throw new ConfigError([{ path: '', message: 'no routes: give --config FILE (or KAPROXY_CONFIG), or --listen HOST:PORT --upstream HOST:PORT' }])
+    throw new ConfigError([{ path: '--config', message: 'no routes: give --config FILE (or KAPROXY_CONFIG), or --listen HOST:PORT --upstream HOST:PORT' }])
   }
   try {
     return buildConfig(routeFromFlags(flags), { env, overrides })
