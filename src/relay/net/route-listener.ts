@@ -199,8 +199,9 @@ export class RouteListener implements ConnectionOwner, AcceptGate {
     const fd = this.spareFd
     this.spareFd = null
     this.server = this.createServer()
+    // With { fd }, Node ignores options.backlog (511 would then be the queue): it must be the second argument.
     // The handle is set up synchronously (only 'listening' waits a tick), so the next spare can be made now.
-    this.server.listen({ fd, backlog: LISTEN_BACKLOG })
+    this.server.listen({ fd }, LISTEN_BACKLOG)
     this.spareFd = this.duplicateListeningFd()
   }
 
