@@ -59,6 +59,7 @@ export function loggingObserver (log: Logger): Required<EngineObserver> {
         reason: summary.reason,
         side: summary.side
       }
+      if (summary.silenceBeforeResetMs !== null) fields.silenceBeforeResetMs = Math.round(summary.silenceBeforeResetMs)
       if (summary.error !== null) fields.err = { code: summary.error.code, message: summary.error.message }
       log.info(fields, 'connection closed')
     },

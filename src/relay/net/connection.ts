@@ -30,6 +30,14 @@ const MAX_PROXY_HEADER = 4096
 
 type Phase = 'header' | 'dialing' | 'relaying' | 'closing'
 
+/** Shortest quiet (ms) that counts as a silence ended by the next bytes: below the histogram's first bucket. */
+export const SILENCE_MIN_MS = 1000
+/**
+ * A reset this soon (ms) after bytes that ended a silence answers them: a middlebox that forgot the
+ * flow resets the first packet it sees again, within a round trip.
+ */
+export const RESET_ANSWER_WINDOW_MS = 2000
+
 function addressOf (host: string | undefined, port: number | undefined): string {
   return host === undefined || port === undefined ? 'unknown' : formatHostPort({ host, port })
 }
@@ -51,6 +59,10 @@ export class Connection implements ConnectionRecord {
   bytesFromClient = 0
   bytesFromUpstream = 0
   connectMs: number | null = null
+  // Silence tracking, on performance.now()'s clock in ms: one timestamp per chunk, no allocation.
+  lastByteAt = 0
+  lastSilenceMs = 0
+  lastSilenceEndedAt = 0
 
   private readonly owner: ConnectionOwner
   private readonly clientSocket: RelaySocket
@@ -61,6 +73,8 @@ export class Connection implements ConnectionRecord {
   private reason: CloseReason | null = null
   private reasonSide: Side | null = null
   private error: NodeJS.ErrnoException | null = null
+  /** performance.now() when the first cause was recorded. */
+  private closingAt = 0
   // Dialing state: the pool member in use (none in transparent mode), those tried, and the last failure.
   private attempts = 0
   private originalTarget: UpstreamTarget | null = null
@@ -321,6 +335,8 @@ export class Connection implements ConnectionRecord {
       if (!this.applySideKeepalive('upstream')) return
     }
     this.phase = 'relaying'
+    // The silence clock starts at connect: a flow that never carried a byte is silent from here.
+    this.lastByteAt = performance.now()
     const client = this.clientSocket
     client.on('data', onData)
     client.on('drain', onDrain)
@@ -361,6 +377,7 @@ export class Connection implements ConnectionRecord {
       this.reason = reason
       this.reasonSide = side
       this.error = error
+      this.closingAt = performance.now()
     }
     const abortive = isAbortive(reason)
     for (const socket of [this.clientSocket, this.upstreamSocket]) {
@@ -378,7 +395,20 @@ export class Connection implements ConnectionRecord {
     if (this.member !== null) { this.member.active--; this.member = null }
     const side = this.reasonSide ?? this.firstFin
     const reason = this.reason ?? (this.firstFin === 'upstream' ? 'upstream-closed' : 'client-closed')
-    this.owner.closed(this, { reason, side, durationMs: Date.now() - this.openedAt, error: this.error })
+    const idleMs = this.lastByteAt === 0 ? null : Math.max(0, (this.closingAt === 0 ? performance.now() : this.closingAt) - this.lastByteAt)
+    this.owner.closed(this, { reason, side, durationMs: Date.now() - this.openedAt, error: this.error, idleMs, silenceBeforeResetMs: this.silenceBeforeReset(reason, idleMs) })
+  }
+
+  /**
+   * The silence a reset or keepalive timeout followed: the quiet before it, or, when it answers bytes
+   * that ended a longer silence (sent within RESET_ANSWER_WINDOW_MS of it), that silence. Null for
+   * other reasons and for connections that never relayed.
+   */
+  private silenceBeforeReset (reason: CloseReason, idleMs: number | null): number | null {
+    if (idleMs === null || !(reason === 'client-reset' || reason === 'upstream-reset' || reason === 'keepalive-timeout')) return null
+    const sinceEnded = this.closingAt - this.lastSilenceEndedAt
+    if (this.lastSilenceMs > idleMs && this.lastSilenceEndedAt !== 0 && sinceEnded >= 0 && sinceEnded <= RESET_ANSWER_WINDOW_MS) return this.lastSilenceMs
+    return idleMs
   }
 
   private applySideKeepalive (side: Side): boolean {
@@ -399,6 +429,13 @@ export class Connection implements ConnectionRecord {
 function onData (this: RelaySocket, chunk: Buffer): void {
   const connection = this[CONNECTION]
   const peer = connection.peerOf(this)
+  const now = performance.now()
+  const quietMs = now - connection.lastByteAt
+  if (quietMs >= SILENCE_MIN_MS) {
+    connection.lastSilenceMs = quietMs
+    connection.lastSilenceEndedAt = now
+  }
+  connection.lastByteAt = now
   if (connection.sideOf(this) === 'client') connection.bytesFromClient += chunk.length
   else connection.bytesFromUpstream += chunk.length
   if (peer !== null && !peer.write(chunk)) this.pause()
