@@ -9,31 +9,12 @@ import { describe, it, type TestContext } from 'node:test'
 import type { AdviseReport } from '../src/admin/advise-command.js'
 import type { RouteView } from '../src/admin/views.js'
 import { adminAddress, adminClient } from './helpers/admin.js'
+import { idleBeforeReset as histogram } from './helpers/idle-histogram.js'
 import { closed, connect, startEchoServer, startServer } from './helpers/peers.js'
 import { spawnCli, startProxy } from './helpers/proxy.js'
 
 /** The silence the tests leave on a connection: real time, since time without bytes is what is measured. */
 const SILENCE_MS = 2_200
-
-/**
- * Count, sum and buckets of the kaproxy_idle_before_reset_seconds series of `route` and `side`, read
- * from the exposition text (parse-prometheus-text-format folds labelled histograms together).
- */
-function histogram (text: string, route: string, side: string): { count: number, sum: number, buckets: Record<string, number> } | undefined {
-  const series: { count?: number, sum?: number, buckets: Record<string, number> } = { buckets: {} }
-  for (const line of text.split('\n')) {
-    const m = /^kaproxy_idle_before_reset_seconds_(bucket|sum|count)\{([^}]*)\} (\S+)$/.exec(line)
-    if (m === null) continue
-    const labels = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((l) => [l[1], l[2]]))
-    if (labels.route !== route || labels.side !== side) continue
-    const value = Number(m[3])
-    if (m[1] === 'bucket') series.buckets[labels.le ?? ''] = value
-    else if (m[1] === 'sum') series.sum = value
-    else series.count = value
-  }
-  if (series.count === undefined || series.sum === undefined) return undefined
-  return { count: series.count, sum: series.sum, buckets: series.buckets }
-}
 
 async function advise (args: string[]): Promise<{ code: number | null, stdout: string, stderr: string }> {
   const run = spawnCli(['advise', ...args])
