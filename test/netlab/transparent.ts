@@ -72,3 +72,25 @@ export async function logEvents (kaproxy: Kaproxy, event: string, count: number,
   await kaproxy.proc.waitFor((l) => { if (l.json?.event === event) seen++; return seen >= count }, timeoutMs, `${count} ${event} lines`)
   return kaproxy.proc.json().filter((e) => e.event === event).slice(0, count)
 }
+
+/** The admin API address the transparent scenarios give kaproxy, inside the client namespace. */
+export const ADMIN_LISTEN = '127.0.0.1:9901'
+
+/** GET an admin API path from inside the client namespace (loopback: never captured); resolves with the body. */
+export async function adminGet (lab: Lab, path: string): Promise<string> {
+  const script = `fetch(${JSON.stringify(`http://${ADMIN_LISTEN}${path}`)}).then(async (r) => { if (!r.ok) throw new Error(String(r.status)); process.stdout.write(await r.text()) })`
+  const { stdout } = await lab.exec('client', process.execPath, ['-e', script])
+  return stdout
+}
+
+/** `kaproxy_connections_closed_total` of one route from /metrics, summed over sides, by reason. */
+export async function closedByReason (lab: Lab, route: string): Promise<Record<string, number>> {
+  const out: Record<string, number> = {}
+  for (const line of (await adminGet(lab, '/metrics')).split('\n')) {
+    if (!line.startsWith('kaproxy_connections_closed_total{') || !line.includes(`route="${route}"`)) continue
+    const reason = /reason="([^"]+)"/.exec(line)?.[1]
+    const value = Number(line.slice(line.lastIndexOf(' ') + 1))
+    if (reason !== undefined && value > 0) out[reason] = (out[reason] ?? 0) + value
+  }
+  return out
+}
