@@ -13,8 +13,9 @@ import { KAPROXY_USER, NOBODY, asUser } from './users.js'
 /** The port of the transparent route in every scenario (the Kubernetes example uses it too). */
 export const OUTBOUND_PORT = 15001
 
-/** Commands the transparent scenarios need beyond the NAT lab's. */
-export const TRANSPARENT_TOOLS = ['ip6tables', 'nft', 'setpriv'] as const
+/** Commands the transparent scenarios need beyond the NAT lab's (`nft` only where nft rules are installed: NFT_TOOLS). */
+export const TRANSPARENT_TOOLS = ['ip6tables', 'setpriv'] as const
+export const NFT_TOOLS = [...TRANSPARENT_TOOLS, 'nft'] as const
 
 /** Gate probe: kaproxy's uid and the application's uid must be able to run their scripts from this checkout. */
 export async function usersCanRun (): Promise<string | undefined> {
