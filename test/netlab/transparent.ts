@@ -17,9 +17,15 @@ export const OUTBOUND_PORT = 15001
 export const TRANSPARENT_TOOLS = ['ip6tables', 'setpriv'] as const
 export const NFT_TOOLS = [...TRANSPARENT_TOOLS, 'nft'] as const
 
-/** Gate probe: kaproxy's uid and the application's uid must be able to run their scripts from this checkout. */
+/** Gate probe: kaproxy's uid and the application's uid must be able to run this node and their scripts from this checkout. */
 export async function usersCanRun (): Promise<string | undefined> {
   for (const [who, user] of [['kaproxy (uid 1337)', KAPROXY_USER], ['the application (nobody)', NOBODY]] as const) {
+    const [node, nodeArgs] = asUser(user, process.execPath, ['-e', ''])
+    try {
+      await run(node, nodeArgs)
+    } catch {
+      return `${who} cannot run ${process.execPath} (a node binary under a private directory, e.g. mktemp -d's 0700?)`
+    }
     for (const file of [KAPROXY_CLI, SIDECAR_PEER_SCRIPT]) {
       const [cmd, args] = asUser(user, 'test', ['-r', file])
       try {
