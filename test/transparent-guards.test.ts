@@ -20,12 +20,13 @@ const gate = await labGate({ needKaproxy: true, tools: TRANSPARENT_TOOLS, probe:
 const ALLOWED = [`${ADDR.server}/32:7001`, `[${ADDR6.server}/128]:7001`]
 
 /** kaproxy as uid 1337 on [::]:15001 with `allow` (only port 7001 of the server), and the printed uid rules installed. */
-async function capturedLab (lab: Lab): Promise<Kaproxy> {
+/** kaproxy as uid 1337 with the printed capture rules; `rulesUid` other than 1337 makes the rules miss kaproxy itself. */
+async function capturedLab (lab: Lab, rulesUid = KAPROXY_UID): Promise<Kaproxy> {
   const kaproxy = await Kaproxy.startConfig(lab, 'client', {
     admin: { listen: ADMIN_LISTEN },
     routes: [{ name: 'outbound', listen: `[::]:${OUTBOUND_PORT}`, upstream: 'original-dst', allow: ALLOWED, keepalive: { upstream: { idle: '30s', interval: '5s', count: 4 } } }]
   }, { route: 'outbound', user: KAPROXY_USER })
-  await installRules(lab, await printedRules(['--config', kaproxy.configFile ?? '', '--route', 'outbound', '--uid', String(KAPROXY_UID), '--format', 'iptables']))
+  await installRules(lab, await printedRules(['--config', kaproxy.configFile ?? '', '--route', 'outbound', '--uid', String(rulesUid), '--format', 'iptables']))
   return kaproxy
 }
 
@@ -64,6 +65,21 @@ describe('transparent sidecar: loop guard, allow, no leaks', { skip: gate.skip }
     assert.deepEqual(await establishedSockets(lab, 'client', kaproxy.pid), [], 'kaproxy holds no connection (none to itself)')
     assert.deepEqual(await closedByReason(lab, 'outbound'), { 'no-original-destination': 5 }, 'counted per route in /metrics')
     figure(`loop guard: ${direct.length} direct connections (${direct.join(', ')}) -> ${direct.length} closes, all no-original-destination (4 by the listener's own address, 1 by ENOENT), 0 opened, 0 dialed`)
+  })
+
+  it('cuts the loop when the capture rules miss kaproxy\'s own uid: one loop-detected, no chain of connections', { timeout: 30_000 }, async (t) => {
+    const lab = await newLab(t)
+    await HashServer.start(lab, 'server', '::', 7001)
+    // The rules exclude uid 4242, not kaproxy's 1337: kaproxy's own upstream connection is captured too.
+    const kaproxy = await capturedLab(lab, 4242)
+    const app = await App.connect(lab, 'client', NOBODY, 0, [target(ADDR.server, 7001)]).catch((err: Error) => err)
+    const loop = await logEvents(kaproxy, 'close', 2, 5_000)
+    const reasons = loop.map((e) => e.reason)
+    assert.ok(reasons.includes('loop-detected'), `loop-detected among ${reasons.join(', ')}`)
+    if (!(app instanceof Error)) await app.closed(target(ADDR.server, 7001), 5_000)
+    const opened = kaproxy.proc.json().filter((e) => e.event === 'close').length
+    assert.ok(opened <= 3, `the chain stopped at the second hop (${opened} connections closed), not thousands`)
+    figure(`loop guard: capture rules missing kaproxy's uid -> ${opened} connections (${reasons.join(', ')}), then nothing more`)
   })
 
   it('closes a destination outside allow as destination-denied without dialing it', { timeout: 30_000 }, async (t) => {
