@@ -7,8 +7,10 @@ import type { Results, TargetSummary } from './report.js'
 interface Panel { title: string, unit: string, better: 'higher' | 'lower', value: (s: TargetSummary) => number | null, digits: number }
 
 const PANELS: Panel[] = [
-  { title: 'Bulk throughput, 1 stream', unit: 'Gbit/s', better: 'higher', value: (s) => s.bulk1Gbps, digits: 1 },
-  { title: 'Bulk throughput, 8 streams', unit: 'Gbit/s', better: 'higher', value: (s) => s.bulk8Gbps, digits: 1 },
+  { title: 'Upload (client to upstream), 1 stream', unit: 'Gbit/s', better: 'higher', value: (s) => s.bulk1Gbps, digits: 1 },
+  { title: 'Upload (client to upstream), 8 streams', unit: 'Gbit/s', better: 'higher', value: (s) => s.bulk8Gbps, digits: 1 },
+  { title: 'Download (upstream to client), 1 stream', unit: 'Gbit/s', better: 'higher', value: (s) => s.down1Gbps, digits: 1 },
+  { title: 'Download (upstream to client), 8 streams', unit: 'Gbit/s', better: 'higher', value: (s) => s.down8Gbps, digits: 1 },
   { title: 'Ping-pong 64 B, p99 round trip', unit: 'µs', better: 'lower', value: (s) => s.p99us, digits: 0 },
   { title: 'Connect-echo-close, 32 clients', unit: 'connections/s', better: 'higher', value: (s) => s.connPerSec, digits: 0 },
   { title: 'Relay CPU per connection', unit: 'µs', better: 'lower', value: (s) => s.cpuUsPerConn, digits: 0 },

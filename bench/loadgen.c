@@ -2,9 +2,12 @@
 // Compiled by bench/run.ts with the machine's gcc; talks to loopback only.
 //
 //   loadgen server PORT                        upstream: a connection whose first byte is 'S' is a sink
-//                                              (read and discard, close at EOF); any other is an echo
-//   loadgen bulk PORT STREAMS SECONDS          send 'S' + 256 KiB writes for SECONDS on each stream, then
+//                                              (read and discard, close at EOF), 'D' a source (writes
+//                                              256 KiB chunks until the peer goes); any other is an echo
+//   loadgen bulk PORT STREAMS SECONDS up       send 'S' + 256 KiB writes for SECONDS on each stream, then
 //                                              shutdown(SHUT_WR) and wait for the upstream's close
+//   loadgen bulk PORT STREAMS SECONDS down     send 'D': the upstream writes as fast as it can; count what
+//                                              arrives for SECONDS, then close
 //   loadgen pingpong PORT SIZE SECONDS         one connection, SIZE-byte request/echo, latency percentiles
 //   loadgen cec PORT CLIENTS SECONDS           CLIENTS threads: connect, send 64 B, read the echo, close
 //   loadgen idle PORT COUNT                    open COUNT connections (each checked with a 1-byte echo),
@@ -19,6 +22,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,7 +94,7 @@ static int read_full(int fd, char *p, size_t n) {
 }
 
 // ---- upstream server: epoll, one thread ----
-enum { UNKNOWN = 0, SINK = 1, ECHO = 2 };
+enum { UNKNOWN = 0, SINK = 1, ECHO = 2, SOURCE = 3 };
 static unsigned char *kind; // per fd
 
 static int server(int port) {
@@ -111,6 +115,12 @@ static int server(int port) {
     int n = epoll_wait(ep, events, 256, -1);
     for (int i = 0; i < n; i++) {
       int fd = events[i].data.fd;
+      if (fd != ls && kind[fd] == SOURCE && (events[i].events & EPOLLOUT)) {
+        ssize_t w = 0;
+        for (int k = 0; k < 4 && (w = write(fd, buf, sizeof buf)) > 0; k++) {}
+        if (w < 0 && errno != EAGAIN && errno != EINTR) { epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL); close(fd); }
+        continue;
+      }
       if (fd == ls) {
         for (;;) {
           int c = accept4(ls, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -127,7 +137,11 @@ static int server(int port) {
       if (r <= 0) { epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL); close(fd); continue; }
       char *p = buf;
       if (kind[fd] == UNKNOWN) {
-        kind[fd] = buf[0] == 'S' ? SINK : ECHO;
+        kind[fd] = buf[0] == 'S' ? SINK : buf[0] == 'D' ? SOURCE : ECHO;
+        if (kind[fd] == SOURCE) {
+          struct epoll_event sev = { .events = EPOLLIN | EPOLLOUT, .data.fd = fd };
+          epoll_ctl(ep, EPOLL_CTL_MOD, fd, &sev);
+        }
       }
       // Echo replies are small (requests of at most a few hundred bytes); a short write waits here.
       if (kind[fd] == ECHO && write_all(fd, p, (size_t)r) < 0) { epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL); close(fd); }
@@ -136,15 +150,28 @@ static int server(int port) {
 }
 
 // ---- bulk ----
-struct bulk_arg { int port; double seconds; uint64_t bytes; int ok; };
+struct bulk_arg { int port; double seconds; int down; uint64_t bytes; int ok; };
 static char bulk_buf[1 << 18];
 
 static void *bulk_stream(void *p) {
   struct bulk_arg *a = p;
   int fd = dial(a->port);
   if (fd < 0) return NULL;
-  bulk_buf[0] = 'S';
   double end = now_sec() + a->seconds;
+  if (a->down) {
+    static __thread char in[1 << 18];
+    if (write_all(fd, "D", 1) < 0) { close(fd); return NULL; }
+    while (now_sec() < end) {
+      ssize_t r = read(fd, in, sizeof in);
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) { close(fd); return NULL; }
+      a->bytes += (uint64_t)r;
+    }
+    close(fd);
+    a->ok = 1;
+    return NULL;
+  }
+  bulk_buf[0] = 'S';
   while (now_sec() < end) {
     ssize_t w = write(fd, bulk_buf, sizeof bulk_buf);
     if (w < 0) { if (errno == EINTR) continue; close(fd); return NULL; }
@@ -158,12 +185,12 @@ static void *bulk_stream(void *p) {
   return NULL;
 }
 
-static int bulk(int port, int streams, double seconds) {
+static int bulk(int port, int streams, double seconds, int down) {
   pthread_t t[64];
   struct bulk_arg a[64];
   if (streams > 64) streams = 64;
   double c0 = cpu_sec(), t0 = now_sec();
-  for (int i = 0; i < streams; i++) { a[i] = (struct bulk_arg){ port, seconds, 0, 0 }; pthread_create(&t[i], NULL, bulk_stream, &a[i]); }
+  for (int i = 0; i < streams; i++) { a[i] = (struct bulk_arg){ port, seconds, down, 0, 0 }; pthread_create(&t[i], NULL, bulk_stream, &a[i]); }
   uint64_t bytes = 0; int ok = 0;
   for (int i = 0; i < streams; i++) { pthread_join(t[i], NULL); bytes += a[i].bytes; ok += a[i].ok; }
   double wall = now_sec() - t0, cpu = cpu_sec() - c0;
@@ -262,10 +289,11 @@ static int idle(int port, int count) {
 
 int main(int argc, char **argv) {
   if (argc < 3) { fprintf(stderr, "usage: see the comment at the top of loadgen.c\n"); return 2; }
+  signal(SIGPIPE, SIG_IGN);
   const char *mode = argv[1];
   int port = atoi(argv[2]);
   if (strcmp(mode, "server") == 0) return server(port);
-  if (strcmp(mode, "bulk") == 0 && argc == 5) return bulk(port, atoi(argv[3]), atof(argv[4]));
+  if (strcmp(mode, "bulk") == 0 && argc == 6) return bulk(port, atoi(argv[3]), atof(argv[4]), strcmp(argv[5], "down") == 0);
   if (strcmp(mode, "pingpong") == 0 && argc == 5) return pingpong(port, atoi(argv[3]), atof(argv[4]));
   if (strcmp(mode, "cec") == 0 && argc == 5) return cec(port, atoi(argv[3]), atof(argv[4]));
   if (strcmp(mode, "idle") == 0 && argc == 4) return idle(port, atoi(argv[3]));

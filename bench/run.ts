@@ -15,7 +15,7 @@ import { summarize, toMarkdown, type Results, type Sample } from './report.js'
 import { direct, haproxy, kaproxy, nginx, socat, type Target } from './targets.js'
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..')
-const SCENARIOS = ['bulk1', 'bulk8', 'pingpong', 'cec', 'idle'] as const
+const SCENARIOS = ['bulk1', 'bulk8', 'down1', 'down8', 'pingpong', 'cec', 'idle'] as const
 type Scenario = typeof SCENARIOS[number]
 
 const { values: opts } = parseArgs({
@@ -163,8 +163,12 @@ async function runScenario (scenario: Scenario, loadgen: string, port: number, p
   const targetCpu = (): number | null => { const c = cpuOf(pid); return c === null || cpu0 === null ? null : c - cpu0 }
   switch (scenario) {
     case 'bulk1':
-    case 'bulk8': {
-      const r = await runJson(loadgen, ['bulk', String(port), scenario === 'bulk1' ? '1' : '8', String(seconds)])
+    case 'bulk8':
+    case 'down1':
+    case 'down8': {
+      // bulk: client to upstream (upload); down: upstream to client (download).
+      const streams = scenario.endsWith('1') ? '1' : '8'
+      const r = await runJson(loadgen, ['bulk', String(port), streams, String(seconds), scenario.startsWith('down') ? 'down' : 'up'])
       const cpu = targetCpu()
       const gb = (r.bytes ?? 0) / 1e9
       return { gbps: r.gbps ?? null, bytes: r.bytes ?? null, seconds: r.seconds ?? null, genCpuSec: r.genCpuSec ?? null, targetCpuSec: cpu, cpuSecPerGB: cpu === null ? null : cpu / gb }
