@@ -12,7 +12,7 @@ import { Client } from './netlab/peers.js'
 import { establishedSockets, openDescriptors } from './netlab/remote-socket.js'
 import { App, HashServer, connectionLoop, target } from './netlab/sidecar-peers.js'
 import { figure, itLeavesNothingBehind, newLab } from './netlab/suite.js'
-import { OUTBOUND_PORT, TRANSPARENT_TOOLS, installRules, logEvents, printedRules, usersCanRun } from './netlab/transparent.js'
+import { ADMIN_LISTEN, OUTBOUND_PORT, TRANSPARENT_TOOLS, adminGet, closedByReason, installRules, logEvents, printedRules, usersCanRun } from './netlab/transparent.js'
 import { KAPROXY_UID, KAPROXY_USER, NOBODY } from './netlab/users.js'
 
 const gate = await labGate({ needKaproxy: true, tools: TRANSPARENT_TOOLS, probe: usersCanRun })
@@ -22,6 +22,7 @@ const ALLOWED = [`${ADDR.server}/32:7001`, `[${ADDR6.server}/128]:7001`]
 /** kaproxy as uid 1337 on [::]:15001 with `allow` (only port 7001 of the server), and the printed uid rules installed. */
 async function capturedLab (lab: Lab): Promise<Kaproxy> {
   const kaproxy = await Kaproxy.startConfig(lab, 'client', {
+    admin: { listen: ADMIN_LISTEN },
     routes: [{ name: 'outbound', listen: `[::]:${OUTBOUND_PORT}`, upstream: 'original-dst', allow: ALLOWED, keepalive: { upstream: { idle: '30s', interval: '5s', count: 4 } } }]
   }, { route: 'outbound', user: KAPROXY_USER })
   await installRules(lab, await printedRules(['--config', kaproxy.configFile ?? '', '--route', 'outbound', '--uid', String(KAPROXY_UID), '--format', 'iptables']))
@@ -61,6 +62,7 @@ describe('transparent sidecar: loop guard, allow, no leaks', { skip: gate.skip }
     ], 'each direct connection is one close line naming the listener itself (or ENOENT), in order, with no connection in between')
     assert.deepEqual(kaproxy.proc.json().filter((e) => e.event === 'open' || e.event === 'dial-failed'), [], 'nothing was opened or dialed')
     assert.deepEqual(await establishedSockets(lab, 'client', kaproxy.pid), [], 'kaproxy holds no connection (none to itself)')
+    assert.deepEqual(await closedByReason(lab, 'outbound'), { 'no-original-destination': 5 }, 'counted per route in /metrics')
     figure(`loop guard: ${direct.length} direct connections (${direct.join(', ')}) -> ${direct.length} closes, all no-original-destination (4 by the listener's own address, 1 by ENOENT), 0 opened, 0 dialed`)
   })
 
@@ -83,6 +85,7 @@ describe('transparent sidecar: loop guard, allow, no leaks', { skip: gate.skip }
     assert.equal((await allowed.acceptedAtLeast(2)).length, 2)
     assert.deepEqual(denied.accepts(), [], 'the denied server never saw a connection')
     assert.deepEqual(kaproxy.proc.json().filter((e) => e.event === 'dial-failed'), [])
+    assert.deepEqual(await closedByReason(lab, 'outbound'), { 'destination-denied': 2, 'client-closed': 2 }, 'counted per route in /metrics')
     figure(`allow [${ALLOWED.join(', ')}]: ${deniedTargets.join(' and ')} closed as destination-denied, never dialed (server :7003 accepted 0); :7001 relayed over both families`)
   })
 
@@ -113,6 +116,8 @@ describe('transparent sidecar: loop guard, allow, no leaks', { skip: gate.skip }
     const after = openDescriptors(kaproxy.pid)
     assert.equal(after, before, `kaproxy has the descriptors it had before (${before})`)
     assert.deepEqual(await establishedSockets(lab, 'client', kaproxy.pid), [], 'kaproxy holds no connection')
+    assert.deepEqual(await closedByReason(lab, 'outbound'), { 'client-closed': 2020, 'destination-denied': 200, 'no-original-destination': 200 })
+    assert.equal((JSON.parse(await adminGet(lab, '/connections?route=outbound')) as { total: number }).total, 0, '/connections lists none')
     figure(`no leaks: 2000 captured connections in ${(captured.ms / 1000).toFixed(2)} s (${Math.round(2000 / (captured.ms / 1000))}/s, 32 at a time), 200 denied, 200 direct; ` +
       `kaproxy descriptors ${before} before, ${after} after; denied errors ${JSON.stringify(deniedRun.errors)}, direct errors ${JSON.stringify(directRun.errors)}`)
   })
