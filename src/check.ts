@@ -89,6 +89,15 @@ export function formatCheckReport (config: KaproxyConfig): string {
       const health = route.healthCheck === null ? 'passive ejection only' : `${route.healthCheck.type} health checks every ${formatDuration(route.healthCheck.intervalMs)}`
       lines.push(`  pool      ${route.upstreams.length} upstream(s), ${route.balance}, ${route.retries} retries, ${health}`)
     }
+    if (route.originalDst !== null) {
+      const allow = route.originalDst.allow === null ? 'any destination (the loop guard still applies)' : route.originalDst.allow.map((rule) => rule.text).join(', ')
+      lines.push(`  transparent: each connection goes to its original destination (SO_ORIGINAL_DST); allowed: ${allow}`)
+      for (const destination of route.originalDst.destinations) {
+        const k = destination.keepalive
+        lines.push(`            ${destination.match.text}: upstream keepalive ${k.enabled ? `idle ${formatDuration(k.idleSec * 1000)} interval ${formatDuration(k.intervalSec * 1000)} count ${k.count}` : 'off'}${k.userTimeoutMs === undefined ? '' : ` userTimeout ${formatDuration(k.userTimeoutMs)}`}`)
+      }
+    }
+    if (route.socketMark !== null) lines.push(`  socket mark 0x${route.socketMark.toString(16)} on upstream sockets (SO_MARK)`)
     for (const target of route.upstreams) {
       if (target.kind === 'unix') lines.push(`  note      upstream keepalive does not apply to the unix socket ${target.label}`)
     }

@@ -3,6 +3,7 @@ import { MIDDLEBOX_PRESETS } from './budget/middleboxes.js'
 import { parseHostPort } from './config/formats.js'
 import { parseConfigFlags } from './config/flags.js'
 import { configSource, resolveConfig } from './config/resolve.js'
+import { ADVISE_USAGE, adviseCommand } from './admin/advise-command.js'
 import { STATUS_USAGE, statusCommand } from './admin/status-command.js'
 import { checkReport, formatCheckReport, hasBudgetWarnings } from './check.js'
 import { demoBanner, startEchoServer } from './demo.js'
@@ -30,6 +31,7 @@ const USAGE = `usage:
                                          print (never run) the rules that redirect outbound TCP into an
                                          original-dst route, excluding kaproxy's uid (and mark)
   ${STATUS_USAGE.replace(/\n/g, '\n  ')}
+  ${ADVISE_USAGE.replace(/\n/g, '\n  ')}
 
 environment: KAPROXY_CONFIG (config file), KAPROXY_LOG_LEVEL, KAPROXY_ADMIN_LISTEN, KAPROXY_ADMIN_TOKEN
 admin API (default 127.0.0.1:9901): /healthz /readyz /metrics /routes /connections /stats, and a status page at /
@@ -137,6 +139,7 @@ async function main (argv: string[]): Promise<number> {
       case 'demo': return await demo(rest)
       case 'iptables': process.stdout.write(iptablesCommand(rest)); return 0
       case 'status': return await status(rest)
+      case 'advise': return await adviseCommand(rest, { stdout: process.stdout, env: process.env })
       case 'help': case '--help': case '-h': process.stdout.write(`${USAGE}\n`); return 0
       case 'version': case '--version': process.stdout.write(`kaproxy ${kaproxyVersion()}\n`); return 0
       case 'run': return await run(rest)

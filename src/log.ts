@@ -59,6 +59,7 @@ export function loggingObserver (log: Logger): Required<EngineObserver> {
         reason: summary.reason,
         side: summary.side
       }
+      if (summary.silenceBeforeResetMs !== null) fields.silenceBeforeResetMs = Math.round(summary.silenceBeforeResetMs)
       if (summary.error !== null) fields.err = { code: summary.error.code, message: summary.error.message }
       log.info(fields, 'connection closed')
     },
@@ -91,7 +92,7 @@ export function loggingObserver (log: Logger): Required<EngineObserver> {
 export function logRoutePlan (log: Logger, routes: readonly RouteConfig[]): void {
   for (const route of routes) {
     const unix = route.upstreams.filter((target) => target.kind === 'unix').length
-    const upstreamPlan = unix === route.upstreams.length
+    const upstreamPlan = unix > 0 && unix === route.upstreams.length
       ? 'not applied: unix socket upstream'
       : { ...keepaliveFields(route.keepalive.upstream), ...(unix > 0 ? { note: `not applied to the ${unix} unix socket upstream(s)` } : {}) }
     const sides: Record<Side, unknown> = { client: keepaliveFields(route.keepalive.client), upstream: upstreamPlan }

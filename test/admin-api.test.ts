@@ -55,6 +55,7 @@ describe('admin API', () => {
     assert.match(String(routes.headers['content-type']), /^application\/json/)
     const body = routes.json<{ ready: boolean, routes: RouteView[] }>()
     assert.equal(body.ready, true)
+    const NO_RESETS = { client: { count: 0, kept: 0, cluster: null, advice: null }, upstream: { count: 0, kept: 0, cluster: null, advice: null } }
     assert.deepEqual(body.routes, [
       {
         name: 'alpha',
@@ -75,7 +76,8 @@ describe('admin API', () => {
           upstream: { enabled: true, idleSec: 120, intervalSec: 15, count: 8, userTimeoutMs: null, detectionSec: 240 }
         },
         destinations: [],
-        connections: 0
+        connections: 0,
+        resets: NO_RESETS
       },
       {
         name: 'beta',
@@ -96,7 +98,8 @@ describe('admin API', () => {
           upstream: { enabled: false, idleSec: null, intervalSec: null, count: null, userTimeoutMs: null, detectionSec: null }
         },
         destinations: [],
-        connections: 0
+        connections: 0,
+        resets: NO_RESETS
       }
     ])
   })

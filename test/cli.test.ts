@@ -1,10 +1,9 @@
 import assert from 'node:assert/strict'
-import { once } from 'node:events'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, it } from 'node:test'
-import { connect, startEchoServer } from './helpers/peers.js'
+import { connect, startEchoServer, echoThrough } from './helpers/peers.js'
 import { spawnCli } from './helpers/proxy.js'
 
 function tempDir (t: { after: (fn: () => void) => void }): string {
@@ -13,15 +12,6 @@ function tempDir (t: { after: (fn: () => void) => void }): string {
   return dir
 }
 
-async function echoThrough (port: number, text: string): Promise<string> {
-  const client = await connect(port, '127.0.0.1', { allowHalfOpen: true })
-  client.end(text)
-  const chunks: Buffer[] = []
-  client.on('data', (chunk: Buffer) => chunks.push(chunk))
-  await once(client, 'end')
-  client.destroy()
-  return Buffer.concat(chunks).toString()
-}
 
 const BAD_CONFIGS: Array<{ kind: string, file: string, text: string, expect: RegExp }> = [
   { kind: 'out-of-range keepalive', file: 'count.yaml', text: 'routes:\n  - { name: a, listen: "127.0.0.1:0", upstream: "127.0.0.1:1" }\n  - { name: b, listen: "127.0.0.1:0", upstream: "127.0.0.1:1", keepalive: { upstream: { count: 0 } } }\n', expect: /routes\[1\]\.keepalive\.upstream\.count: must be an integer 1\.\.127 \(got 0\)/ },

@@ -177,3 +177,41 @@ describe('relay', () => {
       (err: Error & { code?: string }) => err.code === 'KAPROXY_ERR_LISTEN' && /route busy: cannot listen on 127\.0\.0\.1:\d+: EADDRINUSE/.test(err.message))
   })
 })
+
+describe('loop guard', () => {
+  it('a route whose upstream is its own listener relays nothing to itself: one loop-detected, no chain', async (t) => {
+    const port = await closedPort()
+    const proxy = await startProxy({ routes: [{ name: 'self', listen: `127.0.0.1:${port}`, upstream: `127.0.0.1:${port}` }] })
+    t.after(proxy.close)
+    const client = await connect(port)
+    const clientClosed = closed(client)
+    client.resume()
+    client.write('hello?')
+    await clientClosed
+    const loop = await proxy.log.waitFor({ event: 'close', route: 'self', reason: 'loop-detected' })
+    const outer = await proxy.log.waitFor({ event: 'close', route: 'self', reason: 'upstream-reset' })
+    assert.equal(loop.side, 'client')
+    assert.notEqual(outer.conn, loop.conn)
+    assert.equal(proxy.log.find({ event: 'close', route: 'self' }).length, 2, 'exactly the client connection and its looped-back dial')
+  })
+
+  it('routes may chain (a -> b), but a chain that comes back (a -> b -> a) is cut at the second visit', async (t) => {
+    const [portA, portB] = [await closedPort(), await closedPort()]
+    const proxy = await startProxy({
+      routes: [
+        { name: 'a', listen: `127.0.0.1:${portA}`, upstream: `127.0.0.1:${portB}` },
+        { name: 'b', listen: `127.0.0.1:${portB}`, upstream: `127.0.0.1:${portA}` }
+      ]
+    })
+    t.after(proxy.close)
+    const client = await connect(portA)
+    const clientClosed = closed(client)
+    client.resume()
+    await clientClosed
+    const loop = await proxy.log.waitFor({ event: 'close', reason: 'loop-detected' })
+    assert.equal(loop.route, 'a')
+    await proxy.log.waitForCount({ event: 'close' }, 3)
+    assert.equal(proxy.log.find({ event: 'close', route: 'b' }).length, 1, 'the a -> b hop was accepted by b')
+    assert.equal(proxy.log.find({ event: 'close' }).length, 3, 'client -> a, a -> b, b -> a: nothing more')
+  })
+})

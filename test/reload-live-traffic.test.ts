@@ -1,21 +1,11 @@
 import assert from 'node:assert/strict'
-import { once } from 'node:events'
 import { describe, it } from 'node:test'
-import { connect, startEchoServer, startServer } from './helpers/peers.js'
+import { connect, startEchoServer, startServer, echoThrough } from './helpers/peers.js'
 import { startProxy } from './helpers/proxy.js'
 import { HashedEnd } from './helpers/traffic.js'
 
 const MiB = 1024 * 1024
 
-async function echoThrough (port: number, text: string): Promise<string> {
-  const client = await connect(port, '127.0.0.1', { allowHalfOpen: true })
-  client.end(text)
-  const chunks: Buffer[] = []
-  client.on('data', (chunk: Buffer) => chunks.push(chunk))
-  await once(client, 'end')
-  client.destroy()
-  return Buffer.concat(chunks).toString()
-}
 
 describe('reload under live traffic', () => {
   it('keeps every connection of a kept or updated route through reloads, byte-exact both ways', async (t) => {

@@ -1,11 +1,10 @@
 import assert from 'node:assert/strict'
-import { once } from 'node:events'
 import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, it } from 'node:test'
 import { startReloadTriggers } from '../src/reload.js'
-import { connect, startEchoServer, type TestServer } from './helpers/peers.js'
+import { connect, startEchoServer, type TestServer, echoThrough } from './helpers/peers.js'
 import { startProxyFromFile, type RunningProxy } from './helpers/proxy.js'
 
 type After = { after: (fn: () => unknown) => void }
@@ -20,15 +19,6 @@ function configText (upstream: TestServer, routes: string[]): string {
   return `admin: { listen: "" }\nroutes:\n${routes.map((name) => `  - { name: ${name}, listen: "127.0.0.1:0", upstream: "${upstream.address}" }\n`).join('')}`
 }
 
-async function echoThrough (port: number, text: string): Promise<string> {
-  const client = await connect(port, '127.0.0.1', { allowHalfOpen: true })
-  client.end(text)
-  const chunks: Buffer[] = []
-  client.on('data', (chunk: Buffer) => chunks.push(chunk))
-  await once(client, 'end')
-  client.destroy()
-  return Buffer.concat(chunks).toString()
-}
 
 async function watched (t: After, file: string): Promise<RunningProxy> {
   const proxy = await startProxyFromFile(file)

@@ -1,21 +1,11 @@
 import assert from 'node:assert/strict'
-import { once } from 'node:events'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, it } from 'node:test'
-import { connect, startEchoServer } from './helpers/peers.js'
+import { connect, startEchoServer, echoThrough } from './helpers/peers.js'
 import { spawnCli } from './helpers/proxy.js'
 
-async function echoThrough (port: number, text: string): Promise<string> {
-  const client = await connect(port, '127.0.0.1', { allowHalfOpen: true })
-  client.end(text)
-  const chunks: Buffer[] = []
-  client.on('data', (chunk: Buffer) => chunks.push(chunk))
-  await once(client, 'end')
-  client.destroy()
-  return Buffer.concat(chunks).toString()
-}
 
 describe('the kaproxy command on SIGHUP', () => {
   it('reloads the config file (with reload.watch off, SIGHUP is the only trigger) and keeps running', async (t) => {

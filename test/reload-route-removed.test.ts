@@ -1,18 +1,9 @@
 import assert from 'node:assert/strict'
 import { once } from 'node:events'
 import { describe, it } from 'node:test'
-import { closed, closedPort, connect, startEchoServer } from './helpers/peers.js'
+import { closed, closedPort, connect, startEchoServer, echoThrough } from './helpers/peers.js'
 import { startProxy } from './helpers/proxy.js'
 
-async function echoThrough (port: number, text: string): Promise<string> {
-  const client = await connect(port, '127.0.0.1', { allowHalfOpen: true })
-  client.end(text)
-  const chunks: Buffer[] = []
-  client.on('data', (chunk: Buffer) => chunks.push(chunk))
-  await once(client, 'end')
-  client.destroy()
-  return Buffer.concat(chunks).toString()
-}
 
 describe('a route removed by a reload', () => {
   it('stops accepting at once; its connections may finish within drainTimeout, the rest close with route-removed', async (t) => {

@@ -12,7 +12,7 @@ import { ADDR, ADDR6 } from './netlab/lab.js'
 import { establishedSockets, readRemoteSockopts, timerSeconds } from './netlab/remote-socket.js'
 import { App, HashServer, target } from './netlab/sidecar-peers.js'
 import { figure, itLeavesNothingBehind, newLab } from './netlab/suite.js'
-import { OUTBOUND_PORT, TRANSPARENT_TOOLS, installRules, logEvents, printedRules, splitAddress, traceToClientSocket, usersCanRun } from './netlab/transparent.js'
+import { ADMIN_LISTEN, OUTBOUND_PORT, TRANSPARENT_TOOLS, adminGet, installRules, logEvents, printedRules, splitAddress, traceToClientSocket, usersCanRun } from './netlab/transparent.js'
 import { KAPROXY_UID, KAPROXY_USER, NOBODY } from './netlab/users.js'
 
 const gate = await labGate({ needKaproxy: true, tools: TRANSPARENT_TOOLS, probe: usersCanRun })
@@ -34,6 +34,7 @@ describe('transparent sidecar: capture by uid, IPv4 and IPv6', { skip: gate.skip
     const lab = await newLab(t, { ipv6: true })
     const servers = [await HashServer.start(lab, 'server', '::', 7001), await HashServer.start(lab, 'server', '::', 7002)]
     const kaproxy = await Kaproxy.startConfig(lab, 'client', {
+      admin: { listen: ADMIN_LISTEN },
       routes: [{
         name: 'outbound',
         listen: `[::]:${OUTBOUND_PORT}`,
@@ -87,6 +88,18 @@ describe('transparent sidecar: capture by uid, IPv4 and IPv6', { skip: gate.skip
         readings.push(`${dest} idle=${got.idleSec}s intvl=${got.intervalSec}s cnt=${got.count} uto=${got.userTimeoutMs}ms (ss timer ${socket.timer?.text ?? ''})`)
       }
     }
+    // kaproxy's own view, /connections: the original destinations as upstreams, each side read back with getsockopt.
+    const listed = JSON.parse(await adminGet(lab, '/connections?route=outbound')) as { total: number, connections: Array<{ upstream: string, client: string, sides: Record<string, { remote: string, keepalive: Record<string, unknown> | null }> }> }
+    assert.equal(listed.total, 4)
+    for (const c of listed.connections) {
+      const want = EXPECTED[c.upstream]
+      assert.ok(want !== undefined, `/connections lists the original destination ${c.upstream} as upstream`)
+      assert.equal(c.sides.upstream?.remote, c.upstream)
+      assert.deepEqual(c.sides.upstream?.keepalive, { enabled: true, ...want }, `/connections reads back ${c.upstream}'s keepalive`)
+      assert.ok(app.connections.some((a) => splitAddress(a.local).port === splitAddress(c.client).port), `its client ${c.client} is the application's socket`)
+    }
+    const routes = JSON.parse(await adminGet(lab, '/routes')) as { routes: Array<{ name: string, upstream: string, destinations: unknown[] }> }
+    assert.deepEqual(routes.routes.map((r) => [r.name, r.upstream, r.destinations.length]), [['outbound', 'original-dst', 2]], '/routes shows the transparent route and its destinations')
     // The application's own sockets never leave the client namespace: no nat entry carries their ports.
     const appSockets = (await establishedSockets(lab, 'client', appPid)).filter((s) => targets.includes(s.peer))
     assert.equal(appSockets.length, 4, 'the application holds its four sockets, each connected (as it sees it) to a server')

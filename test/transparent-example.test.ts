@@ -14,7 +14,7 @@ import { KAPROXY_CLI, Kaproxy } from './netlab/kaproxy.js'
 import { readRemoteSockopts } from './netlab/remote-socket.js'
 import { App, HashServer, target } from './netlab/sidecar-peers.js'
 import { figure, itLeavesNothingBehind, newLab } from './netlab/suite.js'
-import { TRANSPARENT_TOOLS, installRules, logEvents, traceToClientSocket, usersCanRun } from './netlab/transparent.js'
+import { TRANSPARENT_TOOLS, adminGet, installRules, logEvents, traceToClientSocket, usersCanRun } from './netlab/transparent.js'
 import { NOBODY } from './netlab/users.js'
 
 const ROOT = new URL('../../', import.meta.url)
@@ -49,7 +49,7 @@ function manifest (): { configYaml: string, init: Container, sidecar: Container,
 /** The `kaproxy iptables ...` arguments in the init container's script. */
 function initIptablesArgs (init: Container): string[] {
   const script = init.command?.at(-1) ?? ''
-  const line = /kaproxy iptables ([^>\n]+?)\s*>/.exec(script)
+  const line = /dist\/cli\.js iptables ([^>\n]+?)\s*>/.exec(script)
   assert.ok(line?.[1] !== undefined, `the init script runs kaproxy iptables: ${script}`)
   return line[1].split(/\s+/)
 }
@@ -99,7 +99,7 @@ describe('the Kubernetes example, replayed in the lab', { skip: gate.skip }, () 
     const configFile = lab.writeFile('kaproxy.yaml', configYaml)
     const script = (init.command?.at(-1) ?? '')
       .replaceAll('/etc/kaproxy/kaproxy.yaml', configFile)
-      .replaceAll('kaproxy iptables', `${process.execPath} ${KAPROXY_CLI} iptables`)
+      .replaceAll('node /opt/kaproxy/dist/cli.js', `${process.execPath} ${KAPROXY_CLI}`)
       .replaceAll('/tmp/capture.sh', lab.writeFile('capture.sh', ''))
     await installRules(lab, script)
     const { stdout: installed } = await lab.exec('client', 'iptables', ['-t', 'nat', '-S', 'KAPROXY_OUTBOUND'])
@@ -118,6 +118,16 @@ describe('the Kubernetes example, replayed in the lab', { skip: gate.skip }, () 
     assert.deepEqual(socket.users.map((u) => u.pid), [kaproxy.pid], 'the database sees kaproxy\'s connection')
     const got = readRemoteSockopts(kaproxy.pid, socket.users[0]?.fd ?? -1)
     assert.deepEqual([got.idleSec, got.intervalSec, got.count, got.userTimeoutMs], [20, 3, 4, 50_000], 'the 10.0.5.0/24:5432 override merged over the route\'s keepalive')
+    // The sidecar's startup probe, as written, run inside the pod's namespace: /readyz on the admin API.
+    const probe = (sidecar as Container & { startupProbe?: { exec?: { command?: string[] } } }).startupProbe?.exec?.command ?? []
+    assert.equal(probe[0], 'node')
+    await lab.exec('client', process.execPath, probe.slice(1))
+    // /connections: the original destination as upstream, the override read back by kaproxy itself.
+    const listed = JSON.parse(await adminGet(lab, '/connections?route=outbound')) as { connections: Array<{ upstream: string, sides: { upstream: { remote: string, keepalive: unknown } } }> }
+    const live = listed.connections[0]
+    assert.equal(live?.upstream, to)
+    assert.deepEqual(live?.sides.upstream.keepalive, { enabled: true, idleSec: 20, intervalSec: 3, count: 4, userTimeoutMs: 50_000 })
+    figure(`kubernetes example: /connections -> ${JSON.stringify(live, (key, value: unknown) => key === 'tcpInfo' ? undefined : value)}`)
     const [transfer] = await app.transfer(5_000)
     assert.ok(transfer !== undefined && transfer.receivedSha256 === transfer.sentSha256 && transfer.received === 64 * 1024)
     const [close] = await logEvents(kaproxy, 'close', 1, 5_000)

@@ -12,7 +12,7 @@ import { Client } from './netlab/peers.js'
 import { establishedSockets, openDescriptors } from './netlab/remote-socket.js'
 import { App, HashServer, connectionLoop, target } from './netlab/sidecar-peers.js'
 import { figure, itLeavesNothingBehind, newLab } from './netlab/suite.js'
-import { OUTBOUND_PORT, TRANSPARENT_TOOLS, installRules, logEvents, printedRules, usersCanRun } from './netlab/transparent.js'
+import { ADMIN_LISTEN, OUTBOUND_PORT, TRANSPARENT_TOOLS, adminGet, closedByReason, installRules, logEvents, printedRules, usersCanRun } from './netlab/transparent.js'
 import { KAPROXY_UID, KAPROXY_USER, NOBODY } from './netlab/users.js'
 
 const gate = await labGate({ needKaproxy: true, tools: TRANSPARENT_TOOLS, probe: usersCanRun })
@@ -20,11 +20,13 @@ const gate = await labGate({ needKaproxy: true, tools: TRANSPARENT_TOOLS, probe:
 const ALLOWED = [`${ADDR.server}/32:7001`, `[${ADDR6.server}/128]:7001`]
 
 /** kaproxy as uid 1337 on [::]:15001 with `allow` (only port 7001 of the server), and the printed uid rules installed. */
-async function capturedLab (lab: Lab): Promise<Kaproxy> {
+/** kaproxy as uid 1337 with the printed capture rules; `rulesUid` other than 1337 makes the rules miss kaproxy itself. */
+async function capturedLab (lab: Lab, rulesUid = KAPROXY_UID): Promise<Kaproxy> {
   const kaproxy = await Kaproxy.startConfig(lab, 'client', {
+    admin: { listen: ADMIN_LISTEN },
     routes: [{ name: 'outbound', listen: `[::]:${OUTBOUND_PORT}`, upstream: 'original-dst', allow: ALLOWED, keepalive: { upstream: { idle: '30s', interval: '5s', count: 4 } } }]
   }, { route: 'outbound', user: KAPROXY_USER })
-  await installRules(lab, await printedRules(['--config', kaproxy.configFile ?? '', '--route', 'outbound', '--uid', String(KAPROXY_UID), '--format', 'iptables']))
+  await installRules(lab, await printedRules(['--config', kaproxy.configFile ?? '', '--route', 'outbound', '--uid', String(rulesUid), '--format', 'iptables']))
   return kaproxy
 }
 
@@ -61,7 +63,23 @@ describe('transparent sidecar: loop guard, allow, no leaks', { skip: gate.skip }
     ], 'each direct connection is one close line naming the listener itself (or ENOENT), in order, with no connection in between')
     assert.deepEqual(kaproxy.proc.json().filter((e) => e.event === 'open' || e.event === 'dial-failed'), [], 'nothing was opened or dialed')
     assert.deepEqual(await establishedSockets(lab, 'client', kaproxy.pid), [], 'kaproxy holds no connection (none to itself)')
+    assert.deepEqual(await closedByReason(lab, 'outbound'), { 'no-original-destination': 5 }, 'counted per route in /metrics')
     figure(`loop guard: ${direct.length} direct connections (${direct.join(', ')}) -> ${direct.length} closes, all no-original-destination (4 by the listener's own address, 1 by ENOENT), 0 opened, 0 dialed`)
+  })
+
+  it('cuts the loop when the capture rules miss kaproxy\'s own uid: one loop-detected, no chain of connections', { timeout: 30_000 }, async (t) => {
+    const lab = await newLab(t)
+    await HashServer.start(lab, 'server', '::', 7001)
+    // The rules exclude uid 4242, not kaproxy's 1337: kaproxy's own upstream connection is captured too.
+    const kaproxy = await capturedLab(lab, 4242)
+    const app = await App.connect(lab, 'client', NOBODY, 0, [target(ADDR.server, 7001)]).catch((err: Error) => err)
+    const loop = await logEvents(kaproxy, 'close', 2, 5_000)
+    const reasons = loop.map((e) => e.reason)
+    assert.ok(reasons.includes('loop-detected'), `loop-detected among ${reasons.join(', ')}`)
+    if (!(app instanceof Error)) await app.closed(target(ADDR.server, 7001), 5_000)
+    const opened = kaproxy.proc.json().filter((e) => e.event === 'close').length
+    assert.ok(opened <= 3, `the chain stopped at the second hop (${opened} connections closed), not thousands`)
+    figure(`loop guard: capture rules missing kaproxy's uid -> ${opened} connections (${reasons.join(', ')}), then nothing more`)
   })
 
   it('closes a destination outside allow as destination-denied without dialing it', { timeout: 30_000 }, async (t) => {
@@ -83,6 +101,7 @@ describe('transparent sidecar: loop guard, allow, no leaks', { skip: gate.skip }
     assert.equal((await allowed.acceptedAtLeast(2)).length, 2)
     assert.deepEqual(denied.accepts(), [], 'the denied server never saw a connection')
     assert.deepEqual(kaproxy.proc.json().filter((e) => e.event === 'dial-failed'), [])
+    assert.deepEqual(await closedByReason(lab, 'outbound'), { 'destination-denied': 2, 'client-closed': 2 }, 'counted per route in /metrics')
     figure(`allow [${ALLOWED.join(', ')}]: ${deniedTargets.join(' and ')} closed as destination-denied, never dialed (server :7003 accepted 0); :7001 relayed over both families`)
   })
 
@@ -113,6 +132,8 @@ describe('transparent sidecar: loop guard, allow, no leaks', { skip: gate.skip }
     const after = openDescriptors(kaproxy.pid)
     assert.equal(after, before, `kaproxy has the descriptors it had before (${before})`)
     assert.deepEqual(await establishedSockets(lab, 'client', kaproxy.pid), [], 'kaproxy holds no connection')
+    assert.deepEqual(await closedByReason(lab, 'outbound'), { 'client-closed': 2020, 'destination-denied': 200, 'no-original-destination': 200 })
+    assert.equal((JSON.parse(await adminGet(lab, '/connections?route=outbound')) as { total: number }).total, 0, '/connections lists none')
     figure(`no leaks: 2000 captured connections in ${(captured.ms / 1000).toFixed(2)} s (${Math.round(2000 / (captured.ms / 1000))}/s, 32 at a time), 200 denied, 200 direct; ` +
       `kaproxy descriptors ${before} before, ${after} after; denied errors ${JSON.stringify(deniedRun.errors)}, direct errors ${JSON.stringify(directRun.errors)}`)
   })

@@ -10,9 +10,9 @@ import { chainName, iptablesCommand, parseCidr, parsePorts } from '../src/iptabl
 import { spawnCli } from './helpers/proxy.js'
 import { labGate } from './netlab/gate.js'
 import { itLeavesNothingBehind, newLab } from './netlab/suite.js'
-import { TRANSPARENT_TOOLS, installRules } from './netlab/transparent.js'
+import { NFT_TOOLS, installRules } from './netlab/transparent.js'
 
-const gate = await labGate({ needKaproxy: false, tools: TRANSPARENT_TOOLS })
+const gate = await labGate({ needKaproxy: false, tools: NFT_TOOLS })
 
 const CONFIG = `routes:
   - name: outbound

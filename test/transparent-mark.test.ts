@@ -11,10 +11,10 @@ import { ADDR, ADDR6 } from './netlab/lab.js'
 import { readRemoteSockopts } from './netlab/remote-socket.js'
 import { App, HashServer, target } from './netlab/sidecar-peers.js'
 import { figure, itLeavesNothingBehind, newLab } from './netlab/suite.js'
-import { OUTBOUND_PORT, TRANSPARENT_TOOLS, installRules, logEvents, printedRules, splitAddress, traceToClientSocket, usersCanRun } from './netlab/transparent.js'
+import { NFT_TOOLS, OUTBOUND_PORT, installRules, logEvents, printedRules, splitAddress, traceToClientSocket, usersCanRun } from './netlab/transparent.js'
 import { KAPROXY_USER, NOBODY, asUser } from './netlab/users.js'
 
-const gate = await labGate({ needKaproxy: true, tools: TRANSPARENT_TOOLS, probe: usersCanRun })
+const gate = await labGate({ needKaproxy: true, tools: NFT_TOOLS, probe: usersCanRun })
 const MARK = 0x539
 const ROUTE = { name: 'outbound', listen: `[::]:${OUTBOUND_PORT}`, upstream: 'original-dst', socketMark: '0x539', keepalive: { upstream: { idle: '20s', interval: '5s', count: 3 } } }
 
@@ -62,7 +62,7 @@ describe('transparent sidecar: excluded by socketMark', { skip: gate.skip }, () 
     const [cmd, args] = asUser(KAPROXY_USER, process.execPath, [KAPROXY_CLI, '--config', file])
     const proc = lab.spawn('client', cmd, args, 'kaproxy without CAP_NET_ADMIN')
     assert.equal(await proc.exited, 1)
-    assert.match(proc.stderrTail(), /route outbound: setting SO_MARK 0x539 needs the CAP_NET_ADMIN capability \(EPERM\)/)
+    assert.match(proc.stderrTail(), /route outbound: setting SO_MARK 0x539 needs the CAP_NET_ADMIN capability \(EPERM/)
     assert.deepEqual(proc.json().filter((e) => e.event === 'listening'), [], 'nothing listened')
   })
 

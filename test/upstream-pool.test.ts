@@ -1,23 +1,12 @@
 import assert from 'node:assert/strict'
-import { once } from 'node:events'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, it } from 'node:test'
 import { fullBacklogListener } from './helpers/full-backlog.js'
-import { closed, closedPort, connect, startEchoServer, startServer } from './helpers/peers.js'
+import { closed, closedPort, connect, startEchoServer, startServer, echoThrough } from './helpers/peers.js'
 import { startProxy } from './helpers/proxy.js'
 
-/** One request/response through the proxy: resolves with the echo. */
-async function roundTrip (port: number, text: string, host = '127.0.0.1'): Promise<string> {
-  const client = await connect(port, host, { allowHalfOpen: true })
-  client.end(text)
-  const chunks: Buffer[] = []
-  client.on('data', (chunk: Buffer) => chunks.push(chunk))
-  await once(client, 'end')
-  client.destroy()
-  return Buffer.concat(chunks).toString()
-}
 
 describe('upstream pools', () => {
   it('fails over from a wedged and a refusing upstream to a slow one, then ejects the bad ones', async (t) => {
@@ -41,7 +30,7 @@ describe('upstream pools', () => {
     t.after(proxy.close)
 
     const requests = 9
-    for (let i = 0; i < requests; i++) assert.equal(await roundTrip(proxy.port('pool'), `req ${i}`), `req ${i}`)
+    for (let i = 0; i < requests; i++) assert.equal(await echoThrough(proxy.port('pool'), `req ${i}`), `req ${i}`)
     const served = proxy.log.find({ event: 'open', route: 'pool' }).map((line) => line.upstream)
     assert.equal(served.length, requests, 'every client got a connection')
     assert.ok(served.every((upstream) => upstream === slow.address), 'all were served by the only working upstream')
@@ -91,8 +80,8 @@ describe('upstream pools', () => {
     t.after(proxy.close)
     const count = (route: string): number[] => addresses.map((a) => proxy.log.find({ event: 'open', route, upstream: a }).length)
 
-    for (let i = 0; i < 6; i++) await roundTrip(proxy.port('rr'), 'x')
-    for (let i = 0; i < 4; i++) await roundTrip(proxy.port('first'), 'x')
+    for (let i = 0; i < 6; i++) await echoThrough(proxy.port('rr'), 'x')
+    for (let i = 0; i < 4; i++) await echoThrough(proxy.port('first'), 'x')
     assert.deepEqual(count('rr'), [2, 2, 2])
     assert.deepEqual(count('first'), [4, 0, 0])
 
@@ -100,8 +89,8 @@ describe('upstream pools', () => {
     const held = [await connect(proxy.port('least')), await connect(proxy.port('least'))]
     t.after(() => { for (const socket of held) socket.destroy() })
     await proxy.log.waitForCount({ event: 'open', route: 'least' }, 2)
-    await roundTrip(proxy.port('least'), 'x')
-    await roundTrip(proxy.port('least'), 'x')
+    await echoThrough(proxy.port('least'), 'x')
+    await echoThrough(proxy.port('least'), 'x')
     console.log(`balance: round-robin ${count('rr').join('/')}, first-available ${count('first').join('/')}, least-connections ${count('least').join('/')} (two held open)`)
     assert.deepEqual(count('least'), [1, 1, 2])
   })
@@ -122,7 +111,7 @@ describe('upstream pools', () => {
     assert.equal(limit.bytesFromClient, 0)
     first.destroy()
     await proxy.log.waitFor({ event: 'close', route: 'limited', reason: 'client-closed' })
-    assert.equal(await roundTrip(proxy.port('limited'), 'room again'), 'room again')
+    assert.equal(await echoThrough(proxy.port('limited'), 'room again'), 'room again')
   })
 
   it('closes a connection idle for idleTimeout with reason idle-timeout, and not one with traffic', async (t) => {
@@ -155,7 +144,7 @@ describe('upstream pools', () => {
     t.after(echo.close)
     const proxy = await startProxy({ routes: [{ name: 'unix', listen: '127.0.0.1:0', upstream: `unix:${path}` }] })
     t.after(proxy.close)
-    assert.equal(await roundTrip(proxy.port('unix'), 'over a unix socket'), 'over a unix socket')
+    assert.equal(await echoThrough(proxy.port('unix'), 'over a unix socket'), 'over a unix socket')
     const open = await proxy.log.waitFor({ event: 'open', route: 'unix' })
     assert.equal(open.upstream, `unix:${path}`)
     const plan = await proxy.log.waitFor({ event: 'route', route: 'unix' })
@@ -167,7 +156,7 @@ describe('upstream pools', () => {
     t.after(echo.close)
     const proxy = await startProxy({ routes: [{ name: 'named', listen: '127.0.0.1:0', upstream: `localhost:${echo.port}` }] })
     t.after(proxy.close)
-    assert.equal(await roundTrip(proxy.port('named'), 'by name'), 'by name')
+    assert.equal(await echoThrough(proxy.port('named'), 'by name'), 'by name')
     const open = await proxy.log.waitFor({ event: 'open', route: 'named' })
     assert.equal(open.upstream, echo.address)
   })

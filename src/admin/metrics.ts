@@ -2,6 +2,8 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { RouteConfig, Side } from '../config/types.js'
 import type { CloseReason } from '../relay/close-reason.js'
 import type { CloseSummary, ConnectionRecord, Engine, EngineObserver } from '../relay/engine.js'
+import { MIDDLEBOX_PRESETS } from '../budget/middleboxes.js'
+import { ResetSilences } from './reset-silences.js'
 
 /** What the metrics read at scrape time; nothing here is called per chunk or per connection. */
 export interface MetricsSource {
@@ -55,6 +57,8 @@ interface RouteTotals {
   dialFailures: number
   /** By `reason|side`. */
   closes: Map<string, number>
+  /** Silences before resets and keepalive timeouts, per side. */
+  resetSilences: Record<Side, ResetSilences>
 }
 
 interface LiveTotals {
@@ -65,6 +69,15 @@ interface LiveTotals {
 
 /** Upstream connect latency buckets, seconds: loopback answers in well under 1 ms, a WAN in tens. */
 const CONNECT_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+
+/**
+ * Silence-before-reset buckets, seconds: 1 s to 1 day, with every middlebox preset's idle timeout
+ * up to a day (240, 350, 900, 1200, 86400) as a bound, so a bucket edge sits at each vendor default.
+ */
+export const IDLE_BEFORE_RESET_BUCKETS = [...new Set([
+  1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400,
+  ...Object.values(MIDDLEBOX_PRESETS).map((p) => p.idleTimeoutSec as number).filter((sec) => sec <= 86400)
+])].sort((a, b) => a - b)
 
 // Process and Node.js metrics (CPU, memory, event loop lag, GC) describe the process, not one
 // Kaproxy: one registry per process, created once, merged into every scrape.
@@ -78,7 +91,16 @@ function processMetrics (): Registry {
 }
 
 function emptyTotals (): RouteTotals {
-  return { closed: 0, bytesFromClient: 0, bytesFromUpstream: 0, upstreamConnects: 0, connectMsSum: 0, dialFailures: 0, closes: new Map() }
+  return {
+    closed: 0,
+    bytesFromClient: 0,
+    bytesFromUpstream: 0,
+    upstreamConnects: 0,
+    connectMsSum: 0,
+    dialFailures: 0,
+    closes: new Map(),
+    resetSilences: { client: new ResetSilences(), upstream: new ResetSilences() }
+  }
 }
 
 /**
@@ -100,6 +122,7 @@ export class Metrics {
   private readonly connectionsClosed: Counter<'route' | 'reason' | 'side'>
   private readonly bytes: Counter<'route' | 'from'>
   private readonly connectSeconds: Histogram<'route'>
+  private readonly idleBeforeReset: Histogram<'route' | 'side'>
   private readonly dialFailuresTotal: Counter<'route' | 'reason'>
   private readonly upstreamUp: Gauge<'route' | 'upstream'>
   private readonly reloadsTotal: Counter<'result'>
@@ -120,6 +143,13 @@ export class Metrics {
     })
     this.bytes = new Counter({ name: 'kaproxy_relayed_bytes_total', help: 'Bytes relayed, by the side they came from (client or upstream); live connections included', labelNames: ['route', 'from'], registers })
     this.connectSeconds = new Histogram({ name: 'kaproxy_upstream_connect_seconds', help: 'Time for the upstream to accept a connection', labelNames: ['route'], buckets: CONNECT_BUCKETS, registers })
+    this.idleBeforeReset = new Histogram({
+      name: 'kaproxy_idle_before_reset_seconds',
+      help: 'Silence (no bytes either way) before a connection was reset (ECONNRESET, EPIPE) or timed out by keepalive, by the side that failed; a reset answering bytes that ended a silence counts that silence',
+      labelNames: ['route', 'side'],
+      buckets: IDLE_BEFORE_RESET_BUCKETS,
+      registers
+    })
     this.dialFailuresTotal = new Counter({ name: 'kaproxy_upstream_dial_failures_total', help: 'Upstream connect attempts that failed, by reason (the connection may have gone on with another target)', labelNames: ['route', 'reason'], registers })
     this.upstreamUp = new Gauge({ name: 'kaproxy_upstream_up', help: '1 when a configured upstream target is up (health checks and passive ejection), 0 when down', labelNames: ['route', 'upstream'], registers })
     this.reloadsTotal = new Counter({ name: 'kaproxy_config_reloads_total', help: 'Configuration reloads by result (ok, failed)', labelNames: ['result'], registers })
@@ -144,6 +174,15 @@ export class Metrics {
         this.dialFailuresTotal.inc({ route: connection.route.name, reason })
       }
     }
+  }
+
+  /**
+   * The silences (seconds) before resets and keepalive timeouts on one route and side: how many
+   * were recorded, and the latest (at most RESET_SILENCES_KEPT), oldest first.
+   */
+  resetSilences (route: string, side: Side): { count: number, recentSec: number[] } {
+    const silences = this.totals.get(route)?.resetSilences[side]
+    return { count: silences?.count ?? 0, recentSec: silences?.recent() ?? [] }
   }
 
   /** Count a configuration reload (for hot reload); shown as kaproxy_config_reloads_total{result}. */
@@ -218,6 +257,11 @@ export class Metrics {
     totals.bytesFromUpstream += connection.bytesFromUpstream
     const key = `${summary.reason}|${summary.side ?? 'none'}`
     totals.closes.set(key, (totals.closes.get(key) ?? 0) + 1)
+    if (summary.silenceBeforeResetMs !== null && summary.side !== null) {
+      const sec = summary.silenceBeforeResetMs / 1000
+      totals.resetSilences[summary.side].record(sec)
+      this.idleBeforeReset.observe({ route: connection.route.name, side: summary.side }, sec)
+    }
   }
 
   private route (name: string): RouteTotals {
@@ -228,6 +272,8 @@ export class Metrics {
       totals.closes.set('keepalive-timeout|client', 0)
       totals.closes.set('keepalive-timeout|upstream', 0)
       this.totals.set(name, totals)
+      // Zero series from the start too (zero() on a live series would clear it: only here, once per route).
+      for (const side of ['client', 'upstream'] as const) this.idleBeforeReset.zero({ route: name, side })
     }
     return totals
   }

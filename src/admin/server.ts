@@ -82,7 +82,7 @@ export class AdminServer {
         }
       }],
       ['/stats', { auth: true, handler: () => json(source.metrics.snapshot()) }],
-      ['/routes', { auth: true, handler: () => json({ ready: source.ready(), routes: routesView(source.routes(), source.engine) }) }],
+      ['/routes', { auth: true, handler: () => json({ ready: source.ready(), routes: routesView(source.routes(), source.engine, (route, side) => source.metrics.resetSilences(route, side)) }) }],
       ['/connections', { auth: true, handler: (url) => json(connectionsView(source.engine, this.connectionsQuery(url))) }],
       ['/reload', {
         auth: true,

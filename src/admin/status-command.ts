@@ -49,7 +49,7 @@ function reachable (host: string): string {
 }
 
 /** `--admin` as `host:port`, `[v6]:port` or `http(s)://host:port`; returns the origin. */
-function adminOrigin (value: string): string {
+export function adminOrigin (value: string): string {
   if (/^https?:\/\//i.test(value)) {
     let url: URL
     try { url = new URL(value) } catch { throw new ConfigError([{ path: '--admin', message: `must be host:port or an http:// URL (got ${JSON.stringify(value)})` }]) }
@@ -102,7 +102,7 @@ async function snapshot (client: AdminClient, options: StatusOptions, signal?: A
 }
 
 /** Add what to do next to the two failures an operator meets first. */
-function explain (err: unknown): unknown {
+export function explainAdminError (err: unknown): unknown {
   if (err instanceof AdminUnreachableError) {
     return new AdminUnreachableError(err.url, err.reason, 'is kaproxy running with admin.listen on this address? (choose another with --admin HOST:PORT)', { cause: err.cause })
   }
@@ -128,7 +128,7 @@ export async function statusCommand (args: string[], io: StatusIo): Promise<numb
       try {
         print(await snapshot(client, options))
       } catch (err) {
-        throw explain(err)
+        throw explainAdminError(err)
       }
       return 0
     }
@@ -140,7 +140,7 @@ export async function statusCommand (args: string[], io: StatusIo): Promise<numb
       } catch (err) {
         if (aborted()) break
         // A restart or a blip must not end a watch: say so and try again next time.
-        if (err instanceof AdminUnreachableError || err instanceof AdminResponseError) io.stdout.write(`${new Date().toISOString()} ${(explain(err) as Error).message}\n`)
+        if (err instanceof AdminUnreachableError || err instanceof AdminResponseError) io.stdout.write(`${new Date().toISOString()} ${(explainAdminError(err) as Error).message}\n`)
         else throw err
       }
       await new Promise<void>((resolve) => {

@@ -1,3 +1,4 @@
+import { adviseSide, tightestCluster, type Advice, type SilenceCluster } from '../budget/advice.js'
 import { formatHostPort } from '../config/formats.js'
 import { SIDES, type Balance, type RouteConfig, type Side } from '../config/types.js'
 import { KaproxyError } from '../errors.js'
@@ -32,6 +33,24 @@ export interface UpstreamView {
   active: number
 }
 
+/** What one route and side learned from resets: the evidence `kaproxy advise` reads. */
+export interface ResetsView {
+  /** Resets (ECONNRESET, EPIPE) and keepalive timeouts of relaying connections recorded since start. */
+  count: number
+  /** Silences (seconds) of the latest of them kept for the cluster (at most 256). */
+  kept: number
+  /** Where the kept silences of at least 1 s cluster tightest; null without any. */
+  cluster: SilenceCluster | null
+  /** adviseSide's verdict on the kept silences of at least 1 s; null where there is no evidence. */
+  advice: Advice | null
+}
+
+/** Silences shorter than this (seconds) say nothing about idle timeouts: a reset right after traffic. */
+export const ADVICE_MIN_SILENCE_SEC = 1
+
+/** Where the silences before resets come from (Metrics.resetSilences). */
+export type ResetSilencesSource = (route: string, side: Side) => { count: number, recentSec: readonly number[] }
+
 /** `/routes`: one route's effective configuration. */
 export interface RouteView {
   name: string
@@ -57,6 +76,12 @@ export interface RouteView {
   destinations: Array<{ match: string, keepalive: SideConfigView }>
   /** Live connections right now. */
   connections: number
+  /**
+   * Per side, the silences before resets and keepalive timeouts, their tightest cluster and the
+   * advice. In transparent mode the upstream advice is judged against keepalive.upstream, not the
+   * per-destination keepalive.
+   */
+  resets: Record<Side, ResetsView>
 }
 
 /** One side of a live connection, read from the kernel at the moment of the request. */
@@ -108,8 +133,21 @@ function sideConfig (settings: KeepaliveSettings): SideConfigView {
   }
 }
 
-/** The effective config of each route, with both sides' keepalive resolved. */
-export function routesView (routes: readonly RouteConfig[], engine: Engine): RouteView[] {
+/** One route and side's resets view from its recorded silences. */
+export function resetsView (route: RouteConfig, side: Side, silences: { count: number, recentSec: readonly number[] }): ResetsView {
+  const evidence = silences.recentSec.filter((sec) => sec >= ADVICE_MIN_SILENCE_SEC)
+  return {
+    count: silences.count,
+    kept: silences.recentSec.length,
+    cluster: tightestCluster(evidence),
+    advice: adviseSide({ route: route.name, side, silencesSec: evidence, keepalive: route.keepalive[side], middleboxes: route.middleboxes[side] })
+  }
+}
+
+const NO_SILENCES: ResetSilencesSource = () => ({ count: 0, recentSec: [] })
+
+/** The effective config of each route, with both sides' keepalive resolved and what resets taught. */
+export function routesView (routes: readonly RouteConfig[], engine: Engine, silences: ResetSilencesSource = NO_SILENCES): RouteView[] {
   const live = new Map<string, number>()
   for (const connection of engine.connections()) live.set(connection.route.name, (live.get(connection.route.name) ?? 0) + 1)
   return routes.map((route) => ({
@@ -128,7 +166,8 @@ export function routesView (routes: readonly RouteConfig[], engine: Engine): Rou
     acceptProxyProtocol: route.acceptProxyProtocol,
     keepalive: { client: sideConfig(route.keepalive.client), upstream: sideConfig(route.keepalive.upstream) },
     destinations: route.originalDst?.destinations.map((d) => ({ match: d.match.text, keepalive: sideConfig(d.keepalive) })) ?? [],
-    connections: live.get(route.name) ?? 0
+    connections: live.get(route.name) ?? 0,
+    resets: { client: resetsView(route, 'client', silences(route.name, 'client')), upstream: resetsView(route, 'upstream', silences(route.name, 'upstream')) }
   }))
 }
 

@@ -15,6 +15,7 @@ export type CloseReason =
   | 'proxy-protocol-error' | 'proxy-header-timeout' // acceptProxyProtocol: bad or missing header
   | 'no-original-destination' // transparent mode: the connection was not redirected (loop guard)
   | 'destination-denied' // transparent mode: the original destination is outside `allow`
+  | 'loop-detected' // the client is one of kaproxy's own upstream connections, looped back to it
   | 'client-error' | 'upstream-error' // any other socket error
   | 'sockopt-failed' // setsockopt refused a keepalive value on this connection
   | 'fd-exhausted' // kaproxy had no descriptor left to dial (EMFILE, ENFILE): not the upstream's fault
@@ -44,7 +45,9 @@ export function reasonForError (side: Side, err: NodeJS.ErrnoException, connecte
 /** Reasons after which the surviving peer gets a reset instead of a FIN, so it cannot mistake a cut stream for a complete one. */
 export function isAbortive (reason: CloseReason): boolean {
   return reason === 'client-reset' || reason === 'upstream-reset' || reason === 'keepalive-timeout' ||
-    reason === 'client-error' || reason === 'upstream-error'
+    reason === 'client-error' || reason === 'upstream-error' ||
+    // A looped-back connection is kaproxy's own: a reset tears the chain down at once.
+    reason === 'loop-detected'
 }
 
 /** The process (EMFILE) or the system (ENFILE) is out of file descriptors. */

@@ -21,6 +21,15 @@ export interface ConnectionRecord {
   readonly bytesFromUpstream: number
   /** Milliseconds the upstream took to accept; null until connected. */
   readonly connectMs: number | null
+  /**
+   * performance.now() (ms) of the last byte relayed either way, or of the upstream connect before
+   * any; 0 until relaying. Updated once per chunk read.
+   */
+  readonly lastByteAt: number
+  /** Milliseconds of the last silence (at least 1 s with no byte either way) that bytes ended; 0 for none. */
+  readonly lastSilenceMs: number
+  /** performance.now() (ms) when that silence ended; 0 for none. */
+  readonly lastSilenceEndedAt: number
   /** The sockets, for read-back of keepalive and TCP_INFO; upstream is null until connected. */
   socket (side: Side): Socket | null
 }
@@ -33,6 +42,14 @@ export interface CloseSummary {
   durationMs: number
   /** The socket error behind the reason, if any. */
   error: NodeJS.ErrnoException | null
+  /** Milliseconds with no byte either way before the close; null when the connection never relayed. */
+  idleMs: number | null
+  /**
+   * For `client-reset`, `upstream-reset` and `keepalive-timeout` of a relaying connection: the
+   * silence (ms) that preceded it. When the reset answered bytes that ended a silence (the reset
+   * came within 2 s of them), that silence; else `idleMs`. Null for every other close.
+   */
+  silenceBeforeResetMs: number | null
 }
 
 /** Receives connection events; implementations must not throw. */

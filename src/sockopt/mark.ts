@@ -10,7 +10,7 @@ function markDescriptor (fd: number, mark: number): void {
     setsockoptInt(fd, c.SOL_SOCKET, c.SO_MARK, mark, 'SO_MARK')
   } catch (err) {
     if (err instanceof SockoptError && err.errno === 'EPERM') {
-      throw new KaproxyError('KAPROXY_ERR_CAPABILITY', `setting SO_MARK 0x${mark.toString(16)} needs the CAP_NET_ADMIN capability (EPERM): grant it (e.g. securityContext.capabilities.add: [NET_ADMIN]) or exclude kaproxy's traffic by uid instead`, { cause: err })
+      throw new KaproxyError('KAPROXY_ERR_CAPABILITY', `setting SO_MARK 0x${mark.toString(16)} needs the CAP_NET_ADMIN capability (EPERM; recent kernels also accept CAP_NET_RAW): grant it to the process, or exclude kaproxy's traffic by uid instead`, { cause: err })
     }
     throw err
   }

@@ -17,7 +17,10 @@ export function parseUpstreamTarget (value: unknown): UpstreamTarget | { rule: s
   return { kind: 'tcp', host: parsed.host, port: parsed.port, label: formatHostPort(parsed) }
 }
 
-/** The targets as one string for logs: `10.0.0.5:5432,10.0.0.6:5432`. */
+/**
+ * The targets as one string for logs: `10.0.0.5:5432,10.0.0.6:5432`. Only transparent routes have
+ * no configured target: each connection goes to its own original destination.
+ */
 export function targetsLabel (targets: readonly UpstreamTarget[]): string {
-  return targets.map((target) => target.label).join(',')
+  return targets.length === 0 ? 'original-dst' : targets.map((target) => target.label).join(',')
 }

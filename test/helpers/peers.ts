@@ -68,6 +68,17 @@ export async function connect (port: number, host = '127.0.0.1', options: { allo
   return socket
 }
 
+/** Send `text` and a FIN through `port`; resolves with everything received until the peer's FIN (an echo returns `text`). */
+export async function echoThrough (port: number, text: string, host = '127.0.0.1'): Promise<string> {
+  const client = await connect(port, host, { allowHalfOpen: true })
+  client.end(text)
+  const chunks: Buffer[] = []
+  client.on('data', (chunk: Buffer) => chunks.push(chunk))
+  await once(client, 'end')
+  client.destroy()
+  return Buffer.concat(chunks).toString()
+}
+
 /** Read everything until the peer's FIN; resolves with byte count and sha256. */
 export async function drainToHash (socket: net.Socket): Promise<{ bytes: number, sha256: string }> {
   const hash = createHash('sha256')

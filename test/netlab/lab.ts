@@ -46,6 +46,12 @@ export interface LabOptions {
    * INVALID drops; default false.
    */
   ipv6?: boolean
+  /**
+   * What the nat does with a packet of a flow it no longer knows (`ctstate INVALID`) in FORWARD:
+   * `drop` it (the default; home routers and NAT gateways), or `reject` it with a TCP reset to its
+   * sender, as cloud load balancers do. INPUT always drops.
+   */
+  invalid?: 'drop' | 'reject'
 }
 
 /** One parsed line of `conntrack -L` (TCP only). */
@@ -95,6 +101,7 @@ export class Lab {
   readonly ifaces: { client: string, natClient: string, natServer: string, server: string }
   readonly conntrackEstablishedSec: number
   readonly ipv6: boolean
+  readonly invalid: 'drop' | 'reject'
   private readonly procs = new Set<LabProcess>()
   private tempDir: string | undefined
   private destroying: Promise<void> | undefined
@@ -106,6 +113,7 @@ export class Lab {
     this.ifaces = { client: `${this.id}vc`, natClient: `${this.id}vnc`, natServer: `${this.id}vns`, server: `${this.id}vs` }
     this.conntrackEstablishedSec = options.conntrackEstablishedSec ?? 3
     this.ipv6 = options.ipv6 ?? false
+    this.invalid = options.invalid ?? 'drop'
   }
 
   /** Build a fresh lab; on any failure what was built is removed and the error is thrown. */
@@ -142,13 +150,21 @@ export class Lab {
     await run('ip', ['-n', ns.client, 'route', 'add', 'default', 'via', ADDR.natClientSide])
     await this.exec('nat', 'sysctl', ['-qw', 'net.ipv4.ip_forward=1'])
     await this.exec('nat', 'iptables', ['-t', 'nat', '-A', 'POSTROUTING', '-o', i.natServer, '-j', 'MASQUERADE'])
-    await this.exec('nat', 'iptables', ['-A', 'FORWARD', '-m', 'conntrack', '--ctstate', 'INVALID', '-j', 'DROP'])
+    await this.exec('nat', 'iptables', ['-A', 'FORWARD', '-m', 'conntrack', '--ctstate', 'INVALID', ...this.invalidTarget()])
     await this.exec('nat', 'iptables', ['-A', 'INPUT', '-m', 'conntrack', '--ctstate', 'INVALID', '-j', 'DROP'])
     // Per-namespace sysctls: a new namespace starts with established=432000 and loose=1, and loose=1
     // re-adopts a forgotten flow mid-stream, which hides the NAT-idle failure.
     await this.exec('nat', 'sysctl', ['-qw', `net.netfilter.nf_conntrack_tcp_timeout_established=${this.conntrackEstablishedSec}`])
     await this.exec('nat', 'sysctl', ['-qw', 'net.netfilter.nf_conntrack_tcp_loose=0'])
     if (this.ipv6) await this.buildIpv6()
+  }
+
+  /**
+   * The FORWARD target for packets of forgotten flows (the same words for iptables and ip6tables).
+   * A tcp-reset answer needs `-p tcp` (iptables refuses it otherwise); the lab carries only TCP anyway.
+   */
+  private invalidTarget (): string[] {
+    return this.invalid === 'reject' ? ['-p', 'tcp', '-j', 'REJECT', '--reject-with', 'tcp-reset'] : ['-j', 'DROP']
   }
 
   private async buildIpv6 (): Promise<void> {
@@ -161,7 +177,7 @@ export class Lab {
     await run('ip', ['-n', ns.client, '-6', 'route', 'add', 'default', 'via', ADDR6.natClientSide])
     await this.exec('nat', 'sysctl', ['-qw', 'net.ipv6.conf.all.forwarding=1'])
     await this.exec('nat', 'ip6tables', ['-t', 'nat', '-A', 'POSTROUTING', '-o', i.natServer, '-j', 'MASQUERADE'])
-    await this.exec('nat', 'ip6tables', ['-A', 'FORWARD', '-m', 'conntrack', '--ctstate', 'INVALID', '-j', 'DROP'])
+    await this.exec('nat', 'ip6tables', ['-A', 'FORWARD', '-m', 'conntrack', '--ctstate', 'INVALID', ...this.invalidTarget()])
     await this.exec('nat', 'ip6tables', ['-A', 'INPUT', '-m', 'conntrack', '--ctstate', 'INVALID', '-j', 'DROP'])
   }
 
@@ -222,14 +238,14 @@ export class Lab {
     return port === undefined ? entries : entries.filter((e) => e.orig.dport === port || e.orig.sport === port)
   }
 
-  /** Packet counters of the nat's `ctstate INVALID` DROP rules. */
+  /** Packet counters of the nat's `ctstate INVALID` rules (DROP, or REJECT in FORWARD with `invalid: 'reject'`). */
   async invalidDrops (): Promise<InvalidDrops> {
     const count = async (chain: string): Promise<number> => {
       const { stdout } = await this.exec('nat', 'iptables', ['-L', chain, '-v', '-n', '-x'])
       for (const line of stdout.split('\n')) {
-        if (/ctstate INVALID/.test(line) && /\bDROP\b/.test(line)) return Number(line.trim().split(/\s+/)[0])
+        if (/ctstate INVALID/.test(line) && /\b(DROP|REJECT)\b/.test(line)) return Number(line.trim().split(/\s+/)[0])
       }
-      throw new Error(`no INVALID drop rule in ${chain}: ${stdout}`)
+      throw new Error(`no INVALID drop or reject rule in ${chain}: ${stdout}`)
     }
     return { forward: await count('FORWARD'), input: await count('INPUT') }
   }

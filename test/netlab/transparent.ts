@@ -13,12 +13,19 @@ import { KAPROXY_USER, NOBODY, asUser } from './users.js'
 /** The port of the transparent route in every scenario (the Kubernetes example uses it too). */
 export const OUTBOUND_PORT = 15001
 
-/** Commands the transparent scenarios need beyond the NAT lab's. */
-export const TRANSPARENT_TOOLS = ['ip6tables', 'nft', 'setpriv'] as const
+/** Commands the transparent scenarios need beyond the NAT lab's (`nft` only where nft rules are installed: NFT_TOOLS). */
+export const TRANSPARENT_TOOLS = ['ip6tables', 'setpriv'] as const
+export const NFT_TOOLS = [...TRANSPARENT_TOOLS, 'nft'] as const
 
-/** Gate probe: kaproxy's uid and the application's uid must be able to run their scripts from this checkout. */
+/** Gate probe: kaproxy's uid and the application's uid must be able to run this node and their scripts from this checkout. */
 export async function usersCanRun (): Promise<string | undefined> {
   for (const [who, user] of [['kaproxy (uid 1337)', KAPROXY_USER], ['the application (nobody)', NOBODY]] as const) {
+    const [node, nodeArgs] = asUser(user, process.execPath, ['-e', ''])
+    try {
+      await run(node, nodeArgs)
+    } catch {
+      return `${who} cannot run ${process.execPath} (a node binary under a private directory, e.g. mktemp -d's 0700?)`
+    }
     for (const file of [KAPROXY_CLI, SIDECAR_PEER_SCRIPT]) {
       const [cmd, args] = asUser(user, 'test', ['-r', file])
       try {
@@ -71,4 +78,26 @@ export async function logEvents (kaproxy: Kaproxy, event: string, count: number,
   let seen = 0
   await kaproxy.proc.waitFor((l) => { if (l.json?.event === event) seen++; return seen >= count }, timeoutMs, `${count} ${event} lines`)
   return kaproxy.proc.json().filter((e) => e.event === event).slice(0, count)
+}
+
+/** The admin API address the transparent scenarios give kaproxy, inside the client namespace. */
+export const ADMIN_LISTEN = '127.0.0.1:9901'
+
+/** GET an admin API path from inside the client namespace (loopback: never captured); resolves with the body. */
+export async function adminGet (lab: Lab, path: string): Promise<string> {
+  const script = `fetch(${JSON.stringify(`http://${ADMIN_LISTEN}${path}`)}).then(async (r) => { if (!r.ok) throw new Error(String(r.status)); process.stdout.write(await r.text()) })`
+  const { stdout } = await lab.exec('client', process.execPath, ['-e', script])
+  return stdout
+}
+
+/** `kaproxy_connections_closed_total` of one route from /metrics, summed over sides, by reason. */
+export async function closedByReason (lab: Lab, route: string): Promise<Record<string, number>> {
+  const out: Record<string, number> = {}
+  for (const line of (await adminGet(lab, '/metrics')).split('\n')) {
+    if (!line.startsWith('kaproxy_connections_closed_total{') || !line.includes(`route="${route}"`)) continue
+    const reason = /reason="([^"]+)"/.exec(line)?.[1]
+    const value = Number(line.slice(line.lastIndexOf(' ') + 1))
+    if (reason !== undefined && value > 0) out[reason] = (out[reason] ?? 0) + value
+  }
+  return out
 }

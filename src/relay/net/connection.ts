@@ -32,6 +32,53 @@ const MAX_PROXY_HEADER = 4096
 
 type Phase = 'header' | 'dialing' | 'relaying' | 'closing'
 
+/** Shortest quiet (ms) that counts as a silence ended by the next bytes: below the histogram's first bucket. */
+export const SILENCE_MIN_MS = 1000
+/**
+ * A reset this soon (ms) after bytes that ended a silence answers them: a middlebox that forgot the
+ * flow resets the first packet it sees again, within a round trip.
+ */
+export const RESET_ANSWER_WINDOW_MS = 2000
+
+// Loop guard: kaproxy's own upstream connections, dialing and connected. A client that arrives
+// from one of them is kaproxy itself: chaining routes (A -> B) is fine, but a chain that comes back
+// to a route already in it (a capture rule that missed kaproxy's uid or mark, a route whose
+// upstream is its own listener, A -> B -> A) would grow without end.
+const dialing = new Set<Connection>()
+const upstreamEndpoints = new Map<string, Connection>()
+
+/** One direction of a TCP 4-tuple, `source>destination`, addresses without the IPv4-mapped prefix. */
+function flowKey (sourceAddress: string | undefined, sourcePort: number | undefined, destinationAddress: string | undefined, destinationPort: number | undefined): string {
+  const plain = (address: string | undefined): string => (address ?? '').replace(/^::ffff:/, '')
+  return `${plain(sourceAddress)}|${sourcePort ?? 0}>${plain(destinationAddress)}|${destinationPort ?? 0}`
+}
+
+/** The flow of a dialing upstream socket: its local end from the handle (Node's getter is empty while connecting). */
+function dialingFlow (socket: Socket, target: UpstreamTarget): string | null {
+  if (target.kind !== 'tcp') return null
+  const handle = (socket as unknown as { _handle?: { getsockname?: (out: { address?: string, port?: number }) => number } | null })._handle
+  const out: { address?: string, port?: number } = {}
+  if (handle?.getsockname === undefined || handle.getsockname(out) !== 0 || out.port === undefined) return null
+  return flowKey(out.address, out.port, target.host, target.port)
+}
+
+/**
+ * The kaproxy connection whose upstream flow is the accepted flow `source -> destination`, if any.
+ * The destination is where the client meant to go: the listener, or the original destination in
+ * transparent mode. Whole 4-tuples are compared: a local port alone is reused across destinations.
+ */
+function ownUpstream (sourceAddress: string | undefined, sourcePort: number | undefined, destinationAddress: string, destinationPort: number): Connection | null {
+  const key = flowKey(sourceAddress, sourcePort, destinationAddress, destinationPort)
+  const connected = upstreamEndpoints.get(key)
+  if (connected !== undefined) return connected
+  for (const connection of dialing) {
+    const upstream = connection.socket('upstream')
+    const target = connection.dialTarget()
+    if (upstream !== null && target !== null && dialingFlow(upstream, target) === key) return connection
+  }
+  return null
+}
+
 function addressOf (host: string | undefined, port: number | undefined): string {
   return host === undefined || port === undefined ? 'unknown' : formatHostPort({ host, port })
 }
@@ -53,6 +100,10 @@ export class Connection implements ConnectionRecord {
   bytesFromClient = 0
   bytesFromUpstream = 0
   connectMs: number | null = null
+  // Silence tracking, on performance.now()'s clock in ms: one timestamp per chunk, no allocation.
+  lastByteAt = 0
+  lastSilenceMs = 0
+  lastSilenceEndedAt = 0
 
   private readonly owner: ConnectionOwner
   private readonly clientSocket: RelaySocket
@@ -63,6 +114,8 @@ export class Connection implements ConnectionRecord {
   private reason: CloseReason | null = null
   private reasonSide: Side | null = null
   private error: NodeJS.ErrnoException | null = null
+  /** performance.now() when the first cause was recorded. */
+  private closingAt = 0
   // Dialing state: the pool member in use (none in transparent mode), those tried, and the last failure.
   private attempts = 0
   private originalTarget: UpstreamTarget | null = null
@@ -70,6 +123,9 @@ export class Connection implements ConnectionRecord {
   private clientKeepalive: KeepaliveSettings
   private upstreamKeepalive: KeepaliveSettings
   private member: UpstreamMember | null = null
+  private ownEndpoint: string | null = null
+  /** Routes this connection came through when it is one of kaproxy's own upstream connections; else null. */
+  private chain: readonly string[] | null = null
   private tried: Set<UpstreamMember> | null = null
   private lastFailure: { reason: CloseReason, error: NodeJS.ErrnoException | null } | null = null
   // acceptProxyProtocol: bytes read so far, the parsed addresses, and stream bytes that followed the header.
@@ -99,6 +155,7 @@ export class Connection implements ConnectionRecord {
     client.on('end', onEnd)
     client.on('close', onClose)
     client.on('timeout', onClientTimeout)
+    if (this.route.originalDst === null && this.loopsBack(client.localAddress ?? '', client.localPort ?? 0)) return
     if (!this.applySideKeepalive('client')) return
     if (this.route.acceptProxyProtocol) {
       this.phase = 'header'
@@ -135,6 +192,7 @@ export class Connection implements ConnectionRecord {
       this.finish('no-original-destination', 'client', null)
       return false
     }
+    if (this.loopsBack(destination.address, destination.port)) return false
     if (originalDst.allow !== null && !originalDst.allow.some((rule) => rule.matches(destination.address, destination.port))) {
       this.finish('destination-denied', 'client', null)
       return false
@@ -210,6 +268,22 @@ export class Connection implements ConnectionRecord {
     return socket === this.clientSocket ? this.upstreamSocket : this.clientSocket
   }
 
+  /** Close with `loop-detected` when this client is kaproxy's own upstream flow coming back to a route already in its chain. */
+  private loopsBack (destinationAddress: string, destinationPort: number): boolean {
+    const client = this.clientSocket
+    const via = ownUpstream(client.remoteAddress, client.remotePort, destinationAddress, destinationPort)
+    if (via === null) return false
+    this.chain = [...(via.chain ?? []), via.route.name]
+    if (!this.chain.includes(this.route.name)) return false
+    this.finish('loop-detected', 'client', null)
+    return true
+  }
+
+  /** The target being dialed (a pool member's or the original destination). */
+  dialTarget (): UpstreamTarget | null {
+    return this.member?.target ?? this.originalTarget
+  }
+
   isConnected (): boolean {
     return this.phase === 'relaying'
   }
@@ -282,6 +356,7 @@ export class Connection implements ConnectionRecord {
     upstream.on('close', onClose)
     upstream.on('timeout', onUpstreamTimeout)
     upstream.setTimeout(this.route.connectTimeoutMs)
+    if (target.kind === 'tcp') dialing.add(this)
   }
 
   /** A dial attempt failed: try the next target, or give up when `retries` are spent. */
@@ -293,6 +368,7 @@ export class Connection implements ConnectionRecord {
     this.upstreamSocket = null
     this.member = null
     this.openSockets--
+    dialing.delete(this)
     socket.destroy()
     // No descriptor for the socket: the target was never tried, so it is neither blamed (passive
     // ejection) nor retried elsewhere, where the same would happen.
@@ -330,14 +406,19 @@ export class Connection implements ConnectionRecord {
     const target = member?.target ?? this.originalTarget
     if (upstream === null || target === null) return
     upstream.setTimeout(0)
+    dialing.delete(this)
     this.connectMs = Date.now() - this.openedAt
     if (member !== null) this.owner.pool.connectSucceeded(member)
     if (target.kind === 'tcp') {
+      this.ownEndpoint = flowKey(upstream.localAddress, upstream.localPort, upstream.remoteAddress, upstream.remotePort)
+      upstreamEndpoints.set(this.ownEndpoint, this)
       this.upstream = addressOf(upstream.remoteAddress, upstream.remotePort)
       // Node's setKeepAlive() is never called: libuv would force interval 1 s and count 10.
       if (!this.applySideKeepalive('upstream')) return
     }
     this.phase = 'relaying'
+    // The silence clock starts at connect: a flow that never carried a byte is silent from here.
+    this.lastByteAt = performance.now()
     const client = this.clientSocket
     client.on('data', onData)
     client.on('drain', onDrain)
@@ -373,11 +454,13 @@ export class Connection implements ConnectionRecord {
   /** Record the first cause (an error may replace an orderly close) and tear both sides down. */
   finish (reason: CloseReason, side: Side | null, error: NodeJS.ErrnoException | null): void {
     this.phase = 'closing'
+    dialing.delete(this)
     const orderly = this.reason === null || this.reason === 'client-closed' || this.reason === 'upstream-closed'
     if (orderly) {
       this.reason = reason
       this.reasonSide = side
       this.error = error
+      this.closingAt = performance.now()
     }
     const abortive = isAbortive(reason)
     for (const socket of [this.clientSocket, this.upstreamSocket]) {
@@ -393,9 +476,23 @@ export class Connection implements ConnectionRecord {
   socketClosed (): void {
     if (--this.openSockets > 0) return
     if (this.member !== null) { this.member.active--; this.member = null }
+    if (this.ownEndpoint !== null) { upstreamEndpoints.delete(this.ownEndpoint); this.ownEndpoint = null }
     const side = this.reasonSide ?? this.firstFin
     const reason = this.reason ?? (this.firstFin === 'upstream' ? 'upstream-closed' : 'client-closed')
-    this.owner.closed(this, { reason, side, durationMs: Date.now() - this.openedAt, error: this.error })
+    const idleMs = this.lastByteAt === 0 ? null : Math.max(0, (this.closingAt === 0 ? performance.now() : this.closingAt) - this.lastByteAt)
+    this.owner.closed(this, { reason, side, durationMs: Date.now() - this.openedAt, error: this.error, idleMs, silenceBeforeResetMs: this.silenceBeforeReset(reason, idleMs) })
+  }
+
+  /**
+   * The silence a reset or keepalive timeout followed: the quiet before it, or, when it answers bytes
+   * that ended a longer silence (sent within RESET_ANSWER_WINDOW_MS of it), that silence. Null for
+   * other reasons and for connections that never relayed.
+   */
+  private silenceBeforeReset (reason: CloseReason, idleMs: number | null): number | null {
+    if (idleMs === null || !(reason === 'client-reset' || reason === 'upstream-reset' || reason === 'keepalive-timeout')) return null
+    const sinceEnded = this.closingAt - this.lastSilenceEndedAt
+    if (this.lastSilenceMs > idleMs && this.lastSilenceEndedAt !== 0 && sinceEnded >= 0 && sinceEnded <= RESET_ANSWER_WINDOW_MS) return this.lastSilenceMs
+    return idleMs
   }
 
   private applySideKeepalive (side: Side): boolean {
@@ -416,6 +513,13 @@ export class Connection implements ConnectionRecord {
 function onData (this: RelaySocket, chunk: Buffer): void {
   const connection = this[CONNECTION]
   const peer = connection.peerOf(this)
+  const now = performance.now()
+  const quietMs = now - connection.lastByteAt
+  if (quietMs >= SILENCE_MIN_MS) {
+    connection.lastSilenceMs = quietMs
+    connection.lastSilenceEndedAt = now
+  }
+  connection.lastByteAt = now
   if (connection.sideOf(this) === 'client') connection.bytesFromClient += chunk.length
   else connection.bytesFromUpstream += chunk.length
   if (peer !== null && !peer.write(chunk)) this.pause()

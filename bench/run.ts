@@ -1,0 +1,277 @@
+// kaproxy benchmark runner: `npm run bench -- [options]`. Loopback only; Linux only.
+// Every scenario runs every target, interleaved (target order rotates per repetition), each on a
+// freshly started process; medians over repetitions, ratios taken within one repetition.
+import { execFileSync, spawn } from 'node:child_process'
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { cpus, release, tmpdir } from 'node:os'
+import { dirname, join, resolve } from 'node:path'
+import { createInterface } from 'node:readline'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { fileURLToPath } from 'node:url'
+import { parseArgs } from 'node:util'
+import { renderChart } from './chart.js'
+import { treeCpuSec, treeRssBytes } from './proc.js'
+import { summarize, toMarkdown, type Results, type Sample } from './report.js'
+import { direct, haproxy, kaproxy, nginx, socat, type Target } from './targets.js'
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..')
+const SCENARIOS = ['bulk1', 'bulk8', 'down1', 'down8', 'pingpong', 'cec', 'idle'] as const
+type Scenario = typeof SCENARIOS[number]
+
+const { values: opts } = parseArgs({
+  options: {
+    install: { type: 'boolean', default: false },
+    reps: { type: 'string', default: '3' },
+    seconds: { type: 'string', default: '5' },
+    'idle-conns': { type: 'string', default: '9000' },
+    'idle-sec': { type: 'string', default: '15' },
+    clients: { type: 'string', default: '32' },
+    targets: { type: 'string', default: 'direct,kaproxy,kaproxy-opt-size,haproxy,haproxy-splice,nginx,socat' },
+    scenarios: { type: 'string', default: SCENARIOS.join(',') },
+    // Extra kaproxy builds to compare: NAME=PATH/TO/cli.js[,NODE_FLAG...] (repeatable).
+    kaproxy: { type: 'string', multiple: true, default: [] },
+    'log-level': { type: 'string', default: 'warn' },
+    out: { type: 'string', default: join(ROOT, 'bench/results') },
+    label: { type: 'string', default: '' },
+    help: { type: 'boolean', default: false }
+  }
+})
+
+if (opts.help) {
+  console.log(`npm run bench -- [--install] [--reps 3] [--seconds 5] [--idle-conns 9000] [--idle-sec 15]
+  [--clients 32] [--targets ${opts.targets}] [--scenarios ${SCENARIOS.join(',')}]
+  [--kaproxy NAME=PATH/cli.js[,NODE_FLAG...]]... [--log-level warn] [--out bench/results] [--label NAME]
+--install  apt-get install what is missing of haproxy, nginx-light + libnginx-mod-stream, socat (Debian)`)
+  process.exit(0)
+}
+
+const reps = Number(opts.reps)
+const seconds = Number(opts.seconds)
+const idleConns = Number(opts['idle-conns'])
+const idleSec = Number(opts['idle-sec'])
+const clients = Number(opts.clients)
+const scenarios = opts.scenarios.split(',').filter((s): s is Scenario => (SCENARIOS as readonly string[]).includes(s))
+
+function sh (cmd: string, args: string[]): string {
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim()
+  } catch (err) {
+    const e = err as { stdout?: string, stderr?: string }
+    return `${e.stdout ?? ''}${e.stderr ?? ''}`.trim()
+  }
+}
+
+function has (command: string): boolean {
+  return sh('sh', ['-c', `command -v ${command}`]) !== ''
+}
+
+function install (): void {
+  const wanted: string[] = []
+  if (!has('haproxy')) wanted.push('haproxy')
+  if (!has('nginx')) wanted.push('nginx-light')
+  if (!existsSync('/usr/lib/nginx/modules/ngx_stream_module.so')) wanted.push('libnginx-mod-stream')
+  if (!has('socat')) wanted.push('socat')
+  if (wanted.length === 0) { console.log('install: haproxy, nginx stream module and socat are present'); return }
+  console.log(`install: apt-get install ${wanted.join(' ')}`)
+  execFileSync('apt-get', ['update'], { stdio: 'inherit' })
+  execFileSync('apt-get', ['install', '-y', '--no-install-recommends', ...wanted], { stdio: 'inherit', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } })
+}
+
+function firstLine (text: string): string {
+  return text.split('\n')[0] ?? ''
+}
+
+function versions (): Record<string, string> {
+  const gitRev = sh('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'])
+  const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }
+  return {
+    kaproxy: `${pkg.version} (${gitRev}), engine net`,
+    node: process.version,
+    haproxy: has('haproxy') ? firstLine(sh('haproxy', ['-v'])) : 'not installed',
+    nginx: has('nginx') ? sh('sh', ['-c', 'nginx -v 2>&1']) : 'not installed',
+    socat: has('socat') ? (/socat version [^ ]+/.exec(sh('socat', ['-V']))?.[0] ?? 'unknown') : 'not installed',
+    gcc: firstLine(sh('gcc', ['--version'])),
+    kernel: release(),
+    cpu: `${cpus().length} × ${cpus()[0]?.model ?? 'unknown'}`
+  }
+}
+
+function buildLoadgen (dir: string): string {
+  const out = join(dir, 'loadgen')
+  execFileSync('gcc', ['-O2', '-Wall', '-pthread', '-o', out, join(ROOT, 'bench/loadgen.c')], { stdio: 'inherit' })
+  return out
+}
+
+function makeTargets (): Target[] {
+  const cli = join(ROOT, 'dist/cli.js')
+  const logLevel = opts['log-level']
+  const all = new Map<string, Target>([
+    ['direct', direct],
+    ['kaproxy', kaproxy('kaproxy', cli, [], logLevel)],
+    ['kaproxy-opt-size', kaproxy('kaproxy-opt-size', cli, ['--optimize-for-size'], logLevel)],
+    ['haproxy', haproxy('haproxy', false)],
+    ['haproxy-splice', haproxy('haproxy-splice', true)],
+    ['nginx', nginx],
+    ['socat', socat]
+  ])
+  for (const spec of opts.kaproxy) {
+    const [name, rest] = spec.split('=', 2)
+    if (name === undefined || rest === undefined) throw new Error(`--kaproxy wants NAME=PATH[,FLAG...], got ${spec}`)
+    const [path, ...flags] = rest.split(',')
+    all.set(name, kaproxy(name, resolve(path ?? ''), flags, logLevel))
+  }
+  return opts.targets.split(',').map((name) => {
+    const target = all.get(name)
+    if (target === undefined) throw new Error(`unknown target ${name}; known: ${[...all.keys()].join(', ')}`)
+    return target
+  })
+}
+
+async function runJson (loadgen: string, args: string[]): Promise<Record<string, number>> {
+  const out = await new Promise<string>((resolve, reject) => {
+    const child = spawn(loadgen, args, { stdio: ['ignore', 'pipe', 'inherit'] })
+    let text = ''
+    child.stdout.on('data', (chunk: Buffer) => { text += chunk.toString() })
+    child.on('error', reject)
+    child.on('exit', (code) => { code === 0 ? resolve(text) : reject(new Error(`loadgen ${args.join(' ')} exited ${code}: ${text}`)) })
+  })
+  return JSON.parse(out.trim().split('\n').pop() ?? '{}') as Record<string, number>
+}
+
+/** Open `count` connections and hold them; `release()` checks they still relay, then closes them. */
+async function holdIdle (loadgen: string, port: number, count: number): Promise<{ opened: Record<string, number>, release: () => Promise<Record<string, number>> }> {
+  const child = spawn(loadgen, ['idle', String(port), String(count)], { stdio: ['pipe', 'pipe', 'inherit'] })
+  const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]()
+  const first = await lines.next()
+  const opened = JSON.parse(String(first.value)) as Record<string, number>
+  return {
+    opened,
+    release: async () => {
+      child.stdin.write('close\n')
+      const second = await lines.next()
+      return JSON.parse(String(second.value ?? '{}')) as Record<string, number>
+    }
+  }
+}
+
+function cpuOf (pid: number | null): number | null {
+  return pid === null ? null : treeCpuSec(pid)
+}
+
+async function runScenario (scenario: Scenario, loadgen: string, port: number, pid: number | null): Promise<Record<string, number | null>> {
+  const cpu0 = cpuOf(pid)
+  const targetCpu = (): number | null => { const c = cpuOf(pid); return c === null || cpu0 === null ? null : c - cpu0 }
+  switch (scenario) {
+    case 'bulk1':
+    case 'bulk8':
+    case 'down1':
+    case 'down8': {
+      // bulk: client to upstream (upload); down: upstream to client (download).
+      const streams = scenario.endsWith('1') ? '1' : '8'
+      const r = await runJson(loadgen, ['bulk', String(port), streams, String(seconds), scenario.startsWith('down') ? 'down' : 'up'])
+      const cpu = targetCpu()
+      const gb = (r.bytes ?? 0) / 1e9
+      return { gbps: r.gbps ?? null, bytes: r.bytes ?? null, seconds: r.seconds ?? null, genCpuSec: r.genCpuSec ?? null, targetCpuSec: cpu, cpuSecPerGB: cpu === null ? null : cpu / gb }
+    }
+    case 'pingpong': {
+      const r = await runJson(loadgen, ['pingpong', String(port), '64', String(seconds)])
+      return { p50us: r.p50us ?? null, seconds: r.seconds ?? null, p99us: r.p99us ?? null, p999us: r.p999us ?? null, rounds: r.rounds ?? null, genCpuSec: r.genCpuSec ?? null, targetCpuSec: targetCpu() }
+    }
+    case 'cec': {
+      const r = await runJson(loadgen, ['cec', String(port), String(clients), String(seconds)])
+      const cpu = targetCpu()
+      const conns = r.connections ?? 0
+      return { perSec: r.perSec ?? null, seconds: r.seconds ?? null, connections: conns, failed: r.failed ?? null, genCpuSec: r.genCpuSec ?? null, targetCpuSec: cpu, cpuUsPerConn: cpu === null || conns === 0 ? null : cpu / conns * 1e6 }
+    }
+    case 'idle': {
+      if (pid === null) return {}
+      // Warm the relay's code paths, then take the baseline.
+      const warm = await holdIdle(loadgen, port, 200)
+      await warm.release()
+      await sleep(1000)
+      const rss0 = treeRssBytes(pid)
+      const held = await holdIdle(loadgen, port, idleConns)
+      const open = held.opened.open ?? 0
+      await sleep(1000)
+      const rss1 = treeRssBytes(pid)
+      const cpu1 = treeCpuSec(pid)
+      await sleep(idleSec * 1000)
+      const rss2 = treeRssBytes(pid)
+      const cpu2 = treeCpuSec(pid)
+      const after = await held.release()
+      return {
+        open,
+        openFailed: held.opened.failed ?? null,
+        openSeconds: held.opened.openSeconds ?? null,
+        aliveAfterIdle: after.aliveAfterIdle ?? null,
+        rssKBPerConnOpen: open === 0 ? null : (rss1 - rss0) / open / 1000,
+        rssKBPerConnIdle: open === 0 ? null : (rss2 - rss0) / open / 1000,
+        idleCpuSec: cpu2 - cpu1,
+        idleSec
+      }
+    }
+  }
+}
+
+async function main (): Promise<void> {
+  if (opts.install) install()
+  const work = mkdtempSync(join(tmpdir(), 'kaproxy-bench-'))
+  const loadgen = buildLoadgen(work)
+  const targets = makeTargets()
+  const v = versions()
+  console.log(Object.entries(v).map(([k, x]) => `${k}: ${x}`).join('\n'))
+  if (targets.some((t) => t.name.startsWith('kaproxy')) && !existsSync(join(ROOT, 'dist/cli.js'))) throw new Error('run npm run build first')
+
+  const upstreamPort = 20999
+  const upstream = spawn(loadgen, ['server', String(upstreamPort)], { stdio: ['ignore', 'pipe', 'inherit'] })
+  await new Promise<void>((resolve) => { upstream.stdout.once('data', () => { resolve() }) })
+  process.on('exit', () => { upstream.kill() })
+
+  const samples: Sample[] = []
+  let port = 21000
+  const started = Date.now()
+  try {
+    for (let rep = 1; rep <= reps; rep++) {
+      for (const scenario of scenarios) {
+        // Interleave: rotate the target order each repetition.
+        const order = targets.map((_, i) => targets[(i + rep - 1) % targets.length] as Target)
+        for (const target of order) {
+          const skipped = target.skip(scenario)
+          if (skipped !== null) { samples.push({ rep, target: target.name, scenario, metrics: {}, skipped }); continue }
+          const running = await target.start(port++, upstreamPort, work)
+          try {
+            await sleep(300)
+            const metrics = await runScenario(scenario, loadgen, running.port, running.pid)
+            samples.push({ rep, target: target.name, scenario, metrics })
+            console.log(`rep ${rep} ${scenario} ${target.name}: ${JSON.stringify(metrics)}`)
+          } finally {
+            await running.stop()
+          }
+        }
+      }
+    }
+  } finally {
+    upstream.kill()
+  }
+
+  const results: Results = {
+    date: new Date().toISOString(),
+    command: `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim(),
+    versions: v,
+    settings: { reps, seconds, idleConns, idleSec, clients, logLevel: opts['log-level'], durationSec: Math.round((Date.now() - started) / 1000) },
+    targets: targets.map((t) => t.name),
+    samples,
+    summary: summarize(samples, targets.map((t) => t.name))
+  }
+  mkdirSync(opts.out, { recursive: true })
+  const stamp = opts.label !== '' ? opts.label : results.date.replace(/[:.]/g, '-')
+  const base = join(opts.out, stamp)
+  writeFileSync(`${base}.json`, JSON.stringify(results, null, 2) + '\n')
+  writeFileSync(`${base}.svg`, renderChart(results))
+  const md = toMarkdown(results)
+  writeFileSync(`${base}.md`, md)
+  console.log('\n' + md)
+  console.log(`results: ${base}.json, ${base}.md, ${base}.svg`)
+}
+
+await main()
