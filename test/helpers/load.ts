@@ -35,7 +35,9 @@ export async function writeRandomly (socket: net.Socket, total: number, random: 
     if (!socket.write(chunk)) await once(socket, 'drain')
     if (random() < 0.02) await new Promise((resolve) => setTimeout(resolve, Math.floor(random() * 20)))
   }
-  socket.end()
+  // Resolve only once every byte is handed to the kernel: a destroy() right after end() would
+  // drop what is still queued in Node and look like a relay that lost data.
+  await new Promise<void>((resolve) => { socket.end(() => { resolve() }) })
   return hash.digest('hex')
 }
 

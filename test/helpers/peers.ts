@@ -98,7 +98,9 @@ export async function sendRandom (socket: net.Socket, total: number, chunkSize =
     sent += chunk.length
     if (!socket.write(chunk)) await once(socket, 'drain')
   }
-  socket.end()
+  // Resolve only once every byte is handed to the kernel: a destroy() right after end() would
+  // drop what is still queued in Node and look like a relay that lost data.
+  await new Promise<void>((resolve) => { socket.end(() => { resolve() }) })
   return hash.digest('hex')
 }
 
