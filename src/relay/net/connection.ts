@@ -44,7 +44,11 @@ export const RESET_ANSWER_WINDOW_MS = 2000
 // from one of them is kaproxy itself: chaining routes (A -> B) is fine, but a chain that comes back
 // to a route already in it (a capture rule that missed kaproxy's uid or mark, a route whose
 // upstream is its own listener, A -> B -> A) would grow without end.
-const dialing = new Set<Connection>()
+// Dialing upstreams are indexed by flow once their local port exists (after the connect call):
+// each is looked up by getsockname at most until that succeeds, so an accept costs O(1), not a
+// system call per connection being dialed.
+const dialingUnindexed = new Set<Connection>()
+const dialingFlows = new Map<string, Connection>()
 const upstreamEndpoints = new Map<string, Connection>()
 
 /** One direction of a TCP 4-tuple, `source>destination`, addresses without the IPv4-mapped prefix. */
@@ -54,7 +58,7 @@ function flowKey (sourceAddress: string | undefined, sourcePort: number | undefi
 }
 
 /** The flow of a dialing upstream socket: its local end from the handle (Node's getter is empty while connecting). */
-function dialingFlow (socket: Socket, target: UpstreamTarget): string | null {
+function flowOfDialingSocket (socket: Socket, target: UpstreamTarget): string | null {
   if (target.kind !== 'tcp') return null
   const handle = (socket as unknown as { _handle?: { getsockname?: (out: { address?: string, port?: number }) => number } | null })._handle
   const out: { address?: string, port?: number } = {}
@@ -68,15 +72,26 @@ function dialingFlow (socket: Socket, target: UpstreamTarget): string | null {
  * transparent mode. Whole 4-tuples are compared: a local port alone is reused across destinations.
  */
 function ownUpstream (sourceAddress: string | undefined, sourcePort: number | undefined, destinationAddress: string, destinationPort: number): Connection | null {
-  const key = flowKey(sourceAddress, sourcePort, destinationAddress, destinationPort)
-  const connected = upstreamEndpoints.get(key)
-  if (connected !== undefined) return connected
-  for (const connection of dialing) {
+  for (const connection of dialingUnindexed) {
     const upstream = connection.socket('upstream')
     const target = connection.dialTarget()
-    if (upstream !== null && target !== null && dialingFlow(upstream, target) === key) return connection
+    const flow = upstream === null || target === null ? null : flowOfDialingSocket(upstream, target)
+    if (flow === null) continue
+    dialingUnindexed.delete(connection)
+    connection.dialingFlow = flow
+    dialingFlows.set(flow, connection)
   }
-  return null
+  const key = flowKey(sourceAddress, sourcePort, destinationAddress, destinationPort)
+  return upstreamEndpoints.get(key) ?? dialingFlows.get(key) ?? null
+}
+
+/** The connection's upstream is no longer being dialed (connected, failed or closing). */
+function stopDialing (connection: Connection): void {
+  dialingUnindexed.delete(connection)
+  if (connection.dialingFlow !== null) {
+    dialingFlows.delete(connection.dialingFlow)
+    connection.dialingFlow = null
+  }
 }
 
 function addressOf (host: string | undefined, port: number | undefined): string {
@@ -124,6 +139,8 @@ export class Connection implements ConnectionRecord {
   private upstreamKeepalive: KeepaliveSettings
   private member: UpstreamMember | null = null
   private ownEndpoint: string | null = null
+  /** The flow key of the upstream being dialed, once known (loop guard index). */
+  dialingFlow: string | null = null
   /** Routes this connection came through when it is one of kaproxy's own upstream connections; else null. */
   private chain: readonly string[] | null = null
   private tried: Set<UpstreamMember> | null = null
@@ -356,7 +373,7 @@ export class Connection implements ConnectionRecord {
     upstream.on('close', onClose)
     upstream.on('timeout', onUpstreamTimeout)
     upstream.setTimeout(this.route.connectTimeoutMs)
-    if (target.kind === 'tcp') dialing.add(this)
+    if (target.kind === 'tcp') dialingUnindexed.add(this)
   }
 
   /** A dial attempt failed: try the next target, or give up when `retries` are spent. */
@@ -368,7 +385,7 @@ export class Connection implements ConnectionRecord {
     this.upstreamSocket = null
     this.member = null
     this.openSockets--
-    dialing.delete(this)
+    stopDialing(this)
     socket.destroy()
     // No descriptor for the socket: the target was never tried, so it is neither blamed (passive
     // ejection) nor retried elsewhere, where the same would happen.
@@ -406,7 +423,7 @@ export class Connection implements ConnectionRecord {
     const target = member?.target ?? this.originalTarget
     if (upstream === null || target === null) return
     upstream.setTimeout(0)
-    dialing.delete(this)
+    stopDialing(this)
     this.connectMs = Date.now() - this.openedAt
     if (member !== null) this.owner.pool.connectSucceeded(member)
     if (target.kind === 'tcp') {
@@ -454,7 +471,7 @@ export class Connection implements ConnectionRecord {
   /** Record the first cause (an error may replace an orderly close) and tear both sides down. */
   finish (reason: CloseReason, side: Side | null, error: NodeJS.ErrnoException | null): void {
     this.phase = 'closing'
-    dialing.delete(this)
+    stopDialing(this)
     const orderly = this.reason === null || this.reason === 'client-closed' || this.reason === 'upstream-closed'
     if (orderly) {
       this.reason = reason
