@@ -4,19 +4,10 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, it } from 'node:test'
 import { MIDDLEBOX_PRESETS } from '../src/budget/middleboxes.js'
+import type { CheckReport } from '../src/check.js'
 import { spawnCli } from './helpers/proxy.js'
 
-interface Side {
-  enabled: boolean
-  idle: number | null
-  interval: number | null
-  count: number | null
-  userTimeout: number | null
-  detectionSeconds: number | null
-  middleboxes: Array<{ name: string, idleTimeout: number }>
-  budget: { limit: number | null, margin: number | null, ok: boolean }
-}
-interface Report { routes: Array<{ name: string, client: Side, upstream: Side }>, warnings: string[] }
+type Report = CheckReport
 
 function writeConfig (t: { after: (fn: () => void) => void }, config: unknown): string {
   const dir = mkdtempSync(join(tmpdir(), 'kaproxy-budget-'))

@@ -4,22 +4,11 @@ import { once } from 'node:events'
 import { closeSync, openSync } from 'node:fs'
 import net from 'node:net'
 import { describe, it } from 'node:test'
-import { connect, startEchoServer } from './helpers/peers.js'
+import { echoThrough, startEchoServer } from './helpers/peers.js'
 import { spawnCli, startProxy } from './helpers/proxy.js'
 import { floodCycle, type FloodFigures } from './helpers/flood.js'
 
 const MiB = 1024 * 1024
-
-/** One echo round trip of `text` on a fresh connection through `port`. */
-async function echoes (port: number, text: string): Promise<boolean> {
-  const socket = await connect(port)
-  socket.end(text)
-  const chunks: Buffer[] = []
-  socket.on('data', (chunk: Buffer) => chunks.push(chunk))
-  await once(socket, 'end')
-  socket.destroy()
-  return Buffer.concat(chunks).toString() === text
-}
 
 /** Set this process's soft descriptor limit (the hard one stays). */
 function setSoftLimit (limit: number): void {
@@ -55,7 +44,7 @@ describe('descriptor exhaustion: accepting pauses, is logged once per burst, and
     assert.equal(run.stdout.find({ event: 'upstream-state', state: 'down' }).length, 0)
     assert.equal(run.stdout.find({ event: 'close', reason: 'upstream-error' }).length, 0)
     assert.equal(run.child.exitCode, null, run.stderr())
-    assert.equal(await echoes(port, 'still here'), true)
+    assert.equal(await echoThrough(port, 'still here'), 'still here')
   })
 
   it('a dial that fails with EMFILE closes that client with fd-exhausted and never ejects the upstream', { timeout: 60_000 }, async (t) => {
@@ -67,7 +56,7 @@ describe('descriptor exhaustion: accepting pauses, is logged once per burst, and
     })
     t.after(proxy.close)
     const port = proxy.port('emfile')
-    assert.equal(await echoes(port, 'before'), true)
+    assert.equal(await echoThrough(port, 'before'), 'before')
 
     // Fill this process's descriptor table but for two: the client's socket and kaproxy's accept.
     const fillers: number[] = []
@@ -97,7 +86,7 @@ describe('descriptor exhaustion: accepting pauses, is logged once per burst, and
     // Descriptors come back: the re-count while paused notices, accepting resumes by itself.
     release()
     setSoftLimit(20_000)
-    assert.equal(await echoes(port, 'after'), true)
+    assert.equal(await echoThrough(port, 'after'), 'after')
     const resumed = await proxy.log.waitFor({ event: 'accept-resumed' })
     assert.equal(resumed.fdExhausted, 1)
     assert.deepEqual(proxy.kaproxy.engine.upstreams('emfile').map((u) => u.state), ['up'])

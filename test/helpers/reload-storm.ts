@@ -1,9 +1,8 @@
-import { once } from 'node:events'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import YAML from 'yaml'
-import { connect, startEchoServer, startServer, type TestServer } from './peers.js'
+import { connect, echoThrough, startEchoServer, startServer, type TestServer } from './peers.js'
 import { startProxyFromFile } from './proxy.js'
 import { HashedEnd } from './traffic.js'
 
@@ -38,20 +37,6 @@ export interface StormFigures {
 
 type Invalid = 'yaml-syntax' | 'count' | 'duplicate-name' | 'unknown-key' | 'listen-taken'
 const INVALID: readonly Invalid[] = ['yaml-syntax', 'count', 'duplicate-name', 'unknown-key', 'listen-taken']
-
-async function echoRoundTrip (port: number, text: string): Promise<boolean> {
-  try {
-    const socket = await connect(port, '127.0.0.1', { allowHalfOpen: true })
-    socket.end(text)
-    const chunks: Buffer[] = []
-    socket.on('data', (chunk: Buffer) => chunks.push(chunk))
-    await once(socket, 'end')
-    socket.destroy()
-    return Buffer.concat(chunks).toString() === text
-  } catch {
-    return false
-  }
-}
 
 /**
  * A reload storm on a file-based proxy: route `stable` never changes, `churn` changes keepalive
@@ -125,7 +110,7 @@ export async function reloadStorm (options: StormOptions): Promise<StormFigures>
       await Promise.all(ends.map(async (end) => { await end.receivedAtLeast(end.receivedBytes + bytesBetweenReloads) }))
       if (i % 10 === 0) {
         probes++
-        if (!await echoRoundTrip(port, `probe ${i}`)) probeFailures++
+        if (await echoThrough(port, `probe ${i}`).catch(() => null) !== `probe ${i}`) probeFailures++
       }
     }
     const durationMs = Date.now() - started
