@@ -82,7 +82,8 @@ function budgetLine (route: RouteConfig, side: Side, budget: SideBudget): string
 export function formatCheckReport (config: KaproxyConfig): string {
   const lines = [`${config.routes.length} route(s); log level ${config.log.level}; admin ${config.admin.listen === null ? 'disabled' : formatHostPort(config.admin.listen)}`]
   for (const route of config.routes) {
-    lines.push('', `route ${route.name}: ${formatHostPort(route.listen)} -> ${targetsLabel(route.upstreams)} (connect timeout ${formatDuration(route.connectTimeoutMs)})`)
+    lines.push('', `route ${route.name}: ${formatHostPort(route.listen)} -> ${targetsLabel(route.upstreams)} (connect timeout ${formatDuration(route.connectTimeoutMs)}, engine ${route.engine})`)
+    if (route.engineNote !== null) lines.push(`  note: ${route.engineNote}`)
     const budget = routeBudget(route)
     for (const side of SIDES) lines.push(sideLine(side, route.keepalive[side]), budgetLine(route, side, budget[side]))
     if (route.upstreams.length > 1 || route.healthCheck !== null) {

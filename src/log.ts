@@ -73,6 +73,9 @@ export function loggingObserver (log: Logger): Required<EngineObserver> {
     onRouteError (route: RouteConfig, err: Error) {
       log.warn({ event: 'route-error', route: route.name, err }, `route ${route.name}: ${err.message}`)
     },
+    onDataPlaneFailed (err: Error) {
+      log.error({ event: 'data-plane-failed', err }, `the fast engine's worker failed (${err.message}): its connections were closed; new connections relay on the net engine`)
+    },
     onRouteDrained (route: RouteConfig, summary: DrainSummary) {
       log.info({ event: 'route-drained', route: route.name, ...summary },
         `route ${route.name} stopped (${summary.reason}): ${summary.finished} connection(s) finished, ${summary.cut} closed`)
@@ -106,12 +109,15 @@ export function logRoutePlan (log: Logger, routes: readonly RouteConfig[]): void
       listen: formatHostPort(route.listen),
       upstream: targetsLabel(route.upstreams),
       balance: route.balance,
+      engine: route.engine,
+      ...(route.engineNote === null ? {} : { engineNote: route.engineNote }),
       connectTimeoutMs: route.connectTimeoutMs,
       drainTimeoutMs: route.drainTimeoutMs,
       keepalive: sides,
       keepaliveApplyToExisting: route.keepaliveApplyToExisting,
       middleboxes
     }, `route ${route.name} keepalive`)
+    if (route.engineNote !== null) log.warn({ event: 'route-engine', route: route.name, engine: route.engine, note: route.engineNote }, `route ${route.name}: ${route.engineNote}`)
   }
 }
 

@@ -14,7 +14,8 @@ export const CONFIG_OPTIONS = {
   'no-keepalive': { type: 'boolean' },
   'connect-timeout': { type: 'string' },
   'log-level': { type: 'string' },
-  'admin-listen': { type: 'string' }
+  'admin-listen': { type: 'string' },
+  engine: { type: 'string' }
 } as const
 
 export type ConfigFlags = ReturnType<typeof parseConfigFlags>
@@ -85,5 +86,6 @@ export function overridesFromFlags (flags: ConfigFlags): Record<string, unknown>
   const overrides: Record<string, unknown> = {}
   if (flags['log-level'] !== undefined) overrides['log.level'] = flags['log-level']
   if (flags['admin-listen'] !== undefined) overrides['admin.listen'] = flags['admin-listen']
+  if (flags.engine !== undefined) overrides['defaults.engine'] = flags.engine
   return overrides
 }

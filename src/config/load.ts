@@ -6,7 +6,7 @@ import { adminConfigIssues } from './admin.js'
 import { parseDurationMs, parseHostPort } from './formats.js'
 import { checkRoutes, resolveKeepaliveDefaults, type RawKeepaliveDefaults } from './routes.js'
 import { createSchema } from './schema.js'
-import type { KaproxyConfig, LogLevel } from './types.js'
+import type { EngineChoice, KaproxyConfig, LogLevel } from './types.js'
 
 export interface LoadOptions {
   /** Environment for KAPROXY_* overrides; default process.env. */
@@ -167,7 +167,8 @@ export function buildConfig (raw: unknown, options: LoadOptions = {}): KaproxyCo
   const keepalive = resolved.defaults
   const connectTimeoutMs = topLevelOk ? parseDurationMs(schema.get('defaults.connectTimeout')) ?? 5000 : 5000
   const drainTimeoutMs = topLevelOk ? parseDurationMs(schema.get('defaults.drainTimeout')) ?? 30_000 : 30_000
-  const { routes, issues: routeIssues } = checkRoutes(Array.isArray(rawRoutes) ? rawRoutes : [], { keepalive, connectTimeoutMs, drainTimeoutMs })
+  const engine = topLevelOk ? schema.get('defaults.engine') as EngineChoice : 'auto'
+  const { routes, issues: routeIssues } = checkRoutes(Array.isArray(rawRoutes) ? rawRoutes : [], { keepalive, connectTimeoutMs, drainTimeoutMs, engine })
   issues.push(...routeIssues)
   if (issues.length > 0) throw new ConfigError(issues)
 
@@ -180,7 +181,7 @@ export function buildConfig (raw: unknown, options: LoadOptions = {}): KaproxyCo
     log: { level: schema.get('log.level') as LogLevel },
     admin,
     reload: { watch: schema.get('reload.watch') },
-    defaults: { keepalive: keepalive.settings, idleAuto: keepalive.idleAuto, middleboxes: keepalive.middleboxes, connectTimeoutMs, drainTimeoutMs },
+    defaults: { keepalive: keepalive.settings, idleAuto: keepalive.idleAuto, middleboxes: keepalive.middleboxes, connectTimeoutMs, drainTimeoutMs, engine },
     routes
   }
 }

@@ -10,12 +10,12 @@ import { isIP } from 'node:net'
 import { originalDstSupported } from '../sockopt/original-dst.js'
 import { parseUpstreamTarget, type UpstreamTarget } from '../upstream/target.js'
 import { parseAddressRule, type AddressRule } from './address-rule.js'
-import { BALANCES, SIDES, type Balance, type HealthCheckConfig, type OriginalDstConfig, type RouteConfig, type Side } from './types.js'
+import { BALANCES, ENGINE_CHOICES, SIDES, type Balance, type EngineChoice, type EngineName, type HealthCheckConfig, type OriginalDstConfig, type RouteConfig, type Side } from './types.js'
 
 type Raw = Record<string, unknown>
 
 const ROUTE_KEYS = new Set(['name', 'listen', 'upstream', 'balance', 'retries', 'connectTimeout', 'drainTimeout', 'keepalive', 'healthCheck',
-  'proxyProtocol', 'acceptProxyProtocol', 'proxyHeaderTimeout', 'maxConnections', 'idleTimeout', 'allow', 'destinations', 'socketMark'])
+  'proxyProtocol', 'acceptProxyProtocol', 'proxyHeaderTimeout', 'maxConnections', 'idleTimeout', 'allow', 'destinations', 'socketMark', 'engine'])
 const DESTINATION_KEYS = new Set(['match', 'keepalive'])
 const HEALTH_KEYS = new Set(['type', 'interval', 'timeout', 'rise', 'fall', 'path', 'expectStatus'])
 const MAX_UPSTREAMS = 64
@@ -269,7 +269,9 @@ function checkRoute (c: Checker, path: string, value: unknown, defaults: RouteDe
   const originalDst = checkOriginalDst(c, path, value, transparent, upstreamKeepalive)
   const socketMark = checkSocketMark(c, `${path}.socketMark`, value.socketMark, transparent || (upstreams ?? []).every((t) => t.kind === 'tcp' && isIP(t.host) !== 0))
 
-  if (c.issues.length !== before || 'rule' in listen || upstreams === undefined || originalDst === undefined || socketMark === undefined || balance === undefined || retries === undefined ||
+  const engineChoice = value.engine === undefined ? defaults.engine : c.oneOf(`${path}.engine`, value.engine, ENGINE_CHOICES)
+
+  if (c.issues.length !== before || engineChoice === undefined || 'rule' in listen || upstreams === undefined || originalDst === undefined || socketMark === undefined || balance === undefined || retries === undefined ||
     connectTimeoutMs === undefined || drainTimeoutMs === undefined || client === undefined || upstreamKeepalive === undefined || healthCheck === undefined ||
     proxyProtocol === undefined || proxyHeaderTimeoutMs === undefined || maxConnections === undefined || idleTimeoutMs === undefined) return undefined
   const sides: Record<Side, ResolvedSide> = { client, upstream: upstreamKeepalive }
@@ -292,8 +294,26 @@ function checkRoute (c: Checker, path: string, value: unknown, defaults: RouteDe
     maxConnections,
     idleTimeoutMs,
     originalDst,
-    socketMark
+    socketMark,
+    ...resolveEngine(engineChoice, acceptProxyProtocol)
   }
+}
+
+/** The fast engine needs splice(2), epoll and eventfd: Linux. */
+export const fastEngineAvailable = process.platform === 'linux'
+
+/**
+ * `auto` becomes `fast` where it can run the route, else `net`; a route that asked for `fast` (or
+ * `auto`) and runs on `net` gets a note saying why, shown by `check` and logged at start-up.
+ */
+export function resolveEngine (choice: EngineChoice, acceptProxyProtocol: boolean): { engine: EngineName, engineNote: string | null } {
+  if (choice === 'net') return { engine: 'net', engineNote: null }
+  if (!fastEngineAvailable) {
+    return { engine: 'net', engineNote: choice === 'fast' ? `engine fast needs Linux (splice, epoll); this is ${process.platform}: the route runs on net` : null }
+  }
+  // Reading the header makes Node read the client, and bytes after it would be stranded in Node.
+  if (acceptProxyProtocol) return { engine: 'net', engineNote: `acceptProxyProtocol reads the client's PROXY header in Node: the route runs on net, not ${choice}` }
+  return { engine: 'fast', engineNote: null }
 }
 
 function checkRules (c: Checker, path: string, value: unknown): AddressRule[] | undefined {
@@ -349,6 +369,7 @@ function checkSocketMark (c: Checker, path: string, value: unknown, ipOnly: bool
 }
 
 export interface RouteDefaults {
+  engine: EngineChoice
   keepalive: KeepaliveDefaults
   connectTimeoutMs: number
   drainTimeoutMs: number

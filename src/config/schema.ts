@@ -1,6 +1,6 @@
 import convict from 'convict'
 import { parseDurationMs, parseHostPort } from './formats.js'
-import { LOG_LEVELS } from './types.js'
+import { ENGINE_CHOICES, LOG_LEVELS } from './types.js'
 
 // convict owns the top level (defaults, env and flag overrides, unknown keys); the route list is
 // checked field by field in routes.ts, because convict cannot describe items of an array.
@@ -42,6 +42,7 @@ const formats = {
     const parsed = parseHostPort(value, 0)
     if ('rule' in parsed) throw new Error(`${parsed.rule}, or "" to disable (got ${show(value)})`)
   },
+  engine: (value: unknown): void => check(typeof value === 'string' && (ENGINE_CHOICES as readonly string[]).includes(value), `must be one of ${ENGINE_CHOICES.join(', ')}`, value),
   boolean: (value: unknown): void => check(typeof value === 'boolean', 'must be true or false', value),
   string: (value: unknown): void => check(typeof value === 'string', 'must be a string', value),
   'keepalive-seconds': durationFormat(WHOLE_SECONDS_RULE, isKeepaliveSeconds),
@@ -79,6 +80,7 @@ export function createSchema (env: NodeJS.ProcessEnv) {
       watch: { doc: 'reload when the config file changes; SIGHUP (and the admin API) reload either way', format: 'kaproxy-boolean', default: true }
     },
     defaults: {
+      engine: { doc: 'data plane: fast (splice in a worker thread, Linux), net (Node streams, portable), auto (fast where available)', format: formats.engine, default: 'auto', env: 'KAPROXY_ENGINE' },
       connectTimeout: { doc: 'upstream connect timeout', format: formats['connect-timeout'], default: '5s' as string | number },
       drainTimeout: {
         doc: 'how long live connections may go on once their route stops accepting (removed by a reload, or shutdown); then they are closed',

@@ -57,7 +57,17 @@ export interface RouteConfig {
   originalDst: OriginalDstConfig | null
   /** SO_MARK set on upstream sockets before connect (Linux, needs CAP_NET_ADMIN); null for none. */
   socketMark: number | null
+  /** The data plane this route's connections use, `auto` resolved for this platform. */
+  engine: EngineName
+  /** Why the route runs on another engine than it asked for (e.g. `fast` off Linux); null when it got what it asked. */
+  engineNote: string | null
 }
+
+/** `engine` as configured: `auto` is `fast` where the platform has it (Linux), else `net`. */
+export const ENGINE_CHOICES = ['auto', 'fast', 'net'] as const
+export type EngineChoice = typeof ENGINE_CHOICES[number]
+/** The data plane a route's connections relay through: `fast` splices in a worker thread, `net` uses Node's streams. */
+export type EngineName = 'fast' | 'net'
 
 export interface OriginalDstConfig {
   /** Destinations that may be relayed to; null allows all (the loop guard still applies). */
@@ -101,6 +111,6 @@ export interface KaproxyConfig {
    * `defaults.keepalive` as validated. When `idleAuto` is true, `keepalive.idleSec` is a placeholder
    * (the built-in 60 s) that no socket receives: each side resolves `auto` against its own middleboxes.
    */
-  defaults: { keepalive: KeepaliveSettings, idleAuto: boolean, middleboxes: Middlebox[], connectTimeoutMs: number, drainTimeoutMs: number }
+  defaults: { keepalive: KeepaliveSettings, idleAuto: boolean, middleboxes: Middlebox[], connectTimeoutMs: number, drainTimeoutMs: number, engine: EngineChoice }
   routes: RouteConfig[]
 }

@@ -63,6 +63,8 @@ export interface EngineObserver {
   onDialFailed?: (connection: ConnectionRecord, target: UpstreamTarget, reason: CloseReason, error: NodeJS.ErrnoException | null) => void
   /** A target of a route went up or down (health checks or passive ejection). */
   onUpstreamState?: (route: RouteConfig, target: UpstreamTarget, state: UpstreamState, reason: string) => void
+  /** The fast engine's worker failed: its connections closed, new ones relay on `net` from now on. */
+  onDataPlaneFailed?: (err: Error) => void
   /** A run-time problem that closed no connection (e.g. accept failed with EMFILE). */
   onRouteError?: (route: RouteConfig, err: Error) => void
   /**

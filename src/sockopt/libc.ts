@@ -141,3 +141,107 @@ export function duplicateDescriptor (fd: number): number {
   if (copy < 0) throw new SockoptError('fcntl', errnoName(koffi.errno()), 'F_DUPFD_CLOEXEC')
   return copy
 }
+
+/**
+ * The system calls of the fast engine's data plane (Linux): epoll, splice, pipes, eventfd. Each
+ * returns its result, or minus the errno on failure, so the relay's hot path branches on a number
+ * instead of catching exceptions (EAGAIN is the common case, not an error). Loaded on first use, in
+ * whichever thread calls it (koffi binds per thread).
+ */
+export interface DataPlaneCalls {
+  /** epoll_create1(EPOLL_CLOEXEC). */
+  epollCreate: () => number
+  /** epoll_ctl(epfd, op, fd, { events, data: fd }). */
+  epollCtl: (epfd: number, op: number, fd: number, events: number) => number
+  /** epoll_wait into `events` (packed 12-byte struct epoll_event); returns the count. */
+  epollWait: (epfd: number, events: Buffer, maxEvents: number, timeoutMs: number) => number
+  /** splice(in, NULL, out, NULL, length, SPLICE_F_MOVE | SPLICE_F_NONBLOCK): bytes moved, 0 at EOF. */
+  splice: (fdIn: number, fdOut: number, length: number) => number
+  /** pipe2(O_NONBLOCK | O_CLOEXEC) grown to `size` bytes where allowed: [read end, write end, capacity]. */
+  pipe: (size: number) => [number, number, number] | number
+  /** shutdown(fd, SHUT_WR): a FIN to the peer. */
+  shutdownWrite: (fd: number) => number
+  /** The socket's pending error (SO_ERROR, cleared by reading it): 0 for none. */
+  socketError: (fd: number) => number
+  /** eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC). */
+  eventfd: () => number
+  /** Add 1 to an eventfd's counter (wakes a thread waiting on it). */
+  signal: (fd: number) => number
+  /** Reset an eventfd's counter. */
+  drainSignal: (fd: number) => number
+  close: (fd: number) => number
+}
+
+// <sys/epoll.h>, <fcntl.h>, <sys/eventfd.h> on Linux.
+export const EPOLLIN = 0x1
+export const EPOLLOUT = 0x4
+export const EPOLLERR = 0x8
+export const EPOLLHUP = 0x10
+export const EPOLLRDHUP = 0x2000
+export const EPOLLET = 0x80000000
+export const EPOLL_CTL_ADD = 1
+export const EPOLL_CTL_DEL = 2
+export const EAGAIN = 11
+const O_NONBLOCK = 0x800
+const O_CLOEXEC = 0x80000
+const F_SETPIPE_SZ = 1031
+const SPLICE_MOVE_NONBLOCK = 1 | 2
+
+let dataPlane: DataPlaneCalls | undefined
+
+export function dataPlaneCalls (): DataPlaneCalls {
+  if (dataPlane !== undefined) return dataPlane
+  if (process.platform !== 'linux') throw new KaproxyError('KAPROXY_ERR_PLATFORM', `the fast engine needs Linux (splice, epoll); this is ${process.platform}`)
+  const lib = koffi.load(LIBC_PATH.linux)
+  const base = load()
+  const epollCreate1 = lib.func('int epoll_create1(int flags)') as (flags: number) => number
+  const epollCtl = lib.func('int epoll_ctl(int epfd, int op, int fd, void *event)') as (epfd: number, op: number, fd: number, event: Buffer) => number
+  const epollWait = lib.func('int epoll_wait(int epfd, void *events, int maxevents, int timeout)') as (epfd: number, events: Buffer, max: number, timeout: number) => number
+  const splice = lib.func('intptr_t splice(int fd_in, void *off_in, int fd_out, void *off_out, size_t len, unsigned int flags)') as
+    (fdIn: number, offIn: null, fdOut: number, offOut: null, length: number, flags: number) => number | bigint
+  const pipe2 = lib.func('int pipe2(_Out_ int *fds, int flags)') as (fds: Int32Array, flags: number) => number
+  const shutdown = lib.func('int shutdown(int fd, int how)') as (fd: number, how: number) => number
+  const eventfd = lib.func('int eventfd(unsigned int initval, int flags)') as (initval: number, flags: number) => number
+  const write = lib.func('intptr_t write(int fd, const void *buf, size_t count)') as (fd: number, buf: Buffer, count: number) => number | bigint
+  const read = lib.func('intptr_t read(int fd, _Out_ void *buf, size_t count)') as (fd: number, buf: Buffer, count: number) => number | bigint
+  const failed = (result: number | bigint): number => Number(result) < 0 ? -koffi.errno() : Number(result)
+  // Preallocated: one event struct for epoll_ctl, one counter for eventfd, one int pair for pipe2.
+  const event = Buffer.alloc(12)
+  const counter = Buffer.alloc(8)
+  const one = Buffer.alloc(8)
+  one.writeBigUInt64LE(1n)
+  const fds = new Int32Array(2)
+  const errorValue: [number] = [0]
+  const errorLength: [number] = [4]
+  const { SOL_SOCKET, SO_ERROR } = SOCKOPT_CONSTANTS.linux
+  dataPlane = {
+    epollCreate: () => failed(epollCreate1(O_CLOEXEC)),
+    epollCtl: (epfd, op, fd, events) => {
+      event.writeUInt32LE(events >>> 0, 0)
+      event.writeUInt32LE(fd, 4)
+      event.writeUInt32LE(0, 8)
+      return failed(epollCtl(epfd, op, fd, event))
+    },
+    epollWait: (epfd, events, maxEvents, timeoutMs) => failed(epollWait(epfd, events, maxEvents, timeoutMs)),
+    splice: (fdIn, fdOut, length) => failed(splice(fdIn, null, fdOut, null, length, SPLICE_MOVE_NONBLOCK)),
+    pipe: (size) => {
+      if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) !== 0) return -koffi.errno()
+      const [readEnd = -1, writeEnd = -1] = fds
+      // fs.pipe-max-size caps the size; beyond fs.pipe-user-pages-soft an unprivileged user gets
+      // EPERM: the pipe keeps its default size (64 KiB) then.
+      const grown = base.fcntl(writeEnd, F_SETPIPE_SZ, size)
+      return [readEnd, writeEnd, grown > 0 ? grown : 65536]
+    },
+    shutdownWrite: (fd) => failed(shutdown(fd, 1)),
+    socketError: (fd) => {
+      errorValue[0] = 0
+      errorLength[0] = 4
+      return base.getsockoptInt(fd, SOL_SOCKET, SO_ERROR, errorValue, errorLength) !== 0 ? koffi.errno() : errorValue[0]
+    },
+    eventfd: () => failed(eventfd(0, O_NONBLOCK | O_CLOEXEC)),
+    signal: (fd) => failed(write(fd, one, 8)),
+    drainSignal: (fd) => failed(read(fd, counter, 8)),
+    close: (fd) => failed(base.close(fd))
+  }
+  return dataPlane
+}

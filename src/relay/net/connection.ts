@@ -2,7 +2,12 @@ import net, { type Socket } from 'node:net'
 import { formatHostPort } from '../../config/formats.js'
 import { SIDES, type RouteConfig, type Side } from '../../config/types.js'
 import { NoDescriptorError, SockoptError } from '../../errors.js'
-import { applyKeepalive, pendingSocketError, type KeepaliveSettings } from '../../keepalive.js'
+import { applyKeepalive, pendingSocketError, socketFd, type KeepaliveSettings } from '../../keepalive.js'
+import { errnoName } from '../../sockopt/libc.js'
+import type { SpliceDataPlane, SpliceStats } from '../fast/data-plane.js'
+import {
+  STAT_BYTES_FROM_CLIENT, STAT_BYTES_FROM_UPSTREAM, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT, STAT_LAST_SILENCE_MS, type PairEnded
+} from '../fast/protocol.js'
 import { markedSocket } from '../../sockopt/mark.js'
 import { originalDestination } from '../../sockopt/original-dst.js'
 import type { UpstreamMember, UpstreamPool } from '../../upstream/pool.js'
@@ -15,6 +20,8 @@ import { encodeV1, encodeV2, parseProxyHeader, type ProxiedAddresses } from '../
 /** What a connection reports to the listener that owns it. */
 export interface ConnectionOwner {
   readonly pool: UpstreamPool
+  /** The fast engine's worker, for routes on `fast`. */
+  readonly dataPlane: SpliceDataPlane
   opened: (connection: Connection) => void
   closed: (connection: Connection, summary: CloseSummary) => void
   dialFailed: (connection: Connection, target: UpstreamTarget, reason: CloseReason, error: NodeJS.ErrnoException | null) => void
@@ -112,13 +119,19 @@ export class Connection implements ConnectionRecord {
   clientVia: string | null = null
   upstream: string
   readonly openedAt = Date.now()
-  bytesFromClient = 0
-  bytesFromUpstream = 0
   connectMs: number | null = null
+  // Counted here by the net relay; the fast engine's worker counts in shared memory (`spliced`)
+  // while it relays, and the totals come back here when it lets go.
+  clientBytes = 0
+  upstreamBytes = 0
   // Silence tracking, on performance.now()'s clock in ms: one timestamp per chunk, no allocation.
-  lastByteAt = 0
-  lastSilenceMs = 0
-  lastSilenceEndedAt = 0
+  lastByte = 0
+  silenceMs = 0
+  silenceEndedAt = 0
+  /** Live statistics while the fast engine's worker relays this connection; null otherwise. */
+  private spliced: SpliceStats | null = null
+  /** `worker` from the hand-over to the fast engine's worker until it lets go (`released`). */
+  private relayedBy: 'node' | 'worker' | 'released' = 'node'
 
   private readonly owner: ConnectionOwner
   private readonly clientSocket: RelaySocket
@@ -159,6 +172,26 @@ export class Connection implements ConnectionRecord {
     this.clientKeepalive = route.keepalive.client
     this.upstreamKeepalive = route.keepalive.upstream
     this.clientSocket = Object.assign(client, { [CONNECTION]: this })
+  }
+
+  get bytesFromClient (): number {
+    return this.spliced === null ? this.clientBytes : this.clientBytes + this.spliced.value(STAT_BYTES_FROM_CLIENT)
+  }
+
+  get bytesFromUpstream (): number {
+    return this.spliced === null ? this.upstreamBytes : this.upstreamBytes + this.spliced.value(STAT_BYTES_FROM_UPSTREAM)
+  }
+
+  get lastByteAt (): number {
+    return this.spliced === null ? this.lastByte : this.spliced.time(STAT_LAST_BYTE_AT)
+  }
+
+  get lastSilenceMs (): number {
+    return this.spliced === null ? this.silenceMs : this.spliced.value(STAT_LAST_SILENCE_MS)
+  }
+
+  get lastSilenceEndedAt (): number {
+    return this.spliced === null ? this.silenceEndedAt : this.spliced.time(STAT_LAST_SILENCE_ENDED_AT)
   }
 
   socket (side: Side): Socket | null {
@@ -366,6 +399,9 @@ export class Connection implements ConnectionRecord {
       return
     }
     const upstream = this.upstreamSocket = Object.assign(socket, { [CONNECTION]: this })
+    // For the fast engine Node must never read this socket: paused before 'connect', libuv does
+    // not start reading it (bytes read here would be stranded in Node's buffer).
+    if (this.route.engine === 'fast') upstream.pause()
     this.openSockets++
     upstream.on('connect', onUpstreamConnect)
     upstream.on('error', onError)
@@ -435,15 +471,29 @@ export class Connection implements ConnectionRecord {
     }
     this.phase = 'relaying'
     // The silence clock starts at connect: a flow that never carried a byte is silent from here.
-    this.lastByteAt = performance.now()
+    this.lastByte = performance.now()
+    if (this.route.engine === 'fast' && this.pendingToUpstream === null) {
+      this.owner.opened(this)
+      if (this.route.proxyProtocol === null) this.handOver()
+      // The header goes first, written by Node; the worker takes over once it left.
+      else upstream.write(this.proxyHeader(this.route.proxyProtocol), () => { this.handOver() })
+      return
+    }
+    this.relayInNode()
+  }
+
+  /** The net relay: Node reads each side ('data' events) and writes to the other with backpressure. */
+  private relayInNode (): void {
     const client = this.clientSocket
+    const upstream = this.upstreamSocket
+    if (upstream === null) return
     client.on('data', onData)
     client.on('drain', onDrain)
     upstream.on('data', onData)
     upstream.on('drain', onDrain)
     if (this.route.proxyProtocol !== null) upstream.write(this.proxyHeader(this.route.proxyProtocol))
     if (this.pendingToUpstream !== null) {
-      this.bytesFromClient += this.pendingToUpstream.length
+      this.clientBytes += this.pendingToUpstream.length
       upstream.write(this.pendingToUpstream)
       this.pendingToUpstream = null
     }
@@ -451,8 +501,78 @@ export class Connection implements ConnectionRecord {
     // Socket timeouts restart on every read and write, and each relayed byte is read or written
     // on the client socket, so one timer there covers both directions.
     if (this.route.idleTimeoutMs !== null) client.setTimeout(this.route.idleTimeoutMs)
-    this.owner.opened(this)
+    if (this.relayedBy === 'node') this.owner.opened(this)
     client.resume()
+    upstream.resume()
+  }
+
+  /**
+   * The fast engine: the worker relays both descriptors from here on (splice, half-close, idle
+   * timeout); Node keeps the sockets for keepalive, TCP_INFO and closing. Falls back to the net
+   * relay when the worker is unavailable.
+   */
+  private handOver (): void {
+    const upstream = this.upstreamSocket
+    if (this.phase !== 'relaying' || upstream === null) return
+    let clientFd, upstreamFd
+    try {
+      clientFd = socketFd(this.clientSocket)
+      upstreamFd = socketFd(upstream)
+    } catch (err) {
+      this.finish('client-error', 'client', err as NodeJS.ErrnoException)
+      return
+    }
+    const stats = this.owner.dataPlane.relay(this, clientFd, upstreamFd, {
+      idleTimeoutMs: this.route.idleTimeoutMs,
+      clientEnded: this.firstFin === 'client',
+      lastByteAt: this.lastByte
+    })
+    if (stats === null) {
+      this.relayedBy = 'released'
+      this.relayInNode()
+      return
+    }
+    this.spliced = stats
+    this.relayedBy = 'worker'
+  }
+
+  /** The worker let go of this connection: keep its final counts, then close as it ended. */
+  relayEnded (end: PairEnded): void {
+    const stats = this.spliced
+    if (stats !== null) {
+      this.clientBytes += stats.value(STAT_BYTES_FROM_CLIENT)
+      this.upstreamBytes += stats.value(STAT_BYTES_FROM_UPSTREAM)
+      this.lastByte = stats.time(STAT_LAST_BYTE_AT)
+      this.silenceMs = stats.value(STAT_LAST_SILENCE_MS)
+      this.silenceEndedAt = stats.time(STAT_LAST_SILENCE_ENDED_AT)
+    }
+    this.spliced = null
+    this.relayedBy = 'released'
+    if (end.firstFin !== null) this.countFin(end.firstFin)
+    switch (end.how) {
+      case 'closed': {
+        const side = end.firstFin ?? 'client'
+        this.finish(side === 'client' ? 'client-closed' : 'upstream-closed', side, null)
+        break
+      }
+      case 'error': {
+        if (end.side === null) {
+          this.finish('upstream-error', null, Object.assign(new Error('the fast engine\'s worker stopped'), { code: 'KAPROXY_ERR_DATA_PLANE' }))
+          break
+        }
+        const code = errnoName(end.errno)
+        const error: NodeJS.ErrnoException = Object.assign(new Error(`splice ${code}`), { code, errno: -end.errno, syscall: 'splice' })
+        this.finish(reasonForError(end.side, error, true), end.side, error)
+        break
+      }
+      case 'idle':
+        this.finish('idle-timeout', null, null)
+        break
+      case 'dropped':
+        // Asked for by finish(), whose reason is recorded: now the sockets can close.
+        this.finish(this.reason ?? 'shutdown', this.reasonSide, this.error)
+        break
+    }
   }
 
   private proxyHeader (version: 'v1' | 'v2'): Buffer {
@@ -478,6 +598,11 @@ export class Connection implements ConnectionRecord {
       this.reasonSide = side
       this.error = error
       this.closingAt = performance.now()
+    }
+    // The worker still polls both descriptors: they may close only once it let go (relayEnded).
+    if (this.relayedBy === 'worker') {
+      this.owner.dataPlane.drop(this.id)
+      return
     }
     const abortive = isAbortive(reason)
     for (const socket of [this.clientSocket, this.upstreamSocket]) {
@@ -531,14 +656,14 @@ function onData (this: RelaySocket, chunk: Buffer): void {
   const connection = this[CONNECTION]
   const peer = connection.peerOf(this)
   const now = performance.now()
-  const quietMs = now - connection.lastByteAt
+  const quietMs = now - connection.lastByte
   if (quietMs >= SILENCE_MIN_MS) {
-    connection.lastSilenceMs = quietMs
-    connection.lastSilenceEndedAt = now
+    connection.silenceMs = quietMs
+    connection.silenceEndedAt = now
   }
-  connection.lastByteAt = now
-  if (connection.sideOf(this) === 'client') connection.bytesFromClient += chunk.length
-  else connection.bytesFromUpstream += chunk.length
+  connection.lastByte = now
+  if (connection.sideOf(this) === 'client') connection.clientBytes += chunk.length
+  else connection.upstreamBytes += chunk.length
   if (peer !== null && !peer.write(chunk)) this.pause()
 }
 

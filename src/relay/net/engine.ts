@@ -5,6 +5,7 @@ import { KaproxyError } from '../../errors.js'
 import type { ApplyResult, ConnectionRecord, Engine, EngineObserver } from '../engine.js'
 import type { UpstreamState } from '../../upstream/pool.js'
 import type { UpstreamTarget } from '../../upstream/target.js'
+import { SpliceDataPlane } from '../fast/data-plane.js'
 import { DescriptorBudget } from './descriptor-budget.js'
 import { probeRouteSocketMark, RouteListener } from './route-listener.js'
 
@@ -22,11 +23,17 @@ export function sameSettings (a: unknown, b: unknown): boolean {
   return keys.length === Object.keys(right).length && keys.every((key) => Object.hasOwn(right, key) && sameSettings(left[key], right[key]))
 }
 
-/** The portable engine: one net.Socket pair per connection. */
+/**
+ * The relay engine: each route accepts and dials with net.Sockets (keepalive, pools, PROXY
+ * protocol, loop guard); a connected pair is then relayed by the route's engine, `net` (Node
+ * streams) or `fast` (handed to the splice worker of `dataPlane`).
+ */
 export class NetEngine implements Engine {
   private readonly observer: EngineObserver
   /** Descriptors, shared by every route: accepting pauses for all when they run short. */
   readonly budget: DescriptorBudget
+  /** The splice worker shared by every route on `fast`; started by the first such connection. */
+  readonly dataPlane: SpliceDataPlane
   /** The configured routes' listeners, in config order. */
   private listeners = new Map<string, RouteListener>()
   /** Listeners of removed routes whose connections are still draining. */
@@ -38,13 +45,14 @@ export class NetEngine implements Engine {
   constructor (observer: EngineObserver = {}) {
     this.observer = observer
     this.budget = new DescriptorBudget(observer)
+    this.dataPlane = new SpliceDataPlane((err) => { observer.onDataPlaneFailed?.(err) })
   }
 
   async start (routes: readonly RouteConfig[]): Promise<void> {
     const started: RouteListener[] = []
     try {
       for (const route of routes) {
-        const listener = new RouteListener(route, this.observer, this.budget)
+        const listener = new RouteListener(route, this.observer, this.budget, this.dataPlane)
         started.push(listener)
         await listener.listen()
         this.listeners.set(route.name, listener)
@@ -146,7 +154,7 @@ export class NetEngine implements Engine {
   }
 
   private async listenRoute (route: RouteConfig): Promise<RouteListener> {
-    const listener = new RouteListener(route, this.observer, this.budget)
+    const listener = new RouteListener(route, this.observer, this.budget, this.dataPlane)
     try {
       await listener.listen()
     } catch (err) {
@@ -168,12 +176,13 @@ export class NetEngine implements Engine {
       ...[...this.listeners.values()].map(async (listener) => { await listener.drain(graceMs ?? listener.route.drainTimeoutMs, 'shutdown') }),
       // Removed routes keep draining on their own deadline.
       ...[...this.retiring].map(async (listener) => { await listener.drain(0, 'route-removed') })
-    ]).then(() => { this.budget.close() })
+    ]).then(async () => { this.budget.close(); await this.dataPlane.close() })
     return await this.draining
   }
 
   async close (): Promise<void> {
-    this.closing ??= Promise.all([...this.listeners.values(), ...this.retiring].map(async (listener) => { await listener.close() })).then(() => { this.budget.close() })
+    this.closing ??= Promise.all([...this.listeners.values(), ...this.retiring].map(async (listener) => { await listener.close() }))
+      .then(async () => { this.budget.close(); await this.dataPlane.close() })
     return await this.closing
   }
 }

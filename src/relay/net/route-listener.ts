@@ -10,6 +10,7 @@ import { UpstreamPool } from '../../upstream/pool.js'
 import type { UpstreamTarget } from '../../upstream/target.js'
 import { isDescriptorExhaustion, type CloseReason } from '../close-reason.js'
 import type { CloseSummary, DrainSummary, EngineObserver } from '../engine.js'
+import type { SpliceDataPlane } from '../fast/data-plane.js'
 import { Connection, type ConnectionOwner } from './connection.js'
 import type { AcceptGate, DescriptorBudget } from './descriptor-budget.js'
 
@@ -64,6 +65,7 @@ export class RouteListener implements ConnectionOwner, AcceptGate {
   private server: net.Server
   private readonly observer: EngineObserver
   readonly budget: DescriptorBudget
+  readonly dataPlane: SpliceDataPlane
   private stopping: Stopping | null = null
   /**
    * A second descriptor of the listening socket (see pauseAccepting): while it is open the socket
@@ -73,10 +75,11 @@ export class RouteListener implements ConnectionOwner, AcceptGate {
   private spareFd: number | null = null
   private paused = false
 
-  constructor (route: RouteConfig, observer: EngineObserver, budget: DescriptorBudget) {
+  constructor (route: RouteConfig, observer: EngineObserver, budget: DescriptorBudget, dataPlane: SpliceDataPlane) {
     this.route = route
     this.observer = observer
     this.budget = budget
+    this.dataPlane = dataPlane
     this.server = this.createServer()
     this.pool = this.createPool(route)
     this.health = route.healthCheck === null ? null : new HealthChecker(this.pool, route.healthCheck)

@@ -1,0 +1,202 @@
+import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads'
+import { dataPlaneCalls } from '../../sockopt/libc.js'
+import {
+  SLOTS_PER_BLOCK, STAT_FIELDS, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT, type FromWorker, type PairEnded, type ToWorker
+} from './protocol.js'
+
+/** A connection whose bytes the worker relays; told once when the worker lets go of it. */
+export interface SplicedConnection {
+  readonly id: number
+  relayEnded: (end: PairEnded) => void
+}
+
+/**
+ * A handed-over connection's live statistics, written by the worker into shared memory: byte
+ * counts and silence times read here without a message.
+ */
+export class SpliceStats {
+  private readonly block: Float64Array
+  private readonly base: number
+  constructor (block: Float64Array, base: number) {
+    this.block = block
+    this.base = base
+  }
+
+  /** A count field (bytes, ms). */
+  value (field: number): number {
+    return this.block[this.base + field] ?? 0
+  }
+
+  /** A time field on this thread's performance.now() clock; 0 stays 0 (none). */
+  time (field: number): number {
+    const absolute = this.block[this.base + field] ?? 0
+    return absolute === 0 ? 0 : absolute - performance.timeOrigin
+  }
+}
+
+export interface RelayOptions {
+  idleTimeoutMs: number | null
+  clientEnded: boolean
+  /** performance.now() of the last byte (or of the connect). */
+  lastByteAt: number
+}
+
+/**
+ * The fast engine's data plane, seen from the main thread: it owns the splice worker, the eventfd
+ * that wakes it, the shared statistics, and the table of connections handed over. Node keeps
+ * owning every socket: the worker reports when it let go of a pair, and only then may the main
+ * thread close the descriptors (an fd number closed early could be reused by a new accept while
+ * the worker still polls it). The worker starts with the first connection, so routes on `net`
+ * never pay for it.
+ */
+export class SpliceDataPlane {
+  private worker: Worker | null = null
+  private port: MessagePort | null = null
+  private wakeFd = -1
+  private readonly blocks: Float64Array[] = []
+  private readonly freeSlots: number[] = []
+  private readonly live = new Map<number, { connection: SplicedConnection, slot: number }>()
+  /** Set when the worker could not start or died: connections then stay on the net relay. */
+  private failure: Error | null = null
+  private stopped: Promise<void> | null = null
+  private readonly onFailure: (err: Error) => void
+
+  constructor (onFailure: (err: Error) => void) {
+    this.onFailure = onFailure
+  }
+
+  /** Connections the worker relays now. */
+  get size (): number {
+    return this.live.size
+  }
+
+  /**
+   * Hand a connected pair to the worker. Returns its live statistics, or null when the data plane
+   * is unavailable (the worker failed, or the data plane is closing): the caller relays it itself.
+   */
+  relay (connection: SplicedConnection, clientFd: number, upstreamFd: number, options: RelayOptions): SpliceStats | null {
+    if (this.failure !== null || this.stopped !== null) return null
+    if (this.worker === null && !this.startWorker()) return null
+    const slot = this.takeSlot()
+    const block = this.blocks[Math.floor(slot / SLOTS_PER_BLOCK)] as Float64Array
+    this.live.set(connection.id, { connection, slot })
+    this.send({
+      type: 'add',
+      id: connection.id,
+      clientFd,
+      upstreamFd,
+      slot,
+      idleTimeoutMs: options.idleTimeoutMs ?? 0,
+      clientEnded: options.clientEnded,
+      lastByteAt: options.lastByteAt + performance.timeOrigin
+    })
+    return new SpliceStats(block, (slot % SLOTS_PER_BLOCK) * STAT_FIELDS)
+  }
+
+  /** Ask the worker to let go of a connection now; `relayEnded` follows with `dropped` (or how it ended first). */
+  drop (id: number): void {
+    if (this.live.has(id)) this.send({ type: 'drop', id })
+  }
+
+  /** Stop the worker once it let go of every connection (it is told to drop those left). Idempotent. */
+  async close (): Promise<void> {
+    this.stopped ??= this.stopWorker()
+    await this.stopped
+  }
+
+  private startWorker (): boolean {
+    try {
+      const calls = dataPlaneCalls()
+      const wakeFd = calls.eventfd()
+      if (wakeFd < 0) throw new Error(`eventfd failed: errno ${-wakeFd}`)
+      const { port1, port2 } = new MessageChannel()
+      const worker = new Worker(new URL('./splice-worker.js', import.meta.url), {
+        workerData: { port: port2, wakeFd },
+        transferList: [port2],
+        // The data plane uses little heap: its memory is the kernel's pipes and sockets.
+        resourceLimits: { maxOldGenerationSizeMb: 64 }
+      })
+      this.wakeFd = wakeFd
+      this.port = port1
+      this.worker = worker
+      port1.on('message', (batch: FromWorker) => { this.ended(batch) })
+      worker.on('error', (err) => { this.fail(err) })
+      worker.on('exit', (code) => { if (this.stopped === null) this.fail(new Error(`splice worker exited with code ${code}`)) })
+      // Neither keeps the process alive by itself: live sockets do, and close() stops the worker.
+      port1.unref()
+      worker.unref()
+      for (const block of this.blocks) this.send({ type: 'block', buffer: block.buffer as SharedArrayBuffer })
+      return true
+    } catch (err) {
+      this.fail(err as Error)
+      return false
+    }
+  }
+
+  private takeSlot (): number {
+    const free = this.freeSlots.pop()
+    if (free !== undefined) return free
+    const block = new Float64Array(new SharedArrayBuffer(SLOTS_PER_BLOCK * STAT_FIELDS * Float64Array.BYTES_PER_ELEMENT))
+    const first = this.blocks.length * SLOTS_PER_BLOCK
+    this.blocks.push(block)
+    this.send({ type: 'block', buffer: block.buffer as SharedArrayBuffer })
+    for (let slot = first + SLOTS_PER_BLOCK - 1; slot > first; slot--) this.freeSlots.push(slot)
+    return first
+  }
+
+  private send (message: ToWorker): void {
+    if (this.port === null) return
+    this.port.postMessage(message)
+    dataPlaneCalls().signal(this.wakeFd)
+  }
+
+  private ended (batch: FromWorker): void {
+    for (const end of batch) {
+      const entry = this.live.get(end.id)
+      if (entry === undefined) continue
+      this.live.delete(end.id)
+      // The connection reads its final statistics before the slot can be reused.
+      entry.connection.relayEnded(end)
+      const block = this.blocks[Math.floor(entry.slot / SLOTS_PER_BLOCK)]
+      const base = (entry.slot % SLOTS_PER_BLOCK) * STAT_FIELDS
+      if (block !== undefined) {
+        block[base + STAT_LAST_BYTE_AT] = 0
+        block[base + STAT_LAST_SILENCE_ENDED_AT] = 0
+      }
+      this.freeSlots.push(entry.slot)
+    }
+  }
+
+  /** The worker is gone: every connection it held is told (`dropped` with no reason: they close), none is handed over again. */
+  private fail (err: Error): void {
+    if (this.failure !== null) return
+    this.failure = err
+    this.onFailure(err)
+    const live = [...this.live.values()]
+    this.live.clear()
+    for (const { connection } of live) connection.relayEnded({ id: connection.id, how: 'error', side: null, errno: 0, firstFin: null })
+    this.release()
+  }
+
+  private async stopWorker (): Promise<void> {
+    const worker = this.worker
+    if (worker === null || this.failure !== null) { this.release(); return }
+    const exited = new Promise<void>((resolve) => { worker.once('exit', () => { resolve() }) })
+    this.send({ type: 'stop' })
+    await exited
+    // The worker's last batch (pairs it dropped on stop) arrives before 'exit' is handled? Not
+    // guaranteed: whatever is left is released here.
+    const live = [...this.live.values()]
+    this.live.clear()
+    for (const { connection } of live) connection.relayEnded({ id: connection.id, how: 'dropped', side: null, errno: 0, firstFin: null })
+    this.release()
+  }
+
+  private release (): void {
+    this.port?.close()
+    this.port = null
+    if (this.wakeFd >= 0) dataPlaneCalls().close(this.wakeFd)
+    this.wakeFd = -1
+    this.worker = null
+  }
+}
