@@ -28,7 +28,7 @@ const COLORS: Record<string, string> = {
 }
 
 function colorOf (target: string): string {
-  return COLORS[target] ?? (target.startsWith('kaproxy') ? (target === 'kaproxy' ? '#d62728' : '#ff7f0e') : '#9467bd')
+  return COLORS[target] ?? (target.startsWith('kaproxy') ? (target === 'kaproxy-fast' ? '#d62728' : target.startsWith('kaproxy-fast') ? '#e377c2' : '#ff7f0e') : '#9467bd')
 }
 
 function esc (s: string): string {

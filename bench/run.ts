@@ -26,9 +26,9 @@ const { values: opts } = parseArgs({
     'idle-conns': { type: 'string', default: '9000' },
     'idle-sec': { type: 'string', default: '15' },
     clients: { type: 'string', default: '32' },
-    targets: { type: 'string', default: 'direct,kaproxy,kaproxy-opt-size,haproxy,haproxy-splice,nginx,socat' },
+    targets: { type: 'string', default: 'direct,kaproxy-fast,kaproxy-net,kaproxy-net-opt-size,haproxy,haproxy-splice,nginx,socat' },
     scenarios: { type: 'string', default: SCENARIOS.join(',') },
-    // Extra kaproxy builds to compare: NAME=PATH/TO/cli.js[,NODE_FLAG...] (repeatable).
+    // Extra kaproxy builds to compare: NAME=PATH/TO/cli.js[,NODE_FLAG...] (repeatable; engine auto).
     kaproxy: { type: 'string', multiple: true, default: [] },
     'log-level': { type: 'string', default: 'warn' },
     out: { type: 'string', default: join(ROOT, 'bench/results') },
@@ -85,7 +85,7 @@ function versions (): Record<string, string> {
   const gitRev = sh('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'])
   const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }
   return {
-    kaproxy: `${pkg.version} (${gitRev}), engine net`,
+    kaproxy: `${pkg.version} (${gitRev}), engines fast and net`,
     node: process.version,
     haproxy: has('haproxy') ? firstLine(sh('haproxy', ['-v'])) : 'not installed',
     nginx: has('nginx') ? sh('sh', ['-c', 'nginx -v 2>&1']) : 'not installed',
@@ -107,8 +107,10 @@ function makeTargets (): Target[] {
   const logLevel = opts['log-level']
   const all = new Map<string, Target>([
     ['direct', direct],
-    ['kaproxy', kaproxy('kaproxy', cli, [], logLevel)],
-    ['kaproxy-opt-size', kaproxy('kaproxy-opt-size', cli, ['--optimize-for-size'], logLevel)],
+    ['kaproxy-fast', kaproxy('kaproxy-fast', cli, [], logLevel, 'fast')],
+    ['kaproxy-fast-opt-size', kaproxy('kaproxy-fast-opt-size', cli, ['--optimize-for-size'], logLevel, 'fast')],
+    ['kaproxy-net', kaproxy('kaproxy-net', cli, [], logLevel, 'net')],
+    ['kaproxy-net-opt-size', kaproxy('kaproxy-net-opt-size', cli, ['--optimize-for-size'], logLevel, 'net')],
     ['haproxy', haproxy('haproxy', false)],
     ['haproxy-splice', haproxy('haproxy-splice', true)],
     ['nginx', nginx],
@@ -118,7 +120,7 @@ function makeTargets (): Target[] {
     const [name, rest] = spec.split('=', 2)
     if (name === undefined || rest === undefined) throw new Error(`--kaproxy wants NAME=PATH[,FLAG...], got ${spec}`)
     const [path, ...flags] = rest.split(',')
-    all.set(name, kaproxy(name, resolve(path ?? ''), flags, logLevel))
+    all.set(name, kaproxy(name, resolve(path ?? ''), flags, logLevel, 'auto'))
   }
   return opts.targets.split(',').map((name) => {
     const target = all.get(name)
