@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict'
 import { readFileSync } from 'node:fs'
 import type net from 'node:net'
-import { describe, it } from 'node:test'
+import { it } from 'node:test'
 import { connect, startServer } from './helpers/peers.js'
 import { spawnCli } from './helpers/proxy.js'
+import { describeEachEngine } from './helpers/engines.js'
 
 const GiB = 1024 * 1024 * 1024
 const CHUNK = Buffer.alloc(1024 * 1024, 0x5a)
@@ -85,7 +86,7 @@ async function run (direction: 'upstream-to-client' | 'client-to-upstream'): Pro
   }
 }
 
-describe('backpressure', () => {
+describeEachEngine('backpressure', () => {
   it('a client that reads nothing while the upstream streams 1 GiB keeps kaproxy\'s RSS bounded', async () => {
     await run('upstream-to-client')
   })

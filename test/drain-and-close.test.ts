@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict'
-import { describe, it } from 'node:test'
+import { it } from 'node:test'
 import { closed, connect, startEchoServer } from './helpers/peers.js'
 import { startProxy } from './helpers/proxy.js'
+import { describeEachEngine } from './helpers/engines.js'
 
-describe('drain and close', () => {
+describeEachEngine('drain and close', () => {
   it('turns readiness false and stops accepting the moment drain starts; drain joins, close cuts it short with shutdown', async (t) => {
     const upstream = await startEchoServer()
     t.after(upstream.close)

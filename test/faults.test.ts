@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict'
 import { once } from 'node:events'
 import net from 'node:net'
-import { describe, it } from 'node:test'
+import { it } from 'node:test'
 import { closed, connect, drainToHash, sendRandom, startEchoServer, startServer } from './helpers/peers.js'
 import { startProxy } from './helpers/proxy.js'
+import { describeEachEngine } from './helpers/engines.js'
 
 const MiB = 1024 * 1024
 
@@ -15,7 +16,7 @@ async function healthyTransfer (port: number): Promise<boolean> {
   return received.sha256 === sent && received.bytes === 8 * MiB
 }
 
-describe('faults end with the right reason on the right connection, and no effect on others', () => {
+describeEachEngine('faults end with the right reason on the right connection, and no effect on others', () => {
   it('a client reset mid-stream: client-reset on that connection, the others complete', async (t) => {
     const echo = await startEchoServer()
     t.after(echo.close)

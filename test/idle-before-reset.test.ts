@@ -5,13 +5,14 @@ import assert from 'node:assert/strict'
 import { once } from 'node:events'
 import type net from 'node:net'
 import { setTimeout as delay } from 'node:timers/promises'
-import { describe, it, type TestContext } from 'node:test'
+import { it, type TestContext } from 'node:test'
 import type { AdviseReport } from '../src/admin/advise-command.js'
 import type { RouteView } from '../src/admin/views.js'
 import { adminAddress, adminClient } from './helpers/admin.js'
 import { idleBeforeReset as histogram } from './helpers/idle-histogram.js'
 import { closed, connect, startEchoServer, startServer } from './helpers/peers.js'
 import { spawnCli, startProxy } from './helpers/proxy.js'
+import { describeEachEngine } from './helpers/engines.js'
 
 /** The silence the tests leave on a connection: real time, since time without bytes is what is measured. */
 const SILENCE_MS = 2_200
@@ -37,7 +38,7 @@ async function resetOnSecondMessage (t: TestContext) {
   return server
 }
 
-describe('silence before resets', () => {
+describeEachEngine('silence before resets', () => {
   it('a reset answering bytes sent after a silence records that silence: histogram, /routes and advise name the route', { timeout: 30_000 }, async (t) => {
     const upstream = await resetOnSecondMessage(t)
     const proxy = await startProxy({

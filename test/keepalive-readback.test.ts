@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { describe, it } from 'node:test'
+import { it } from 'node:test'
 import { promisify } from 'node:util'
 import type { Side } from '../src/config/types.js'
 import { readKeepalive } from '../src/keepalive.js'
 import { connect, startEchoServer } from './helpers/peers.js'
 import { startProxy, type RunningProxy } from './helpers/proxy.js'
+import { describeEachEngine } from './helpers/engines.js'
 
 const run = promisify(execFile)
 
@@ -22,7 +23,7 @@ async function liveConnection (proxy: RunningProxy, route: string) {
   return { client, connection, socket }
 }
 
-describe('keepalive is applied per route and side and read back from the kernel', () => {
+describeEachEngine('keepalive is applied per route and side and read back from the kernel', () => {
   it('two routes with different settings read back exactly what was configured, on both sides', async (t) => {
     const upstream = await startEchoServer()
     t.after(upstream.close)

@@ -3,13 +3,14 @@
 // idle + interval x count + 1.5 s, logs `keepalive-timeout` with the right route and side, and the
 // surviving peer sees the close.
 import assert from 'node:assert/strict'
-import { before, describe, it } from 'node:test'
+import { before, it } from 'node:test'
 import { labGate } from './netlab/gate.js'
 import { Kaproxy } from './netlab/kaproxy.js'
 import { ADDR } from './netlab/lab.js'
 import { Client, EchoServer } from './netlab/peers.js'
 import { nowMs } from './netlab/proc.js'
 import { figure, itLeavesNothingBehind, newLab, sec } from './netlab/suite.js'
+import { describeEachEngine } from './helpers/engines.js'
 
 const IDLE_SEC = 1
 const INTERVAL_SEC = 1
@@ -18,7 +19,7 @@ const KEEPALIVE = `${IDLE_SEC}s,${INTERVAL_SEC}s,${COUNT}`
 const BOUND_MS = (IDLE_SEC + INTERVAL_SEC * COUNT) * 1000 + 1_500
 const gate = await labGate({ needKaproxy: true })
 
-describe('NAT lab: dead peers are noticed by keepalive', { skip: gate.skip }, () => {
+describeEachEngine('NAT lab: dead peers are noticed by keepalive', { skip: gate.skip }, () => {
   before(() => { gate.check() })
 
   it(`dead upstream: upstream keepalive ${KEEPALIVE} closes the client within ${BOUND_MS} ms`, { timeout: 30_000 }, async (t) => {

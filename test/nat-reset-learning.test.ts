@@ -7,7 +7,7 @@
 // below 5 s.
 import assert from 'node:assert/strict'
 import { setTimeout as delay } from 'node:timers/promises'
-import { before, describe, it } from 'node:test'
+import { before, it } from 'node:test'
 import type { AdviseReport } from '../src/admin/advise-command.js'
 import type { RouteView } from '../src/admin/views.js'
 import { idleBeforeReset } from './helpers/idle-histogram.js'
@@ -16,6 +16,7 @@ import { Kaproxy, KAPROXY_CLI } from './netlab/kaproxy.js'
 import { ADDR, type Lab } from './netlab/lab.js'
 import { Client, EchoServer } from './netlab/peers.js'
 import { figure, itLeavesNothingBehind, newLab, sec } from './netlab/suite.js'
+import { describeEachEngine } from './helpers/engines.js'
 
 const CONNTRACK_SEC = 5
 const SILENCE_MS = 8_000
@@ -30,7 +31,7 @@ async function adminGet (lab: Lab, path: string): Promise<string> {
   return stdout
 }
 
-describe('NAT lab: learning the idle timeout from resets', { skip: gate.skip }, () => {
+describeEachEngine('NAT lab: learning the idle timeout from resets', { skip: gate.skip }, () => {
   before(() => { gate.check() })
 
   it(`a NAT that resets flows idle over ${CONNTRACK_SEC} s: the route without keepalive is reset after ${SILENCE_MS / 1000} s and advise says below ${CONNTRACK_SEC} s; keepalive idle 2 s survives`, { timeout: 60_000 }, async (t) => {

@@ -7,13 +7,14 @@
 // loss probe goes out at +0.2 s, the first RTO retransmission at +0.41 s, and Linux counts the user
 // timeout from that first RTO retransmission (retransmissions at +0.83, +1.66, +3.32, abort at +3.41).
 import assert from 'node:assert/strict'
-import { before, describe, it } from 'node:test'
+import { before, it } from 'node:test'
 import { labGate } from './netlab/gate.js'
 import { Kaproxy } from './netlab/kaproxy.js'
 import { ADDR } from './netlab/lab.js'
 import type { Lab } from './netlab/lab.js'
 import { Client, EchoServer } from './netlab/peers.js'
 import { figure, itLeavesNothingBehind, newLab, sec } from './netlab/suite.js'
+import { describeEachEngine } from './helpers/engines.js'
 
 const USER_TIMEOUT_MS = 3_000
 const WITH_UT = `30s,5s,4,${USER_TIMEOUT_MS}ms`
@@ -28,7 +29,7 @@ async function retransmitting (lab: Lab, role: 'client' | 'server', port: number
   return m === null ? `not retransmitting: ${out.trim()}` : `retrans ${m[1] ?? '?'}/${m[2] ?? '?'}`
 }
 
-describe('NAT lab: TCP_USER_TIMEOUT bounds unacknowledged data to a blackholed peer', { skip: gate.skip }, () => {
+describeEachEngine('NAT lab: TCP_USER_TIMEOUT bounds unacknowledged data to a blackholed peer', { skip: gate.skip }, () => {
   before(() => { gate.check() })
 
   it(`upstream side: userTimeout ${USER_TIMEOUT_MS} ms closes within ${BOUND_MS} ms; without it the connection lingers`, { timeout: 30_000 }, async (t) => {

@@ -8,6 +8,7 @@ import { describe, it } from 'node:test'
 import { encodeV1, encodeV2, parseProxyHeader, ProxyHeaderError, V2_SIGNATURE } from '../src/relay/proxy-protocol.js'
 import { closed, closedPort, connect, startEchoServer } from './helpers/peers.js'
 import { startProxy } from './helpers/proxy.js'
+import { describeEachEngine } from './helpers/engines.js'
 
 const hex = (text: string): Buffer => Buffer.from(text.replace(/\s+/g, ''), 'hex')
 
@@ -78,7 +79,7 @@ async function request (port: number, host = '127.0.0.1'): Promise<{ body: strin
 
 const hasNginx = spawnSync('nginx', ['-v']).status === 0
 
-describe('PROXY protocol on live connections', () => {
+describeEachEngine('PROXY protocol on live connections', () => {
   it('nginx, a real PROXY protocol server, sees the real client through v1, v2, and a chain of two kaproxy routes', { skip: !hasNginx && process.env.CI !== 'true' ? 'nginx is not installed (apt-get install nginx-light)' : false }, async (t) => {
     const dir = mkdtempSync(join(tmpdir(), 'kaproxy-nginx-'))
     t.after(() => { rmSync(dir, { recursive: true, force: true }) })

@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict'
 import { once } from 'node:events'
 import net from 'node:net'
-import { describe, it } from 'node:test'
+import { it } from 'node:test'
 import { closed, closedPort, connect, drainToHash, sendRandom, startEchoServer, startServer } from './helpers/peers.js'
 import { fullBacklogListener } from './helpers/full-backlog.js'
 import { startProxy } from './helpers/proxy.js'
+import { describeEachEngine } from './helpers/engines.js'
 
 const MiB = 1024 * 1024
 
@@ -12,7 +13,7 @@ function route (name: string, upstream: string, extra: Record<string, unknown> =
   return { name, listen: '127.0.0.1:0', upstream, ...extra }
 }
 
-describe('relay', () => {
+describeEachEngine('relay', () => {
   it('carries 64 MiB each way at once, byte-exact, and logs the byte counts', async (t) => {
     const size = 64 * MiB
     const upstreamResult: Array<Promise<unknown>> = []
@@ -178,7 +179,7 @@ describe('relay', () => {
   })
 })
 
-describe('loop guard', () => {
+describeEachEngine('loop guard', () => {
   it('a route whose upstream is its own listener relays nothing to itself: one loop-detected, no chain', async (t) => {
     const port = await closedPort()
     const proxy = await startProxy({ routes: [{ name: 'self', listen: `127.0.0.1:${port}`, upstream: `127.0.0.1:${port}` }] })

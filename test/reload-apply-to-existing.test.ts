@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict'
-import { describe, it } from 'node:test'
+import { it } from 'node:test'
 import type { Side } from '../src/config/types.js'
 import { readKeepalive } from '../src/keepalive.js'
 import { connect, startEchoServer } from './helpers/peers.js'
 import { startProxy, type RunningProxy } from './helpers/proxy.js'
+import { describeEachEngine } from './helpers/engines.js'
 
 async function liveSockets (proxy: RunningProxy, route: string) {
   const known = new Set([...proxy.kaproxy.engine.connections(route)].map((c) => c.id))
@@ -20,7 +21,7 @@ async function liveSockets (proxy: RunningProxy, route: string) {
   return { client, socket }
 }
 
-describe('keepalive.applyToExisting', () => {
+describeEachEngine('keepalive.applyToExisting', () => {
   it('re-applies changed keepalive to the live sockets of the route, read back from the kernel; other routes only change new connections', async (t) => {
     const upstream = await startEchoServer()
     t.after(upstream.close)

@@ -1,13 +1,14 @@
 import assert from 'node:assert/strict'
-import { describe, it } from 'node:test'
+import { it } from 'node:test'
 import { connect, startEchoServer, startServer, echoThrough } from './helpers/peers.js'
 import { startProxy } from './helpers/proxy.js'
 import { HashedEnd } from './helpers/traffic.js'
+import { describeEachEngine } from './helpers/engines.js'
 
 const MiB = 1024 * 1024
 
 
-describe('reload under live traffic', () => {
+describeEachEngine('reload under live traffic', () => {
   it('keeps every connection of a kept or updated route through reloads, byte-exact both ways', async (t) => {
     const oldUpstream = await startServer(() => {})
     t.after(oldUpstream.close)

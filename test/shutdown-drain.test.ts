@@ -2,10 +2,11 @@ import assert from 'node:assert/strict'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { describe, it } from 'node:test'
+import { it } from 'node:test'
 import { closed, connect, startServer } from './helpers/peers.js'
 import { spawnCli, type CliRun } from './helpers/proxy.js'
 import { HashedEnd } from './helpers/traffic.js'
+import { describeEachEngine } from './helpers/engines.js'
 
 const MiB = 1024 * 1024
 type After = { after: (fn: () => unknown) => void }
@@ -22,7 +23,7 @@ async function spawnOn (t: After, upstream: string, extra: string): Promise<{ ru
   return { run, port: Number(String(listening.address).split(':').pop()) }
 }
 
-describe('graceful drain on SIGTERM and SIGINT', () => {
+describeEachEngine('graceful drain on SIGTERM and SIGINT', () => {
   it('refuses new connections at once, lets in-flight transfers finish byte-exact, closes the rest with shutdown at drainTimeout, exits 0', async (t) => {
     const upstreamEnds: HashedEnd[] = []
     const upstream = await startServer((socket) => { upstreamEnds.push(new HashedEnd(socket)) })

@@ -5,7 +5,7 @@
 // not to the application; each upstream socket carries its destination's keepalive, read back with
 // getsockopt on the very descriptor (pidfd_getfd) and seen ticking in `ss -tnoi`.
 import assert from 'node:assert/strict'
-import { before, describe, it } from 'node:test'
+import { before, it } from 'node:test'
 import { labGate } from './netlab/gate.js'
 import { Kaproxy } from './netlab/kaproxy.js'
 import { ADDR, ADDR6 } from './netlab/lab.js'
@@ -14,6 +14,7 @@ import { App, HashServer, target } from './netlab/sidecar-peers.js'
 import { figure, itLeavesNothingBehind, newLab } from './netlab/suite.js'
 import { ADMIN_LISTEN, OUTBOUND_PORT, TRANSPARENT_TOOLS, adminGet, installRules, logEvents, printedRules, splitAddress, traceToClientSocket, usersCanRun } from './netlab/transparent.js'
 import { KAPROXY_UID, KAPROXY_USER, NOBODY } from './netlab/users.js'
+import { describeEachEngine } from './helpers/engines.js'
 
 const gate = await labGate({ needKaproxy: true, tools: TRANSPARENT_TOOLS, probe: usersCanRun })
 const BYTES = 1024 * 1024
@@ -27,7 +28,7 @@ const EXPECTED: Record<string, typeof ROUTE_KEEPALIVE> = {
   [target(ADDR6.server, 7002)]: { idleSec: 8, intervalSec: 2, count: 3, userTimeoutMs: 20_000 }
 }
 
-describe('transparent sidecar: capture by uid, IPv4 and IPv6', { skip: gate.skip }, () => {
+describeEachEngine('transparent sidecar: capture by uid, IPv4 and IPv6', { skip: gate.skip }, () => {
   before(() => { gate.check() })
 
   it('redirects the application into kaproxy, byte-exact, from kaproxy\'s sockets, with each destination\'s keepalive', { timeout: 60_000 }, async (t) => {

@@ -2,13 +2,14 @@ import assert from 'node:assert/strict'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { describe, it } from 'node:test'
+import { it } from 'node:test'
 import { fullBacklogListener } from './helpers/full-backlog.js'
 import { closed, closedPort, connect, startEchoServer, startServer, echoThrough } from './helpers/peers.js'
 import { startProxy } from './helpers/proxy.js'
+import { describeEachEngine } from './helpers/engines.js'
 
 
-describe('upstream pools', () => {
+describeEachEngine('upstream pools', () => {
   it('fails over from a wedged and a refusing upstream to a slow one, then ejects the bad ones', async (t) => {
     const wedged = await fullBacklogListener()
     t.after(wedged.close)

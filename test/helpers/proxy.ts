@@ -5,6 +5,7 @@ import { buildConfig, loadConfigFile } from '../../src/config/load.js'
 import type { KaproxyConfig } from '../../src/config/types.js'
 import { Kaproxy, type KaproxyOptions, type ReloadResult } from '../../src/kaproxy.js'
 import { createLogger } from '../../src/log.js'
+import { testEngine, withTestEngine } from './engines.js'
 import { LogSink } from './log-sink.js'
 
 /** The compiled CLI as users run it. */
@@ -25,7 +26,7 @@ export interface RunningProxy {
 
 /** A raw config object (as a YAML file would hold) validated the way startProxy does; admin off. */
 export function testConfig (raw: Record<string, unknown>): KaproxyConfig {
-  return buildConfig({ admin: { listen: '' }, ...raw }, { env: {} })
+  return buildConfig({ admin: { listen: '' }, ...withTestEngine(raw) }, { env: {} })
 }
 
 /** Start kaproxy in this process from a raw config object (as a YAML file would hold), logging into a sink. */
@@ -75,7 +76,11 @@ export interface CliRun {
  */
 export function spawnCli (args: string[], env: NodeJS.ProcessEnv = {}, cli = CLI, wrapper: readonly string[] = []): CliRun {
   const [command, ...prefix] = [...wrapper, process.execPath]
-  const child = spawn(command ?? process.execPath, [...prefix, cli, ...args], { env: { PATH: process.env.PATH, KAPROXY_ADMIN_LISTEN: '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  const engine = testEngine()
+  const child = spawn(command ?? process.execPath, [...prefix, cli, ...args], {
+    env: { PATH: process.env.PATH, KAPROXY_ADMIN_LISTEN: '', ...(engine === null ? {} : { KAPROXY_ENGINE: engine }), ...env },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
   const stdout = new LogSink()
   let stderr = ''
   child.stdout.setEncoding('utf8').on('data', (text: string) => { stdout.push(text) })

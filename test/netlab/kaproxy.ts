@@ -4,6 +4,7 @@ import { existsSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import type { Lab, Role } from './lab.js'
 import type { LabProcess } from './proc.js'
+import { testEngine, withTestEngine } from '../helpers/engines.js'
 import { asUser, type RunAs } from './users.js'
 
 /** The CLI under test: $KAPROXY_CLI, or dist/cli.js of this checkout (build/test/netlab -> ../../../dist). */
@@ -57,7 +58,8 @@ export class Kaproxy {
       '--connect-timeout', options.connectTimeout ?? '5s',
       '--log-level', 'info',
       // Several kaproxy processes may share a namespace: none takes the admin API's fixed port.
-      '--admin-listen', ''
+      '--admin-listen', '',
+      ...(testEngine() === null ? [] : ['--engine', testEngine() ?? ''])
     ]
     const proc = lab.node(role, KAPROXY_CLI, args, `kaproxy ${options.name}@${role}`)
     await proc.waitJson((e) => e.event === 'ready' || (e.event === 'listening' && e.route === options.name), timeoutMs, `kaproxy ${options.name} ready`)
@@ -70,7 +72,7 @@ export class Kaproxy {
    * it logged `ready`. `route` names the route whose `open`/`close` lines `opened`/`closed` wait for.
    */
   static async startConfig (lab: Lab, role: Role, config: Record<string, unknown>, options: { route: string, user?: RunAs, timeoutMs?: number }): Promise<Kaproxy> {
-    const file = lab.writeFile(`kaproxy-${options.route}-${role}.json`, JSON.stringify({ admin: { listen: '' }, ...config }, null, 2))
+    const file = lab.writeFile(`kaproxy-${options.route}-${role}.json`, JSON.stringify({ admin: { listen: '' }, ...withTestEngine(config) }, null, 2))
     const args = ['--config', file, '--log-level', 'info']
     const [cmd, argv] = asUser(options.user, process.execPath, [KAPROXY_CLI, ...args])
     const proc = lab.spawn(role, cmd, argv, `kaproxy ${options.route}@${role}`)

@@ -79,6 +79,9 @@ export class SpliceDataPlane {
     if (this.worker === null && !this.startWorker()) return null
     const slot = this.takeSlot()
     const block = this.blocks[Math.floor(slot / SLOTS_PER_BLOCK)] as Float64Array
+    // Node does not see these sockets as busy (it reads and writes none of them): the port keeps
+    // the event loop alive while the worker holds connections, e.g. during a drain.
+    if (this.live.size === 0) this.port?.ref()
     this.live.set(connection.id, { connection, slot })
     this.send({
       type: 'add',
@@ -165,6 +168,7 @@ export class SpliceDataPlane {
       }
       this.freeSlots.push(entry.slot)
     }
+    if (this.live.size === 0) this.port?.unref()
   }
 
   /** The worker is gone: every connection it held is told (`dropped` with no reason: they close), none is handed over again. */
@@ -182,6 +186,8 @@ export class SpliceDataPlane {
     const worker = this.worker
     if (worker === null || this.failure !== null) { this.release(); return }
     const exited = new Promise<void>((resolve) => { worker.once('exit', () => { resolve() }) })
+    // Referenced again while stopping: awaiting an unreferenced worker would let the process end first.
+    worker.ref()
     this.send({ type: 'stop' })
     await exited
     // The worker's last batch (pairs it dropped on stop) arrives before 'exit' is handled? Not

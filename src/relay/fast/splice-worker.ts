@@ -18,7 +18,7 @@ const { port, wakeFd } = workerData as WorkerStart
 /** Pipe size asked for (fs.pipe-max-size is 1 MiB by default): one splice moves up to this much. */
 const PIPE_SIZE = 1 << 20
 /** Free pipes kept for reuse; beyond this they are closed. */
-const SPARE_PIPES = 64
+const SPARE_PIPES = 16
 /** Bytes one direction may move per turn before others get theirs (edge-triggered: it goes on a ready list). */
 const TURN_BYTES = 4 << 20
 /** Shortest quiet (ms) that counts as a silence, as in the net engine. */
