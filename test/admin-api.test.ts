@@ -10,6 +10,7 @@ import { readKeepalive } from '../src/keepalive.js'
 import { adminAddress, adminClient } from './helpers/admin.js'
 import { closedPort, connect, startEchoServer } from './helpers/peers.js'
 import { startProxy } from './helpers/proxy.js'
+import { ENGINES } from './helpers/engines.js'
 
 const run = promisify(execFile)
 
@@ -38,7 +39,7 @@ describe('admin API', () => {
     t.after(upstream.close)
     const spare = await closedPort()
     const config = ROUTES(upstream.address)
-    config[1] = { ...config[1], upstream: [upstream.address, `127.0.0.1:${spare}`], balance: 'first-available', maxConnections: 50, idleTimeout: '10m' }
+    config[1] = { ...config[1], upstream: [upstream.address, `127.0.0.1:${spare}`], balance: 'first-available', maxConnections: 50, idleTimeout: '10m', engine: 'net' }
     const proxy = await startProxy({ admin: { listen: '127.0.0.1:0' }, defaults: { keepalive: { count: 5 } }, routes: config })
     t.after(proxy.close)
     const get = adminClient(t, adminAddress(proxy))
@@ -64,6 +65,7 @@ describe('admin API', () => {
         upstream: upstream.address,
         upstreams: [{ target: upstream.address, state: 'up', active: 0 }],
         balance: 'round-robin',
+        engine: ENGINES[0],
         retries: 0,
         connectTimeoutMs: 5000,
         idleTimeoutMs: null,
@@ -86,6 +88,7 @@ describe('admin API', () => {
         upstream: `${upstream.address},127.0.0.1:${spare}`,
         upstreams: [{ target: upstream.address, state: 'up', active: 0 }, { target: `127.0.0.1:${spare}`, state: 'up', active: 0 }],
         balance: 'first-available',
+        engine: 'net',
         retries: 1,
         connectTimeoutMs: 2000,
         idleTimeoutMs: 600_000,

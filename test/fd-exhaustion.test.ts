@@ -57,6 +57,8 @@ describe('descriptor exhaustion: accepting pauses, is logged once per burst, and
     t.after(proxy.close)
     const port = proxy.port('emfile')
     assert.equal(await echoThrough(port, 'before'), 'before')
+    // Its sockets are closed (not merely about to be) before the table is filled.
+    await proxy.log.waitFor({ event: 'close', route: 'emfile' })
 
     // Fill this process's descriptor table but for two: the client's socket and kaproxy's accept.
     const fillers: number[] = []

@@ -1,6 +1,6 @@
 import { adviseSide, tightestCluster, type Advice, type SilenceCluster } from '../budget/advice.js'
 import { formatHostPort } from '../config/formats.js'
-import { SIDES, type Balance, type RouteConfig, type Side } from '../config/types.js'
+import { SIDES, type Balance, type EngineName, type RouteConfig, type Side } from '../config/types.js'
 import { KaproxyError } from '../errors.js'
 import { detectionSeconds, readKeepalive, socketFd, type KeepaliveReading, type KeepaliveSettings } from '../keepalive.js'
 import type { ConnectionRecord, Engine } from '../relay/engine.js'
@@ -62,6 +62,8 @@ export interface RouteView {
   upstream: string
   upstreams: UpstreamView[]
   balance: Balance
+  /** The data plane the route's connections relay through (`auto` resolved). */
+  engine: EngineName
   retries: number
   connectTimeoutMs: number
   /** null: no idle timeout. */
@@ -157,6 +159,7 @@ export function routesView (routes: readonly RouteConfig[], engine: Engine, sile
     upstream: route.originalDst !== null ? 'original-dst' : targetsLabel(route.upstreams),
     upstreams: engine.upstreams(route.name).map((u) => ({ target: u.target.label, state: u.state, active: u.active })),
     balance: route.balance,
+    engine: route.engine,
     retries: route.retries,
     connectTimeoutMs: route.connectTimeoutMs,
     idleTimeoutMs: route.idleTimeoutMs,

@@ -60,9 +60,19 @@ export class SpliceDataPlane {
   private failure: Error | null = null
   private stopped: Promise<void> | null = null
   private readonly onFailure: (err: Error) => void
+  /** Written by the worker: descriptors it holds (see WorkerStart). */
+  private readonly workerDescriptors = new Int32Array(new SharedArrayBuffer(4))
 
   constructor (onFailure: (err: Error) => void) {
     this.onFailure = onFailure
+  }
+
+  /**
+   * Descriptors the data plane holds besides the sockets: the eventfd, the worker thread's own
+   * event loop (libuv's epoll and wake-up descriptors, about 3), its epoll set and its pipes.
+   */
+  descriptors (): number {
+    return this.worker === null ? 0 : 4 + (this.workerDescriptors[0] ?? 0)
   }
 
   /** Connections the worker relays now. */
@@ -114,7 +124,7 @@ export class SpliceDataPlane {
       if (wakeFd < 0) throw new Error(`eventfd failed: errno ${-wakeFd}`)
       const { port1, port2 } = new MessageChannel()
       const worker = new Worker(new URL('./splice-worker.js', import.meta.url), {
-        workerData: { port: port2, wakeFd },
+        workerData: { port: port2, wakeFd, descriptors: this.workerDescriptors.buffer as SharedArrayBuffer },
         transferList: [port2],
         // The data plane uses little heap: its memory is the kernel's pipes and sockets.
         resourceLimits: { maxOldGenerationSizeMb: 64 }

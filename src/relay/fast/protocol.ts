@@ -56,6 +56,8 @@ export type FromWorker = PairEnded[]
 
 export interface WorkerStart {
   port: MessagePort
+  /** Int32 [0]: descriptors the worker holds (its epoll set and pipes), for the descriptor budget. */
+  descriptors: SharedArrayBuffer
   /** eventfd the main thread signals after posting to `port`. */
   wakeFd: number
 }

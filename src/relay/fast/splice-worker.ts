@@ -13,7 +13,9 @@ import {
 // eventfd in the same epoll set, and it reads the port with receiveMessageOnPort.
 
 const sys = dataPlaneCalls()
-const { port, wakeFd } = workerData as WorkerStart
+const { port, wakeFd, descriptors } = workerData as WorkerStart
+/** What this thread holds, for the main thread's descriptor budget: the epoll set and two per pipe. */
+const heldDescriptors = new Int32Array(descriptors)
 
 /** Pipe size asked for (fs.pipe-max-size is 1 MiB by default): one splice moves up to this much. */
 const PIPE_SIZE = 1 << 20
@@ -66,6 +68,7 @@ interface Pair {
 const epfd = sys.epollCreate()
 if (epfd < 0) throw new Error(`epoll_create1 failed: errno ${-epfd}`)
 sys.epollCtl(epfd, EPOLL_CTL_ADD, wakeFd, EPOLLIN)
+heldDescriptors[0] = 1
 
 const events = Buffer.alloc(MAX_EVENTS * EVENT_SIZE)
 const blocks: Float64Array[] = []
@@ -146,7 +149,14 @@ function takePipe (): Pipe | null {
   if (reused !== undefined) return reused
   const made = sys.pipe(PIPE_SIZE)
   if (typeof made === 'number') return null
+  heldDescriptors[0] = (heldDescriptors[0] ?? 0) + 2
   return { readEnd: made[0], writeEnd: made[1], capacity: made[2] }
+}
+
+function closePipe (pipe: Pipe): void {
+  sys.close(pipe.readEnd)
+  sys.close(pipe.writeEnd)
+  heldDescriptors[0] = (heldDescriptors[0] ?? 0) - 2
 }
 
 function releasePipe (dir: Direction): void {
@@ -155,7 +165,7 @@ function releasePipe (dir: Direction): void {
   dir.pipe = null
   // A pipe with bytes left in it (a failed pair) is closed: its contents belong to nobody.
   if (dir.pending === 0 && spare.length < SPARE_PIPES) spare.push(pipe)
-  else { sys.close(pipe.readEnd); sys.close(pipe.writeEnd) }
+  else closePipe(pipe)
   dir.pending = 0
 }
 
@@ -333,6 +343,7 @@ while (!stopping) {
 // Stop: let go of every pair (the main thread closes their sockets), free what this thread made.
 for (const pair of [...byId.values()]) end(pair, 'dropped', null, 0)
 flush()
-for (const pipe of spare) { sys.close(pipe.readEnd); sys.close(pipe.writeEnd) }
+for (const pipe of spare) closePipe(pipe)
 sys.close(epfd)
+heldDescriptors[0] = 0
 port.close()

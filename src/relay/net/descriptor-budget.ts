@@ -29,6 +29,8 @@ export function openDescriptors (): number | null {
 export interface DescriptorBudgetOptions {
   /** The descriptor limit to keep under; default: the soft RLIMIT_NOFILE read with getrlimit. Infinity disables pausing. */
   limit?: number
+  /** Descriptors held besides the connections' sockets that come and go (the fast engine's pipes); default none. */
+  extra?: () => number
 }
 
 /**
@@ -62,6 +64,7 @@ export class DescriptorBudget {
   fdExhausted = 0
   private baseline: number
   private readonly floor: number
+  private readonly extra: () => number
   private paused = false
   private readonly gates = new Set<AcceptGate>()
   private readonly observer: EngineObserver
@@ -77,6 +80,7 @@ export class DescriptorBudget {
       try { limit = descriptorLimit().soft } catch { limit = Infinity }
     }
     this.limit = limit
+    this.extra = options.extra ?? (() => 0)
     const reserve = Math.min(1024, Math.max(16, Math.round(limit * 0.05)))
     this.high = limit - reserve
     this.low = this.high - Math.max(8, Math.round(this.high * 0.1))
@@ -86,7 +90,7 @@ export class DescriptorBudget {
 
   /** Descriptors in use, as estimated: the baseline plus two per live connection. */
   get estimate (): number {
-    return this.baseline + 2 * this.connections
+    return this.baseline + 2 * this.connections + this.extra()
   }
 
   get isPaused (): boolean {
@@ -105,13 +109,13 @@ export class DescriptorBudget {
   /** A client was accepted. */
   accepted (): void {
     this.connections++
-    if (!this.paused && this.baseline + 2 * this.connections >= this.high) this.pause('budget')
+    if (!this.paused && this.estimate >= this.high) this.pause('budget')
   }
 
   /** A connection's last socket closed. */
   released (): void {
     this.connections--
-    if (this.paused && this.baseline + 2 * this.connections <= this.low) this.resume()
+    if (this.paused && this.estimate <= this.low) this.resume()
   }
 
   /**
@@ -138,7 +142,7 @@ export class DescriptorBudget {
   // not two, and would otherwise make the baseline look smaller than it is.
   private resync (): void {
     const open = openDescriptors()
-    if (open !== null) this.baseline = Math.max(this.floor, open - 2 * this.connections)
+    if (open !== null) this.baseline = Math.max(this.floor, open - 2 * this.connections - this.extra())
   }
 
   private pause (trigger: AcceptPause['trigger']): void {

@@ -44,8 +44,8 @@ export class NetEngine implements Engine {
 
   constructor (observer: EngineObserver = {}) {
     this.observer = observer
-    this.budget = new DescriptorBudget(observer)
     this.dataPlane = new SpliceDataPlane((err) => { observer.onDataPlaneFailed?.(err) })
+    this.budget = new DescriptorBudget(observer, { extra: () => this.dataPlane.descriptors() })
   }
 
   async start (routes: readonly RouteConfig[]): Promise<void> {
