@@ -4,7 +4,8 @@
 // any other. Its upstream sockets carry the mark (read back with getsockopt), so they are not captured
 // again: no loop. Without the capability kaproxy refuses to start and names it.
 import assert from 'node:assert/strict'
-import { before, describe, it } from 'node:test'
+import { before, it } from 'node:test'
+import { describeEachEngine } from './helpers/engines.js'
 import { labGate } from './netlab/gate.js'
 import { KAPROXY_CLI, Kaproxy } from './netlab/kaproxy.js'
 import { ADDR, ADDR6 } from './netlab/lab.js'
@@ -18,7 +19,7 @@ const gate = await labGate({ needKaproxy: true, tools: NFT_TOOLS, probe: usersCa
 const MARK = 0x539
 const ROUTE = { name: 'outbound', listen: `[::]:${OUTBOUND_PORT}`, upstream: 'original-dst', socketMark: '0x539', keepalive: { upstream: { idle: '20s', interval: '5s', count: 3 } } }
 
-describe('transparent sidecar: excluded by socketMark', { skip: gate.skip }, () => {
+describeEachEngine('transparent sidecar: excluded by socketMark', { skip: gate.skip }, () => {
   before(() => { gate.check() })
 
   it('captures the application with a mark-only nft rule, and kaproxy\'s marked sockets are not captured again', { timeout: 30_000 }, async (t) => {

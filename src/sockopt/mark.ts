@@ -31,7 +31,10 @@ export function markedSocket (host: string, mark: number, options: { allowHalfOp
     closeDescriptor(fd)
     throw err
   }
-  return new net.Socket({ fd, allowHalfOpen: options.allowHalfOpen })
+  // A socket made from a descriptor starts reading at once (before connect). pauseOnCreate (the
+  // option Node's child_process uses for its pipes) keeps it from reading until told: the fast
+  // engine must be the only reader of an upstream it splices, and the net relay resumes it itself.
+  return new net.Socket({ fd, allowHalfOpen: options.allowHalfOpen, pauseOnCreate: true } as net.SocketConstructorOpts)
 }
 
 /** Check at start-up that SO_MARK can be set, so a missing capability stops kaproxy with a clear message. */
