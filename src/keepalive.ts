@@ -95,11 +95,15 @@ function getTcp (fd: number, name: number | undefined, option: string): number |
  * the interval to 1 s and the count to 10.
  */
 export function applyKeepalive (socket: Socket, settings: KeepaliveSettings): void {
+  applyKeepaliveFd(socketFd(socket), settings)
+}
+
+/** applyKeepalive on a socket descriptor (one the fast engine holds without a net.Socket). */
+export function applyKeepaliveFd (fd: number, settings: KeepaliveSettings): void {
   const problem = keepaliveProblems(settings)[0]
   if (problem !== undefined) {
     throw new KaproxyError('KAPROXY_ERR_INVALID_ARG', `keepalive ${problem.field}: ${problem.rule} (got ${String(settings[problem.field])})`)
   }
-  const fd = socketFd(socket)
   const c = sockoptConstants()
   setsockoptInt(fd, c.SOL_SOCKET, c.SO_KEEPALIVE, settings.enabled ? 1 : 0, 'SO_KEEPALIVE')
   if (settings.enabled) {
@@ -115,7 +119,11 @@ export function applyKeepalive (socket: Socket, settings: KeepaliveSettings): vo
 
 /** Read the socket's effective keepalive back from the kernel with getsockopt. */
 export function readKeepalive (socket: Socket): KeepaliveReading {
-  const fd = socketFd(socket)
+  return readKeepaliveFd(socketFd(socket))
+}
+
+/** readKeepalive on a socket descriptor. */
+export function readKeepaliveFd (fd: number): KeepaliveReading {
   const c = sockoptConstants()
   return {
     enabled: getsockoptInt(fd, c.SOL_SOCKET, c.SO_KEEPALIVE, 'SO_KEEPALIVE') !== 0,

@@ -6,11 +6,15 @@ import { describe, it } from 'node:test'
 import { promisify } from 'node:util'
 import type { ConnectionsView, RouteView, SideView } from '../src/admin/views.js'
 import type { Side } from '../src/config/types.js'
-import { readKeepalive } from '../src/keepalive.js'
+import { readKeepaliveFd } from '../src/keepalive.js'
 import { adminAddress, adminClient } from './helpers/admin.js'
 import { closedPort, connect, startEchoServer } from './helpers/peers.js'
 import { startProxy } from './helpers/proxy.js'
 import { ENGINES } from './helpers/engines.js'
+
+function portOf (address: string | null): string {
+  return address?.slice(address.lastIndexOf(':') + 1) ?? ''
+}
 
 const run = promisify(execFile)
 
@@ -140,14 +144,14 @@ describe('admin API', () => {
       assert.equal(shown.openedAt, new Date(record.openedAt).toISOString())
       assert.ok(shown.ageMs >= 0 && shown.ageMs < 10_000, `age ${shown.ageMs} ms`)
       for (const side of ['client', 'upstream'] as Side[]) {
-        const socket = record.socket(side)
-        assert.ok(socket !== null)
+        const endpoint = record.endpoint(side)
+        assert.ok(endpoint !== null && endpoint.fd >= 0)
         const s: SideView = shown.sides[side]
         assert.equal(s.error, null)
         // The kernel's own values, read again now on the very sockets the API read.
-        assert.deepEqual(s.keepalive, readKeepalive(socket), `${record.route.name} ${side} keepalive equals getsockopt`)
-        assert.equal(s.local, `${socket.localAddress ?? ''}:${socket.localPort ?? ''}`)
-        assert.equal(s.remote, `${socket.remoteAddress ?? ''}:${socket.remotePort ?? ''}`)
+        assert.deepEqual(s.keepalive, readKeepaliveFd(endpoint.fd), `${record.route.name} ${side} keepalive equals getsockopt`)
+        assert.equal(s.local, endpoint.local)
+        assert.equal(s.remote, endpoint.remote)
         const info = s.tcpInfo
         assert.ok(info !== null, 'TCP_INFO is decoded on Linux')
         assert.equal(info.state, 'ESTABLISHED')
@@ -171,7 +175,7 @@ describe('admin API', () => {
         }
 
         // ss reads the same struct through netlink: the offsets must agree.
-        const { stdout } = await run('ss', ['-tni', 'state', 'established', `( sport = :${String(socket.localPort)} and dport = :${String(socket.remotePort)} )`])
+        const { stdout } = await run('ss', ['-tni', 'state', 'established', `( sport = :${portOf(endpoint.local)} and dport = :${portOf(endpoint.remote)} )`])
         const field = (name: string): number => {
           const match = new RegExp(`\\b${name}:(\\d+)`).exec(stdout)
           assert.ok(match !== null, `ss shows ${name}:\n${stdout}`)

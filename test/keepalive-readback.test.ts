@@ -3,12 +3,16 @@ import { execFile } from 'node:child_process'
 import { it } from 'node:test'
 import { promisify } from 'node:util'
 import type { Side } from '../src/config/types.js'
-import { readKeepalive } from '../src/keepalive.js'
+import { readKeepaliveFd } from '../src/keepalive.js'
 import { connect, startEchoServer } from './helpers/peers.js'
 import { startProxy, type RunningProxy } from './helpers/proxy.js'
 import { describeEachEngine } from './helpers/engines.js'
 
 const run = promisify(execFile)
+
+function portOf (address: string | null): number {
+  return Number(address?.slice(address.lastIndexOf(':') + 1))
+}
 
 async function liveConnection (proxy: RunningProxy, route: string) {
   const client = await connect(proxy.port(route))
@@ -16,9 +20,9 @@ async function liveConnection (proxy: RunningProxy, route: string) {
   const connection = [...proxy.kaproxy.engine.connections(route)][0]
   assert.ok(connection !== undefined, `a live connection on ${route}`)
   const socket = (side: Side) => {
-    const s = connection.socket(side)
-    assert.ok(s !== null)
-    return s
+    const endpoint = connection.endpoint(side)
+    assert.ok(endpoint !== null && endpoint.fd >= 0, `${side} has a descriptor`)
+    return endpoint
   }
   return { client, connection, socket }
 }
@@ -48,15 +52,15 @@ describeEachEngine('keepalive is applied per route and side and read back from t
 
     const alpha = await liveConnection(proxy, 'alpha')
     t.after(() => alpha.client.destroy())
-    assert.deepEqual(readKeepalive(alpha.socket('client')), { enabled: true, idleSec: 30, intervalSec: 5, count: 4, userTimeoutMs: 50_000 })
+    assert.deepEqual(readKeepaliveFd(alpha.socket('client').fd), { enabled: true, idleSec: 30, intervalSec: 5, count: 4, userTimeoutMs: 50_000 })
     // userTimeout not configured: the kernel default (0) is left alone.
-    assert.deepEqual(readKeepalive(alpha.socket('upstream')), { enabled: true, idleSec: 120, intervalSec: 15, count: 8, userTimeoutMs: 0 })
+    assert.deepEqual(readKeepaliveFd(alpha.socket('upstream').fd), { enabled: true, idleSec: 120, intervalSec: 15, count: 8, userTimeoutMs: 0 })
 
     const beta = await liveConnection(proxy, 'beta')
     t.after(() => beta.client.destroy())
     // count comes from defaults.keepalive, merged under the side's own values.
-    assert.deepEqual(readKeepalive(beta.socket('client')), { enabled: true, idleSec: 7, intervalSec: 3, count: 5, userTimeoutMs: 0 })
-    const betaUpstream = readKeepalive(beta.socket('upstream'))
+    assert.deepEqual(readKeepaliveFd(beta.socket('client').fd), { enabled: true, idleSec: 7, intervalSec: 3, count: 5, userTimeoutMs: 0 })
+    const betaUpstream = readKeepaliveFd(beta.socket('upstream').fd)
     assert.equal(betaUpstream.enabled, false, 'enabled: false reads back SO_KEEPALIVE 0')
     assert.equal(betaUpstream.userTimeoutMs, 1500)
   })
@@ -78,8 +82,8 @@ describeEachEngine('keepalive is applied per route and side and read back from t
       const { stdout } = await run('ss', ['-tnoi', 'state', 'established', `( sport = :${String(local)} and dport = :${String(remote)} )`])
       return stdout
     }
-    const clientLine = await ss(clientSide.localPort, clientSide.remotePort)
-    const upstreamLine = await ss(upstreamSide.localPort, upstreamSide.remotePort)
+    const clientLine = await ss(portOf(clientSide.local), portOf(clientSide.remote))
+    const upstreamLine = await ss(portOf(upstreamSide.local), portOf(upstreamSide.remote))
     const timer = /timer:\(keepalive,(?:(\d+)min)?(\d+)sec,0\)/
     const clientTimer = timer.exec(clientLine)
     const upstreamTimer = timer.exec(upstreamLine)
@@ -100,7 +104,7 @@ describeEachEngine('keepalive is applied per route and side and read back from t
     t.after(proxy.close)
     const { client, socket } = await liveConnection(proxy, 'off')
     t.after(() => client.destroy())
-    assert.equal(readKeepalive(socket('client')).enabled, false)
-    assert.equal(readKeepalive(socket('upstream')).enabled, false)
+    assert.equal(readKeepaliveFd(socket('client').fd).enabled, false)
+    assert.equal(readKeepaliveFd(socket('upstream').fd).enabled, false)
   })
 })

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import { it } from 'node:test'
 import type { Side } from '../src/config/types.js'
-import { readKeepalive } from '../src/keepalive.js'
+import { readKeepaliveFd } from '../src/keepalive.js'
 import { connect, startEchoServer } from './helpers/peers.js'
 import { startProxy, type RunningProxy } from './helpers/proxy.js'
 import { describeEachEngine } from './helpers/engines.js'
@@ -14,9 +14,9 @@ async function liveSockets (proxy: RunningProxy, route: string) {
   const connection = [...proxy.kaproxy.engine.connections(route)].find((c) => c.id === open.conn)
   assert.ok(connection !== undefined)
   const socket = (side: Side) => {
-    const s = connection.socket(side)
-    assert.ok(s !== null)
-    return s
+    const endpoint = connection.endpoint(side)
+    assert.ok(endpoint !== null && endpoint.fd >= 0, `${side} has a descriptor`)
+    return endpoint
   }
   return { client, socket }
 }
@@ -37,7 +37,7 @@ describeEachEngine('keepalive.applyToExisting', () => {
     t.after(() => retuned.client.destroy())
     const plain = await liveSockets(proxy, 'plain')
     t.after(() => plain.client.destroy())
-    assert.deepEqual(readKeepalive(retuned.socket('client')), { enabled: true, idleSec: 30, intervalSec: 5, count: 4, userTimeoutMs: 0 })
+    assert.deepEqual(readKeepaliveFd(retuned.socket('client').fd), { enabled: true, idleSec: 30, intervalSec: 5, count: 4, userTimeoutMs: 0 })
 
     const changed = { client: { idle: '20s', interval: '3s', count: 3, userTimeout: '29s' }, upstream: { idle: '90s', interval: '10s', count: 5 } }
     const result = await proxy.reload({
@@ -51,15 +51,15 @@ describeEachEngine('keepalive.applyToExisting', () => {
     assert.equal(result.changes?.retunedSockets, 2, 'both sockets of the one live connection on retuned')
 
     // The kernel now reports the new values on the connection that was open before the reload.
-    assert.deepEqual(readKeepalive(retuned.socket('client')), { enabled: true, idleSec: 20, intervalSec: 3, count: 3, userTimeoutMs: 29_000 })
-    assert.deepEqual(readKeepalive(retuned.socket('upstream')), { enabled: true, idleSec: 90, intervalSec: 10, count: 5, userTimeoutMs: 0 })
+    assert.deepEqual(readKeepaliveFd(retuned.socket('client').fd), { enabled: true, idleSec: 20, intervalSec: 3, count: 3, userTimeoutMs: 29_000 })
+    assert.deepEqual(readKeepaliveFd(retuned.socket('upstream').fd), { enabled: true, idleSec: 90, intervalSec: 10, count: 5, userTimeoutMs: 0 })
     // Without applyToExisting the live connection keeps what it had; a new one gets the new values.
-    assert.deepEqual(readKeepalive(plain.socket('client')), { enabled: true, idleSec: 30, intervalSec: 5, count: 4, userTimeoutMs: 0 })
-    assert.deepEqual(readKeepalive(plain.socket('upstream')), { enabled: true, idleSec: 120, intervalSec: 15, count: 8, userTimeoutMs: 0 })
+    assert.deepEqual(readKeepaliveFd(plain.socket('client').fd), { enabled: true, idleSec: 30, intervalSec: 5, count: 4, userTimeoutMs: 0 })
+    assert.deepEqual(readKeepaliveFd(plain.socket('upstream').fd), { enabled: true, idleSec: 120, intervalSec: 15, count: 8, userTimeoutMs: 0 })
     const fresh = await liveSockets(proxy, 'plain')
     t.after(() => fresh.client.destroy())
-    assert.deepEqual(readKeepalive(fresh.socket('client')), { enabled: true, idleSec: 20, intervalSec: 3, count: 3, userTimeoutMs: 29_000 })
-    assert.deepEqual(readKeepalive(fresh.socket('upstream')), { enabled: true, idleSec: 90, intervalSec: 10, count: 5, userTimeoutMs: 0 })
+    assert.deepEqual(readKeepaliveFd(fresh.socket('client').fd), { enabled: true, idleSec: 20, intervalSec: 3, count: 3, userTimeoutMs: 29_000 })
+    assert.deepEqual(readKeepaliveFd(fresh.socket('upstream').fd), { enabled: true, idleSec: 90, intervalSec: 10, count: 5, userTimeoutMs: 0 })
 
     // Turning keepalive off on a live connection writes SO_KEEPALIVE 0.
     const off = await proxy.reload({
@@ -69,8 +69,8 @@ describeEachEngine('keepalive.applyToExisting', () => {
       ]
     })
     assert.equal(off.changes?.retunedSockets, 2)
-    assert.equal(readKeepalive(retuned.socket('client')).enabled, false)
-    assert.equal(readKeepalive(retuned.socket('upstream')).idleSec, 90)
+    assert.equal(readKeepaliveFd(retuned.socket('client').fd).enabled, false)
+    assert.equal(readKeepaliveFd(retuned.socket('upstream').fd).idleSec, 90)
     const line = await proxy.log.waitFor({ event: 'reload', ok: true, retunedSockets: 2 })
     assert.deepEqual(line.updated, ['retuned', 'plain'])
   })

@@ -1,8 +1,8 @@
 import { adviseSide, tightestCluster, type Advice, type SilenceCluster } from '../budget/advice.js'
 import { formatHostPort } from '../config/formats.js'
 import { SIDES, type Balance, type EngineName, type RouteConfig, type Side } from '../config/types.js'
-import { KaproxyError } from '../errors.js'
-import { detectionSeconds, readKeepalive, socketFd, type KeepaliveReading, type KeepaliveSettings } from '../keepalive.js'
+import { KaproxyError, NoDescriptorError } from '../errors.js'
+import { detectionSeconds, readKeepaliveFd, type KeepaliveReading, type KeepaliveSettings } from '../keepalive.js'
 import type { ConnectionRecord, Engine } from '../relay/engine.js'
 import { readTcpInfo, type TcpInfo } from '../sockopt/tcp-info.js'
 import type { UpstreamState } from '../upstream/pool.js'
@@ -174,24 +174,20 @@ export function routesView (routes: readonly RouteConfig[], engine: Engine, sile
   }))
 }
 
-function address (host: string | undefined, port: number | undefined): string | null {
-  return host === undefined || port === undefined ? null : formatHostPort({ host, port })
-}
-
 /** Ask the kernel about one socket: keepalive with getsockopt, then TCP_INFO. Never throws. */
 function sideView (connection: ConnectionRecord, side: Side): SideView {
-  const socket = connection.socket(side)
-  if (socket === null) return { local: null, remote: null, keepalive: null, tcpInfo: null, error: 'not connected yet' }
-  const view: SideView = { local: address(socket.localAddress, socket.localPort), remote: address(socket.remoteAddress, socket.remotePort), keepalive: null, tcpInfo: null, error: null }
+  const endpoint = connection.endpoint(side)
+  if (endpoint === null) return { local: null, remote: null, keepalive: null, tcpInfo: null, error: 'not connected yet' }
+  const view: SideView = { local: endpoint.local, remote: endpoint.remote, keepalive: null, tcpInfo: null, error: null }
   // A unix socket upstream has no TCP keepalive or TCP_INFO to read.
   if (side === 'upstream' && connection.upstream.startsWith('unix:')) {
     view.error = 'unix socket: no TCP keepalive'
     return view
   }
   try {
-    const fd = socketFd(socket)
-    view.keepalive = readKeepalive(socket)
-    view.tcpInfo = readTcpInfo(fd)
+    if (endpoint.fd < 0) throw new NoDescriptorError('socket')
+    view.keepalive = readKeepaliveFd(endpoint.fd)
+    view.tcpInfo = readTcpInfo(endpoint.fd)
   } catch (err) {
     view.error = err instanceof KaproxyError ? `${err.code}: ${err.message}` : String(err)
   }

@@ -1,4 +1,3 @@
-import type { Socket } from 'node:net'
 import type { RouteConfig, Side } from '../config/types.js'
 import type { UpstreamState } from '../upstream/pool.js'
 import type { UpstreamTarget } from '../upstream/target.js'
@@ -30,8 +29,17 @@ export interface ConnectionRecord {
   readonly lastSilenceMs: number
   /** performance.now() (ms) when that silence ended; 0 for none. */
   readonly lastSilenceEndedAt: number
-  /** The sockets, for read-back of keepalive and TCP_INFO; upstream is null until connected. */
-  socket (side: Side): Socket | null
+  /** A side's socket, for read-back of keepalive and TCP_INFO; null before that side has one. */
+  endpoint (side: Side): SideEndpoint | null
+}
+
+/** One side's socket as the kernel knows it. */
+export interface SideEndpoint {
+  /** The descriptor; -1 while it has none (connecting, closing). */
+  fd: number
+  /** `host:port` at each end; null when unknown. */
+  local: string | null
+  remote: string | null
 }
 
 /** How a connection ended. */

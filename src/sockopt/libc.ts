@@ -12,6 +12,7 @@ type RawSocket = (domain: number, type: number, protocol: number) => number
 type RawClose = (fd: number) => number
 type RawGetrlimit = (resource: number, limits: Buffer) => number
 type RawFcntl = (fd: number, command: number, arg: number) => number
+type RawSockname = (fd: number, address: Buffer, length: [number]) => number
 
 interface Libc {
   constants: Readonly<SockoptConstants>
@@ -22,6 +23,8 @@ interface Libc {
   close: RawClose
   getrlimit: RawGetrlimit
   fcntl: RawFcntl
+  getsockname: RawSockname
+  getpeername: RawSockname
 }
 
 let libc: Libc | undefined
@@ -41,7 +44,9 @@ function load (): Libc {
     socket: lib.func('int socket(int domain, int type, int protocol)') as RawSocket,
     close: lib.func('int close(int fd)') as RawClose,
     getrlimit: lib.func('int getrlimit(int resource, _Out_ void *rlim)') as RawGetrlimit,
-    fcntl: lib.func('int fcntl(int fd, int cmd, int arg)') as RawFcntl
+    fcntl: lib.func('int fcntl(int fd, int cmd, int arg)') as RawFcntl,
+    getsockname: lib.func('getsockname', 'int', ['int', 'void *', koffi.inout(koffi.pointer('uint32_t'))]) as RawSockname,
+    getpeername: lib.func('getpeername', 'int', ['int', 'void *', koffi.inout(koffi.pointer('uint32_t'))]) as RawSockname
   }
   return libc
 }
@@ -107,7 +112,33 @@ export function tcpSocket (family: 4 | 6): number {
   return fd
 }
 
-/** close(2) for a descriptor no Node handle owns yet (a failed setup). */
+/**
+ * The socket's local (`getsockname`) or peer (`getpeername`) address as raw `struct sockaddr`
+ * bytes; null when the kernel refuses (closed, not connected).
+ */
+export function socketAddress (fd: number, which: 'local' | 'peer'): Buffer | null {
+  const lib = load()
+  const buffer = Buffer.alloc(128)
+  const length: [number] = [buffer.length]
+  const call = which === 'local' ? lib.getsockname : lib.getpeername
+  return call(fd, buffer, length) === 0 ? buffer.subarray(0, length[0]) : null
+}
+
+// struct linger { int l_onoff; int l_linger; } = { 1, 0 }: close() then sends a reset, not a FIN.
+const lingerZero = new Int32Array([1, 0])
+const SO_LINGER: Readonly<Record<string, number>> = { linux: 13, darwin: 0x80, freebsd: 0x80 }
+
+/**
+ * Close a socket descriptor with a reset (SO_LINGER 0) instead of a FIN, so the peer cannot take
+ * a cut stream for a complete one. Closes it either way.
+ */
+export function closeWithReset (fd: number): void {
+  const lib = load()
+  lib.setsockopt(fd, lib.constants.SOL_SOCKET, SO_LINGER[process.platform] ?? 13, lingerZero, 8)
+  lib.close(fd)
+}
+
+/** close(2) for a descriptor no Node handle owns (a failed setup, or one the fast engine held). */
 export function closeDescriptor (fd: number): void {
   load().close(fd)
 }

@@ -46,6 +46,24 @@ function ipv6Text (bytes: Uint8Array): string {
   return new URL(`http://[${groups.join(':')}]/`).hostname.slice(1, -1)
 }
 
+const AF_INET = 2
+const AF_INET6 = 10
+
+/** `host` and `port` of raw `struct sockaddr_in` / `sockaddr_in6` bytes (Linux); null for any other family. */
+export function decodeSockaddr (bytes: Buffer): { address: string, port: number } | null {
+  if (bytes.length < 2) return null
+  const family = bytes.readUInt16LE(0)
+  if (family === AF_INET && bytes.length >= koffi.sizeof(SockaddrIn)) {
+    const decoded = koffi.decode(bytes, SockaddrIn) as DecodedIn
+    return { address: [...decoded.sin_addr].join('.'), port: decoded.sin_port }
+  }
+  if (family === AF_INET6 && bytes.length >= koffi.sizeof(SockaddrIn6)) {
+    const decoded = koffi.decode(bytes, SockaddrIn6) as DecodedIn6
+    return { address: ipv6Text(decoded.sin6_addr), port: decoded.sin6_port }
+  }
+  return null
+}
+
 /**
  * Read the pre-NAT destination of an accepted socket. Throws SockoptError with errno ENOENT when
  * the connection was not redirected (no conntrack NAT entry).

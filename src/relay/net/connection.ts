@@ -2,8 +2,9 @@ import net, { type Socket } from 'node:net'
 import { formatHostPort } from '../../config/formats.js'
 import { SIDES, type RouteConfig, type Side } from '../../config/types.js'
 import { NoDescriptorError, SockoptError } from '../../errors.js'
-import { applyKeepalive, pendingSocketError, socketFd, type KeepaliveSettings } from '../../keepalive.js'
-import { errnoName } from '../../sockopt/libc.js'
+import { applyKeepalive, applyKeepaliveFd, pendingSocketError, socketFd, type KeepaliveSettings } from '../../keepalive.js'
+import { closeDescriptor, closeWithReset, duplicateDescriptor, errnoName, socketAddress } from '../../sockopt/libc.js'
+import { decodeSockaddr } from '../../sockopt/original-dst.js'
 import type { SpliceDataPlane, SpliceStats } from '../fast/data-plane.js'
 import {
   STAT_BYTES_FROM_CLIENT, STAT_BYTES_FROM_UPSTREAM, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT, STAT_LAST_SILENCE_MS, type PairEnded
@@ -14,7 +15,7 @@ import type { UpstreamMember, UpstreamPool } from '../../upstream/pool.js'
 import { cachedLookup } from '../../upstream/resolver.js'
 import type { UpstreamTarget } from '../../upstream/target.js'
 import { isAbortive, isDescriptorExhaustion, reasonForError, type CloseReason } from '../close-reason.js'
-import type { CloseSummary, ConnectionRecord } from '../engine.js'
+import type { CloseSummary, ConnectionRecord, SideEndpoint } from '../engine.js'
 import { encodeV1, encodeV2, parseProxyHeader, type ProxiedAddresses } from '../proxy-protocol.js'
 
 /** What a connection reports to the listener that owns it. */
@@ -80,7 +81,7 @@ function flowOfDialingSocket (socket: Socket, target: UpstreamTarget): string | 
  */
 function ownUpstream (sourceAddress: string | undefined, sourcePort: number | undefined, destinationAddress: string, destinationPort: number): Connection | null {
   for (const connection of dialingUnindexed) {
-    const upstream = connection.socket('upstream')
+    const upstream = connection.dialingSocket()
     const target = connection.dialTarget()
     const flow = upstream === null || target === null ? null : flowOfDialingSocket(upstream, target)
     if (flow === null) continue
@@ -134,8 +135,15 @@ export class Connection implements ConnectionRecord {
   private relayedBy: 'node' | 'worker' | 'released' = 'node'
 
   private readonly owner: ConnectionOwner
-  private readonly clientSocket: RelaySocket
+  // Null once the fast engine holds the connection as bare descriptors (`descriptors`).
+  private clientSocket: RelaySocket | null
   private upstreamSocket: RelaySocket | null = null
+  /**
+   * [client, upstream] descriptors held without net.Sockets from the hand-over to the fast engine
+   * until the close: duplicates made before Node let go of its sockets, closed only here, and only
+   * after the worker let go of them. Null otherwise.
+   */
+  private descriptors: [number, number] | null = null
   private phase: Phase = 'dialing'
   private openSockets = 1
   private firstFin: Side | null = null
@@ -194,13 +202,27 @@ export class Connection implements ConnectionRecord {
     return this.spliced === null ? this.silenceEndedAt : this.spliced.time(STAT_LAST_SILENCE_ENDED_AT)
   }
 
-  socket (side: Side): Socket | null {
-    return side === 'client' ? this.clientSocket : this.upstreamSocket
+  endpoint (side: Side): SideEndpoint | null {
+    if (this.descriptors !== null) {
+      const fd = this.descriptors[side === 'client' ? 0 : 1]
+      return { fd, local: sockaddrText(socketAddress(fd, 'local')), remote: sockaddrText(socketAddress(fd, 'peer')) }
+    }
+    const socket = side === 'client' ? this.clientSocket : this.upstreamSocket
+    if (socket === null) return null
+    let fd = -1
+    try { fd = socketFd(socket) } catch {}
+    return { fd, local: hostPortText(socket.localAddress, socket.localPort), remote: hostPortText(socket.remoteAddress, socket.remotePort) }
+  }
+
+  /** The upstream socket being dialed (loop guard). */
+  dialingSocket (): Socket | null {
+    return this.upstreamSocket
   }
 
   /** Begin: the client socket arrives paused (pauseOnConnect) and stays so until the upstream accepts. */
   start (): void {
     const client = this.clientSocket
+    if (client === null) return
     client.on('error', onError)
     client.on('end', onEnd)
     client.on('close', onClose)
@@ -228,6 +250,7 @@ export class Connection implements ConnectionRecord {
     const originalDst = this.route.originalDst
     if (originalDst === null) return true
     const client = this.clientSocket
+    if (client === null) return false
     let destination
     try {
       destination = originalDestination(client)
@@ -279,7 +302,18 @@ export class Connection implements ConnectionRecord {
     const upstreamIsTcp = (this.member?.target ?? this.originalTarget)?.kind === 'tcp'
     let sockets = 0
     let failure: unknown = null
+    const descriptors = this.descriptors
     for (const side of SIDES) {
+      if (descriptors !== null) {
+        if (side === 'upstream' && !upstreamIsTcp) continue
+        try {
+          applyKeepaliveFd(descriptors[side === 'client' ? 0 : 1], keepalive[side])
+          sockets++
+        } catch (err) {
+          failure ??= err
+        }
+        continue
+      }
       const socket = side === 'client' ? this.clientSocket : this.phase === 'relaying' && upstreamIsTcp ? this.upstreamSocket : null
       if (socket === null || socket.destroyed) continue
       try {
@@ -295,8 +329,8 @@ export class Connection implements ConnectionRecord {
 
   /** Refuse the client at once (e.g. `limit`), without dialing. */
   reject (reason: CloseReason): void {
-    this.clientSocket.on('error', onError)
-    this.clientSocket.on('close', onClose)
+    this.clientSocket?.on('error', onError)
+    this.clientSocket?.on('close', onClose)
     this.finish(reason, null, null)
   }
 
@@ -321,6 +355,7 @@ export class Connection implements ConnectionRecord {
   /** Close with `loop-detected` when this client is kaproxy's own upstream flow coming back to a route already in its chain. */
   private loopsBack (destinationAddress: string, destinationPort: number): boolean {
     const client = this.clientSocket
+    if (client === null) return false
     const via = ownUpstream(client.remoteAddress, client.remotePort, destinationAddress, destinationPort)
     if (via === null) return false
     this.chain = [...(via.chain ?? []), via.route.name]
@@ -356,6 +391,7 @@ export class Connection implements ConnectionRecord {
     }
     if (parsed === null) return
     const client = this.clientSocket
+    if (client === null) return
     client.pause()
     client.off('data', onHeaderData)
     client.setTimeout(0)
@@ -486,7 +522,7 @@ export class Connection implements ConnectionRecord {
   private relayInNode (): void {
     const client = this.clientSocket
     const upstream = this.upstreamSocket
-    if (upstream === null) return
+    if (client === null || upstream === null) return
     client.on('data', onData)
     client.on('drain', onDrain)
     upstream.on('data', onData)
@@ -512,28 +548,44 @@ export class Connection implements ConnectionRecord {
    * relay when the worker is unavailable.
    */
   private handOver (): void {
+    const client = this.clientSocket
     const upstream = this.upstreamSocket
-    if (this.phase !== 'relaying' || upstream === null) return
-    let clientFd, upstreamFd
+    if (this.phase !== 'relaying' || client === null || upstream === null) return
+    // Duplicates outlive Node's sockets, which are then let go of: an idle connection costs no
+    // net.Socket (about 3 KB each). Descriptors short (EMFILE): Node relays it after all.
+    let descriptors: [number, number]
     try {
-      clientFd = socketFd(this.clientSocket)
-      upstreamFd = socketFd(upstream)
-    } catch (err) {
-      this.finish('client-error', 'client', err as NodeJS.ErrnoException)
+      const clientFd = duplicateDescriptor(socketFd(client))
+      try {
+        descriptors = [clientFd, duplicateDescriptor(socketFd(upstream))]
+      } catch (err) {
+        closeDescriptor(clientFd)
+        throw err
+      }
+    } catch {
+      this.relayedBy = 'released'
+      this.relayInNode()
       return
     }
-    const stats = this.owner.dataPlane.relay(this, clientFd, upstreamFd, {
+    const stats = this.owner.dataPlane.relay(this, descriptors[0], descriptors[1], {
       idleTimeoutMs: this.route.idleTimeoutMs,
       clientEnded: this.firstFin === 'client',
       lastByteAt: this.lastByte
     })
     if (stats === null) {
+      closeDescriptor(descriptors[0])
+      closeDescriptor(descriptors[1])
       this.relayedBy = 'released'
       this.relayInNode()
       return
     }
     this.spliced = stats
     this.relayedBy = 'worker'
+    this.descriptors = descriptors
+    this.clientSocket = null
+    this.upstreamSocket = null
+    letGo(client)
+    letGo(upstream)
   }
 
   /** The worker let go of this connection: keep its final counts, then close as it ended. */
@@ -578,8 +630,8 @@ export class Connection implements ConnectionRecord {
   private proxyHeader (version: 'v1' | 'v2'): Buffer {
     const client = this.clientSocket
     const addresses: ProxiedAddresses = this.proxied ?? {
-      source: client.remoteAddress === undefined || client.remotePort === undefined ? null : { address: client.remoteAddress, port: client.remotePort },
-      destination: client.localAddress === undefined || client.localPort === undefined ? null : { address: client.localAddress, port: client.localPort }
+      source: client?.remoteAddress === undefined || client.remotePort === undefined ? null : { address: client.remoteAddress, port: client.remotePort },
+      destination: client?.localAddress === undefined || client.localPort === undefined ? null : { address: client.localAddress, port: client.localPort }
     }
     return version === 'v1' ? encodeV1(addresses) : encodeV2(addresses)
   }
@@ -605,6 +657,17 @@ export class Connection implements ConnectionRecord {
       return
     }
     const abortive = isAbortive(reason)
+    const descriptors = this.descriptors
+    if (descriptors !== null) {
+      this.descriptors = null
+      for (const fd of descriptors) {
+        if (abortive) closeWithReset(fd)
+        else closeDescriptor(fd)
+      }
+      this.openSockets = 1
+      this.socketClosed()
+      return
+    }
     for (const socket of [this.clientSocket, this.upstreamSocket]) {
       if (socket === null || socket.destroyed) continue
       // A reset tells the surviving peer the stream was cut, not complete. resetAndDestroy waits
@@ -650,6 +713,29 @@ export class Connection implements ConnectionRecord {
       return false
     }
   }
+}
+
+/** Node lets go of a socket whose descriptor was duplicated: its handlers go, its descriptor closes, the connection lives on. */
+function letGo (socket: RelaySocket): void {
+  socket.removeListener('error', onError)
+  socket.removeListener('end', onEnd)
+  socket.removeListener('close', onClose)
+  socket.removeListener('timeout', onClientTimeout)
+  socket.removeListener('timeout', onUpstreamTimeout)
+  socket.removeListener('connect', onUpstreamConnect)
+  socket.on('error', ignoreError)
+  socket.destroy()
+}
+
+function ignoreError (): void {}
+
+function hostPortText (host: string | undefined, port: number | undefined): string | null {
+  return host === undefined || port === undefined ? null : formatHostPort({ host, port })
+}
+
+function sockaddrText (bytes: Buffer | null): string | null {
+  const decoded = bytes === null ? null : decodeSockaddr(bytes)
+  return decoded === null ? null : formatHostPort({ host: decoded.address, port: decoded.port })
 }
 
 function onData (this: RelaySocket, chunk: Buffer): void {
