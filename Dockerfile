@@ -40,5 +40,5 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
 # SIGTERM drains: listeners close, connections get drainTimeout (30 s by default), then exit 0.
 # Give `docker stop -t` / terminationGracePeriodSeconds more than the longest drainTimeout.
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["/usr/bin/tini", "--", "node", "/opt/kaproxy/dist/cli.js"]
+ENTRYPOINT ["/usr/bin/tini", "--", "node", "--max-semi-space-size=1", "/opt/kaproxy/dist/cli.js"]
 CMD []

@@ -102,22 +102,29 @@ function buildLoadgen (dir: string): string {
   return out
 }
 
+const SHIPPED_NODE_FLAG = '--max-semi-space-size=1'
+
 function makeTargets (): Target[] {
   const cli = join(ROOT, 'dist/cli.js')
   const logLevel = opts['log-level']
   const all = new Map<string, Target>([
     ['direct', direct],
-    ['kaproxy-fast', kaproxy('kaproxy-fast', cli, [], logLevel, 'fast')],
-    ['kaproxy-fast-opt-size', kaproxy('kaproxy-fast-opt-size', cli, ['--optimize-for-size'], logLevel, 'fast')],
-    ['kaproxy-net', kaproxy('kaproxy-net', cli, [], logLevel, 'net')],
-    ['kaproxy-net-opt-size', kaproxy('kaproxy-net-opt-size', cli, ['--optimize-for-size'], logLevel, 'net')],
+    // As shipped: the bin, `npm start` and the Dockerfile run node with --max-semi-space-size=1.
+    ['kaproxy-fast', kaproxy('kaproxy-fast', cli, [SHIPPED_NODE_FLAG], logLevel, 'fast')],
+    ['kaproxy-fast-opt-size', kaproxy('kaproxy-fast-opt-size', cli, [SHIPPED_NODE_FLAG, '--optimize-for-size'], logLevel, 'fast')],
+    ['kaproxy-fast-semi16', kaproxy('kaproxy-fast-semi16', cli, [], logLevel, 'fast')],
+    ['kaproxy-net', kaproxy('kaproxy-net', cli, [SHIPPED_NODE_FLAG], logLevel, 'net')],
+    ['kaproxy-net-opt-size', kaproxy('kaproxy-net-opt-size', cli, [SHIPPED_NODE_FLAG, '--optimize-for-size'], logLevel, 'net')],
     ['haproxy', haproxy('haproxy', false)],
     ['haproxy-splice', haproxy('haproxy-splice', true)],
     ['nginx', nginx],
     ['socat', socat]
   ])
   for (const spec of opts.kaproxy) {
-    const [name, rest] = spec.split('=', 2)
+    // Only the first '=' separates the name: node flags may carry their own (--max-semi-space-size=2).
+    const at = spec.indexOf('=')
+    const name = at < 0 ? undefined : spec.slice(0, at)
+    const rest = at < 0 ? undefined : spec.slice(at + 1)
     if (name === undefined || rest === undefined) throw new Error(`--kaproxy wants NAME=PATH[,FLAG...], got ${spec}`)
     const [path, ...flags] = rest.split(',')
     all.set(name, kaproxy(name, resolve(path ?? ''), flags, logLevel, 'auto'))
