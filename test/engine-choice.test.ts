@@ -1,0 +1,85 @@
+import assert from 'node:assert/strict'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { describe, it } from 'node:test'
+import { buildConfig } from '../src/config/load.js'
+import { ConfigError } from '../src/errors.js'
+import type { NetEngine } from '../src/relay/net/engine.js'
+import { ENGINES } from './helpers/engines.js'
+import { connect, echoThrough, startEchoServer } from './helpers/peers.js'
+import { spawnCli, startProxy } from './helpers/proxy.js'
+
+const FAST = ENGINES[0] === 'fast'
+
+function engines (raw: Record<string, unknown>, env: NodeJS.ProcessEnv = {}): Array<[string, string | null]> {
+  return buildConfig({ admin: { listen: '' }, ...raw }, { env }).routes.map((route) => [route.engine, route.engineNote])
+}
+
+describe('choosing the engine', () => {
+  it('resolves auto, fast and net from defaults, the route and KAPROXY_ENGINE; a bad value names field, value and rule', () => {
+    const route = { listen: '127.0.0.1:0', upstream: '127.0.0.1:1' }
+    const auto = FAST ? 'fast' : 'net'
+    assert.deepEqual(engines({ routes: [{ name: 'a', ...route }, { name: 'b', ...route, engine: 'net' }] }), [[auto, null], ['net', null]])
+    assert.deepEqual(engines({ defaults: { engine: 'net' }, routes: [{ name: 'a', ...route }, { name: 'b', ...route, engine: 'auto' }] }), [['net', null], [auto, null]])
+    assert.deepEqual(engines({ routes: [{ name: 'a', ...route }] }, { KAPROXY_ENGINE: 'net' }), [['net', null]])
+    // PROXY headers in are read by Node: that route runs on net, and says why.
+    const [[engine, note]] = engines({ routes: [{ name: 'a', ...route, engine: 'fast', acceptProxyProtocol: true }] }) as [[string, string | null]]
+    assert.equal(engine, 'net')
+    assert.match(note ?? '', FAST ? /acceptProxyProtocol .* runs on net, not fast/ : /needs Linux/)
+
+    assert.throws(() => buildConfig({ routes: [{ name: 'a', ...route, engine: 'turbo' }] }, { env: {} }), (err: unknown) =>
+      err instanceof ConfigError && err.issues.some((i) => i.path === 'routes[0].engine' && i.message === 'must be one of auto, fast, net (got "turbo")'))
+    assert.throws(() => buildConfig({ defaults: { engine: 'splice' }, routes: [] }, { env: {} }), (err: unknown) =>
+      err instanceof ConfigError && err.issues.some((i) => i.path === 'defaults.engine' && /must be one of auto, fast, net \(got "splice"\)/.test(i.message)))
+  })
+
+  it('a fast route hands each connection to the worker, a net route keeps it in Node; the worker stops with kaproxy', { skip: FAST ? false : 'fast needs Linux' }, async (t) => {
+    const echo = await startEchoServer()
+    t.after(echo.close)
+    const proxy = await startProxy({ routes: [{ name: 'f', listen: '127.0.0.1:0', upstream: echo.address, engine: 'fast' }, { name: 'n', listen: '127.0.0.1:0', upstream: echo.address, engine: 'net' }] })
+    t.after(proxy.close)
+    const dataPlane = (proxy.kaproxy.engine as NetEngine).dataPlane
+
+    const onNet = await connect(proxy.port('n'))
+    t.after(() => onNet.destroy())
+    await proxy.log.waitFor({ event: 'open', route: 'n' })
+    assert.equal(dataPlane.size, 0, 'a net connection is not handed over')
+
+    const onFast = await connect(proxy.port('f'))
+    t.after(() => onFast.destroy())
+    await proxy.log.waitFor({ event: 'open', route: 'f' })
+    assert.equal(dataPlane.size, 1, 'the fast connection is relayed by the worker')
+    assert.equal(await echoThrough(proxy.port('f'), 'through the worker'), 'through the worker')
+    // The eventfd and the worker's event loop (4), its epoll set (1), and the pipe the echo used (2, kept for reuse).
+    assert.ok(dataPlane.descriptors() >= 7, `the worker's own descriptors are counted (${dataPlane.descriptors()})`)
+
+    onFast.end()
+    await proxy.log.waitFor({ event: 'close', route: 'f', conn: 2 })
+    assert.equal(dataPlane.size, 0)
+    await proxy.close()
+    assert.equal(dataPlane.descriptors(), 0, 'the worker stopped and its descriptors are closed')
+  })
+
+  it('check and the start-up log say which engine each route runs on, and why a route runs on another', async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'kaproxy-engine-'))
+    t.after(() => { rmSync(dir, { recursive: true, force: true }) })
+    const file = join(dir, 'engines.yaml')
+    writeFileSync(file, 'routes:\n  - { name: plain, listen: "127.0.0.1:0", upstream: "127.0.0.1:1" }\n  - { name: behind-lb, listen: "127.0.0.1:0", upstream: "127.0.0.1:1", acceptProxyProtocol: true, engine: fast }\n')
+    const check = spawnCli(['check', '--config', file])
+    t.after(check.kill)
+    // Non-JSON lines arrive as { msg } in the sink.
+    assert.equal(await check.exit, 0)
+    const lines = check.stdout.lines.map((line) => String(line.msg ?? '')).join('\n')
+    assert.match(lines, new RegExp(`route plain: .*engine ${FAST ? 'fast' : 'net'}\\)`))
+    assert.match(lines, /route behind-lb: .*engine net\)\n {2}note: /)
+
+    const run = spawnCli(['--config', file])
+    t.after(run.kill)
+    const warning = await run.stdout.waitFor({ event: 'route-engine', route: 'behind-lb' })
+    assert.equal(warning.engine, 'net')
+    assert.equal(warning.level, 40)
+    const plan = await run.stdout.waitFor({ event: 'route', route: 'plain' })
+    assert.equal(plan.engine, FAST ? 'fast' : 'net')
+  })
+})
