@@ -61,9 +61,11 @@ export class Kaproxy {
       connections: () => this.engine.connections(),
       routes: () => this.current.routes,
       upstreams: (route) => this.engine.upstreams(route),
-      ready: () => this.ready
+      ready: () => this.ready,
+      dataPlane: () => ({ connections: engine.dataPlane.size, descriptors: engine.dataPlane.descriptors() })
     }, kaproxyVersion())
-    this.engine = new NetEngine(composeObservers(loggingObserver(log), this.metrics.observer))
+    const engine = new NetEngine(composeObservers(loggingObserver(log), this.metrics.observer))
+    this.engine = engine
     this.admin = config.admin.listen === null
       ? null
       : new AdminServer({

@@ -6,6 +6,7 @@ import parsePrometheusTextFormat from 'parse-prometheus-text-format'
 import { adminAddress, adminClient } from './helpers/admin.js'
 import { closedPort, connect, startEchoServer, startServer } from './helpers/peers.js'
 import { startProxy } from './helpers/proxy.js'
+import { ENGINES } from './helpers/engines.js'
 
 type Family = ReturnType<typeof parsePrometheusTextFormat>[number]
 
@@ -134,6 +135,10 @@ describe('/metrics', () => {
     assert.equal(sample(families, 'kaproxy_config_reloads_total', { result: 'ok' }), 0)
     assert.equal(sample(families, 'kaproxy_config_reloads_total', { result: 'failed' }), 0)
     assert.equal(sample(families, 'kaproxy_ready'), 1)
+    // The one live connection is relayed by the fast engine's worker (the default on Linux).
+    const fast = ENGINES[0] === 'fast'
+    assert.equal(sample(families, 'kaproxy_fast_engine_connections'), fast ? 1 : 0)
+    assert.ok((sample(families, 'kaproxy_fast_engine_descriptors') ?? -1) >= (fast ? 5 : 0))
     // Process metrics from prom-client's default collectors.
     assert.ok((sample(families, 'process_cpu_user_seconds_total') ?? -1) > 0)
     assert.ok(families.some((f) => f.name === 'nodejs_eventloop_lag_seconds'))

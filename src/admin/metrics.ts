@@ -14,6 +14,8 @@ export interface MetricsSource {
   /** Each configured target of a route with its state (up/down). */
   upstreams: Engine['upstreams']
   ready: () => boolean
+  /** The fast engine's worker: connections it relays and descriptors it holds besides their sockets (pipes, epoll). */
+  dataPlane: () => { connections: number, descriptors: number }
 }
 
 /** The side label of a close: the side that caused it, or `none` (e.g. `shutdown`). */
@@ -127,6 +129,8 @@ export class Metrics {
   private readonly upstreamUp: Gauge<'route' | 'upstream'>
   private readonly reloadsTotal: Counter<'result'>
   private readonly readyGauge: Gauge
+  private readonly dataPlaneConnections: Gauge
+  private readonly dataPlaneDescriptors: Gauge
 
   constructor (source: MetricsSource, version: string) {
     this.source = source
@@ -154,6 +158,8 @@ export class Metrics {
     this.upstreamUp = new Gauge({ name: 'kaproxy_upstream_up', help: '1 when a configured upstream target is up (health checks and passive ejection), 0 when down', labelNames: ['route', 'upstream'], registers })
     this.reloadsTotal = new Counter({ name: 'kaproxy_config_reloads_total', help: 'Configuration reloads by result (ok, failed)', labelNames: ['result'], registers })
     this.readyGauge = new Gauge({ name: 'kaproxy_ready', help: '1 when every route listens and kaproxy is not shutting down', registers })
+    this.dataPlaneConnections = new Gauge({ name: 'kaproxy_fast_engine_connections', help: 'Connections the fast engine\'s splice worker relays now', registers })
+    this.dataPlaneDescriptors = new Gauge({ name: 'kaproxy_fast_engine_descriptors', help: 'Descriptors the fast engine holds besides the connections\' sockets: its pipes (two each, pooled), epoll set, eventfd and thread', registers })
     new Gauge({ name: 'kaproxy_build_info', help: 'Always 1; labels carry the kaproxy and Node.js versions', labelNames: ['version', 'node'], registers })
       .set({ version, node: process.version }, 1)
     this.reloadsTotal.inc({ result: 'ok' }, 0)
@@ -216,6 +222,9 @@ export class Metrics {
       for (const upstream of this.source.upstreams(route.name)) this.upstreamUp.set({ route: route.name, upstream: upstream.target.label }, upstream.state === 'up' ? 1 : 0)
     }
     this.readyGauge.set(this.source.ready() ? 1 : 0)
+    const dataPlane = this.source.dataPlane()
+    this.dataPlaneConnections.set(dataPlane.connections)
+    this.dataPlaneDescriptors.set(dataPlane.descriptors)
     const registry = Registry.merge([this.registry, processMetrics()])
     return { contentType: registry.contentType, text: await registry.metrics() }
   }
