@@ -53,6 +53,7 @@ export class SpliceDataPlane {
   private worker: Worker | null = null
   private port: MessagePort | null = null
   private wakeFd = -1
+  private wakeQueued = false
   private readonly blocks: Float64Array[] = []
   private readonly freeSlots: number[] = []
   private readonly live = new Map<number, { connection: SplicedConnection, slot: number }>()
@@ -160,7 +161,16 @@ export class SpliceDataPlane {
   private send (message: ToWorker): void {
     if (this.port === null) return
     this.port.postMessage(message)
-    dataPlaneCalls().signal(this.wakeFd)
+    // One wake-up for every message posted in this turn of the event loop (connections that
+    // connected together are handed over together), after its I/O callbacks.
+    if (this.wakeQueued) return
+    this.wakeQueued = true
+    setImmediate(this.wake)
+  }
+
+  private readonly wake = (): void => {
+    this.wakeQueued = false
+    if (this.wakeFd >= 0) dataPlaneCalls().signal(this.wakeFd)
   }
 
   private ended (batch: FromWorker): void {
