@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict'
 import { once } from 'node:events'
-import { describe, it } from 'node:test'
+import { it } from 'node:test'
 import { closed, closedPort, connect, startEchoServer, echoThrough } from './helpers/peers.js'
 import { startProxy } from './helpers/proxy.js'
+import { describeEachEngine } from './helpers/engines.js'
 
 
-describe('a route removed by a reload', () => {
+describeEachEngine('a route removed by a reload', () => {
   it('stops accepting at once; its connections may finish within drainTimeout, the rest close with route-removed', async (t) => {
     const upstream = await startEchoServer()
     t.after(upstream.close)

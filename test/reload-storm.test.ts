@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict'
-import { describe, it } from 'node:test'
+import { it } from 'node:test'
 import { formatStorm, reloadStorm } from './helpers/reload-storm.js'
+import { describeEachEngine } from './helpers/engines.js'
 
-describe('reload storms', () => {
+describeEachEngine('reload storms', () => {
   it('100 reloads, valid and invalid mixed, during traffic: no connection on the unchanged route is interrupted', async () => {
     const figures = await reloadStorm({ reloads: 100, streams: 8, bytesBetweenReloads: 128 * 1024 })
     console.log(`# ${formatStorm(figures)}`)
