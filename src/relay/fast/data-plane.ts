@@ -191,7 +191,7 @@ export class SpliceDataPlane {
     if (this.live.size === 0) this.port?.unref()
   }
 
-  /** The worker is gone: every connection it held is told (`dropped` with no reason: they close), none is handed over again. */
+  /** The worker is gone: every connection it held is told (`error` with no side: they close with upstream-error), none is handed over again. */
   private fail (err: Error): void {
     if (this.failure !== null) return
     this.failure = err
@@ -210,8 +210,8 @@ export class SpliceDataPlane {
     worker.ref()
     this.send({ type: 'stop' })
     await exited
-    // The worker's last batch (pairs it dropped on stop) arrives before 'exit' is handled? Not
-    // guaranteed: whatever is left is released here.
+    // The worker's last batch (the pairs it let go of on stop) may still be in flight on the port:
+    // the connections it names are released here instead, and the late batch finds none of them.
     const live = [...this.live.values()]
     this.live.clear()
     for (const { connection } of live) connection.relayEnded({ id: connection.id, how: 'dropped', side: null, errno: 0, firstFin: null })
