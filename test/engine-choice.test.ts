@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { cpSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { describe, it } from 'node:test'
 import { buildConfig } from '../src/config/load.js'
 import { ConfigError } from '../src/errors.js'
@@ -81,5 +82,32 @@ describe('choosing the engine', () => {
     assert.equal(warning.level, 40)
     const plan = await run.stdout.waitFor({ event: 'route', route: 'plain' })
     assert.equal(plan.engine, FAST ? 'fast' : 'net')
+  })
+})
+
+describe('when the fast engine cannot run', () => {
+  it('a worker that fails to start is logged once, and connections relay on net instead', { skip: FAST ? false : 'fast needs Linux' }, async (t) => {
+    // A copy of the build without the worker's file, inside the checkout so packages resolve.
+    const dist = fileURLToPath(new URL('../../dist', import.meta.url))
+    const broken = mkdtempSync(join(dirname(dist), 'build', 'no-worker-'))
+    t.after(() => { rmSync(broken, { recursive: true, force: true }) })
+    cpSync(dist, broken, { recursive: true })
+    rmSync(join(broken, 'relay', 'fast', 'splice-worker.js'))
+    const echo = await startEchoServer()
+    t.after(echo.close)
+    const run = spawnCli(['--listen', '127.0.0.1:0', '--upstream', echo.address, '--engine', 'fast'], {}, join(broken, 'cli.js'))
+    t.after(run.kill)
+    const listening = await run.stdout.waitFor({ event: 'listening' })
+    const port = Number(String(listening.address).split(':').pop())
+
+    // The first connection starts the worker; whether it is relayed or closed depends on when the
+    // failure is seen. Every connection after the failure is relayed by Node.
+    const first = await connect(port)
+    first.on('error', () => {})
+    first.destroy()
+    const failed = await run.stdout.waitFor({ event: 'data-plane-failed' })
+    assert.equal(failed.level, 50)
+    for (const text of ['one', 'two', 'three']) assert.equal(await echoThrough(port, text), text)
+    assert.equal(run.stdout.find({ event: 'data-plane-failed' }).length, 1, 'logged once')
   })
 })
