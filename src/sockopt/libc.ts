@@ -184,7 +184,7 @@ export interface DataPlaneCalls {
   epollCreate: () => number
   /** epoll_ctl(epfd, op, fd, { events, data: fd }). */
   epollCtl: (epfd: number, op: number, fd: number, events: number) => number
-  /** epoll_wait into `events` (packed 12-byte struct epoll_event); returns the count. */
+  /** epoll_wait into `events` (EPOLL_EVENT_SIZE bytes per struct epoll_event); returns the count. */
   epollWait: (epfd: number, events: Buffer, maxEvents: number, timeoutMs: number) => number
   /** splice(in, NULL, out, NULL, length, SPLICE_F_MOVE | SPLICE_F_NONBLOCK): bytes moved, 0 at EOF. */
   splice: (fdIn: number, fdOut: number, length: number) => number
@@ -210,12 +210,20 @@ export const EPOLLERR = 0x8
 export const EPOLLHUP = 0x10
 export const EPOLLRDHUP = 0x2000
 export const EPOLLET = 0x80000000
+/**
+ * struct epoll_event { uint32_t events; uint64_t data; }: packed (12 bytes, data at 4) on x86 only;
+ * elsewhere (aarch64, ...) naturally aligned (16 bytes, data at 8).
+ */
+const EPOLL_PACKED = process.arch === 'x64' || process.arch === 'ia32'
+export const EPOLL_EVENT_SIZE = EPOLL_PACKED ? 12 : 16
+export const EPOLL_EVENT_DATA = EPOLL_PACKED ? 4 : 8
 export const EPOLL_CTL_ADD = 1
 export const EPOLL_CTL_DEL = 2
 export const EAGAIN = 11
 const O_NONBLOCK = 0x800
 const O_CLOEXEC = 0x80000
 const F_SETPIPE_SZ = 1031
+const F_GETPIPE_SZ = 1032
 const SPLICE_MOVE_NONBLOCK = 1 | 2
 
 let dataPlane: DataPlaneCalls | undefined
@@ -237,7 +245,7 @@ export function dataPlaneCalls (): DataPlaneCalls {
   const read = lib.func('intptr_t read(int fd, _Out_ void *buf, size_t count)') as (fd: number, buf: Buffer, count: number) => number | bigint
   const failed = (result: number | bigint): number => Number(result) < 0 ? -koffi.errno() : Number(result)
   // Preallocated: one event struct for epoll_ctl, one counter for eventfd, one int pair for pipe2.
-  const event = Buffer.alloc(12)
+  const event = Buffer.alloc(EPOLL_EVENT_SIZE)
   const counter = Buffer.alloc(8)
   const one = Buffer.alloc(8)
   one.writeBigUInt64LE(1n)
@@ -248,9 +256,9 @@ export function dataPlaneCalls (): DataPlaneCalls {
   dataPlane = {
     epollCreate: () => failed(epollCreate1(O_CLOEXEC)),
     epollCtl: (epfd, op, fd, events) => {
+      event.fill(0)
       event.writeUInt32LE(events >>> 0, 0)
-      event.writeUInt32LE(fd, 4)
-      event.writeUInt32LE(0, 8)
+      event.writeUInt32LE(fd, EPOLL_EVENT_DATA)
       return failed(epollCtl(epfd, op, fd, event))
     },
     epollWait: (epfd, events, maxEvents, timeoutMs) => failed(epollWait(epfd, events, maxEvents, timeoutMs)),
@@ -259,9 +267,10 @@ export function dataPlaneCalls (): DataPlaneCalls {
       if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) !== 0) return -koffi.errno()
       const [readEnd = -1, writeEnd = -1] = fds
       // fs.pipe-max-size caps the size; beyond fs.pipe-user-pages-soft an unprivileged user gets
-      // EPERM: the pipe keeps its default size (64 KiB) then.
+      // EPERM and the pipe keeps what the kernel gave it (64 KiB, or less past the soft limit).
       const grown = base.fcntl(writeEnd, F_SETPIPE_SZ, size)
-      return [readEnd, writeEnd, grown > 0 ? grown : 65536]
+      const capacity = grown > 0 ? grown : base.fcntl(writeEnd, F_GETPIPE_SZ, 0)
+      return [readEnd, writeEnd, capacity > 0 ? capacity : 4096]
     },
     shutdownWrite: (fd) => failed(shutdown(fd, 1)),
     socketError: (fd) => {

@@ -1,8 +1,6 @@
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads'
 import { dataPlaneCalls } from '../../sockopt/libc.js'
-import {
-  SLOTS_PER_BLOCK, STAT_FIELDS, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT, type FromWorker, type PairEnded, type ToWorker
-} from './protocol.js'
+import { SLOTS_PER_BLOCK, STAT_FIELDS, type FromWorker, type PairEnded, type ToWorker } from './protocol.js'
 
 /** A connection whose bytes the worker relays; told once when the worker lets go of it. */
 export interface SplicedConnection {
@@ -90,6 +88,9 @@ export class SpliceDataPlane {
     if (this.worker === null && !this.startWorker()) return null
     const slot = this.takeSlot()
     const block = this.blocks[Math.floor(slot / SLOTS_PER_BLOCK)] as Float64Array
+    // Free slots keep their last connection's figures: cleared before anyone reads this one.
+    const base = (slot % SLOTS_PER_BLOCK) * STAT_FIELDS
+    block.fill(0, base, base + STAT_FIELDS)
     // Node does not see these sockets as busy (it reads and writes none of them): the port keeps
     // the event loop alive while the worker holds connections, e.g. during a drain.
     if (this.live.size === 0) this.port?.ref()
@@ -104,7 +105,7 @@ export class SpliceDataPlane {
       clientEnded: options.clientEnded,
       lastByteAt: options.lastByteAt + performance.timeOrigin
     })
-    return new SpliceStats(block, (slot % SLOTS_PER_BLOCK) * STAT_FIELDS)
+    return new SpliceStats(block, base)
   }
 
   /** Ask the worker to let go of a connection now; `relayEnded` follows with `dropped` (or how it ended first). */
@@ -123,6 +124,8 @@ export class SpliceDataPlane {
       const calls = dataPlaneCalls()
       const wakeFd = calls.eventfd()
       if (wakeFd < 0) throw new Error(`eventfd failed: errno ${-wakeFd}`)
+      // Owned from here: release() closes it even if the worker cannot be made.
+      this.wakeFd = wakeFd
       const { port1, port2 } = new MessageChannel()
       const worker = new Worker(new URL('./splice-worker.js', import.meta.url), {
         workerData: { port: port2, wakeFd, descriptors: this.workerDescriptors.buffer as SharedArrayBuffer },
@@ -130,7 +133,6 @@ export class SpliceDataPlane {
         // The data plane uses little heap: its memory is the kernel's pipes and sockets.
         resourceLimits: { maxOldGenerationSizeMb: 64 }
       })
-      this.wakeFd = wakeFd
       this.port = port1
       this.worker = worker
       port1.on('message', (batch: FromWorker) => { this.ended(batch) })
@@ -180,12 +182,6 @@ export class SpliceDataPlane {
       this.live.delete(end.id)
       // The connection reads its final statistics before the slot can be reused.
       entry.connection.relayEnded(end)
-      const block = this.blocks[Math.floor(entry.slot / SLOTS_PER_BLOCK)]
-      const base = (entry.slot % SLOTS_PER_BLOCK) * STAT_FIELDS
-      if (block !== undefined) {
-        block[base + STAT_LAST_BYTE_AT] = 0
-        block[base + STAT_LAST_SILENCE_ENDED_AT] = 0
-      }
       this.freeSlots.push(entry.slot)
     }
     if (this.live.size === 0) this.port?.unref()

@@ -1,6 +1,7 @@
 import { receiveMessageOnPort, workerData } from 'node:worker_threads'
 import {
-  EAGAIN, EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLL_CTL_ADD, EPOLL_CTL_DEL, dataPlaneCalls
+  EAGAIN, EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLL_EVENT_DATA, EPOLL_EVENT_SIZE,
+  dataPlaneCalls
 } from '../../sockopt/libc.js'
 import {
   SLOTS_PER_BLOCK, STAT_BYTES_FROM_CLIENT, STAT_BYTES_FROM_UPSTREAM, STAT_FIELDS, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT,
@@ -26,7 +27,6 @@ const TURN_BYTES = 4 << 20
 /** Shortest quiet (ms) that counts as a silence, as in the net engine. */
 const SILENCE_MIN_MS = 1000
 const MAX_EVENTS = 512
-const EVENT_SIZE = 12
 /** Retry after this many ms when no pipe could be made (descriptors ran out). */
 const PIPE_RETRY_MS = 20
 
@@ -70,7 +70,7 @@ if (epfd < 0) throw new Error(`epoll_create1 failed: errno ${-epfd}`)
 sys.epollCtl(epfd, EPOLL_CTL_ADD, wakeFd, EPOLLIN)
 heldDescriptors[0] = 1
 
-const events = Buffer.alloc(MAX_EVENTS * EVENT_SIZE)
+const events = Buffer.alloc(MAX_EVENTS * EPOLL_EVENT_SIZE)
 const blocks: Float64Array[] = []
 /** Pairs by descriptor: both of a pair's sockets map to it. */
 const byFd: Array<Pair | undefined> = []
@@ -217,7 +217,10 @@ function pumpDirection (pair: Pair, dir: Direction): 'more' | 'idle' | 'failed' 
           pair.firstFin ??= dir.fromClient ? 'client' : 'upstream'
           progressed = true
         } else if (n === -EAGAIN) {
-          dir.readable = false
+          // With bytes in the pipe, EAGAIN may mean the pipe ran out of slots (one per packet,
+          // long before its bytes run out), not that the socket is empty: try again once the
+          // pipe drained. Only an empty pipe proves the socket empty.
+          if (dir.pending === 0) dir.readable = false
         } else {
           end(pair, 'error', sideOf(pair, dir.src), -n)
           return 'failed'
@@ -228,6 +231,8 @@ function pumpDirection (pair: Pair, dir: Direction): 'more' | 'idle' | 'failed' 
       const n = sys.splice(dir.pipe.readEnd, dir.dst, dir.pending)
       if (n > 0) {
         dir.pending -= n
+        // Bytes leaving count as activity too, as they do for the net relay's socket timeout.
+        pair.lastActivity = now
         progressed = true
       } else if (n === -EAGAIN || n === 0) {
         dir.writable = false
@@ -322,28 +327,34 @@ function flush (): void {
   ended = []
 }
 
-while (!stopping) {
-  const count = sys.epollWait(epfd, events, MAX_EVENTS, timeout())
-  now = performance.timeOrigin + performance.now()
-  // Pairs with work left from the last turn go first (a starved one retries for its pipe), then
-  // whatever woke us.
-  const again = ready
-  ready = []
-  for (const pair of again) pump(pair)
-  for (let i = 0; i < count; i++) {
-    const flags = events.readUInt32LE(i * EVENT_SIZE)
-    const fd = events.readUInt32LE(i * EVENT_SIZE + 4)
-    if (fd === wakeFd) readMessages()
-    else onSocketEvent(fd, flags)
+try {
+  while (!stopping) {
+    const count = sys.epollWait(epfd, events, MAX_EVENTS, timeout())
+    now = performance.timeOrigin + performance.now()
+    // Pairs with work left from the last turn go first (a starved one retries for its pipe), then
+    // whatever woke us.
+    const again = ready
+    ready = []
+    for (const pair of again) pump(pair)
+    for (let i = 0; i < count; i++) {
+      const flags = events.readUInt32LE(i * EPOLL_EVENT_SIZE)
+      const fd = events.readUInt32LE(i * EPOLL_EVENT_SIZE + EPOLL_EVENT_DATA)
+      if (fd === wakeFd) readMessages()
+      else onSocketEvent(fd, flags)
+    }
+    if (now >= nextSweepAt) sweepIdle()
+    flush()
   }
-  if (now >= nextSweepAt) sweepIdle()
+  // Stop: let go of every pair (the main thread closes their sockets).
+  for (const pair of [...byId.values()]) end(pair, 'dropped', null, 0)
   flush()
+} finally {
+  // Stopped or failed: free what this thread made (pipes in use are closed by end(); a failure
+  // leaves them to the process, reported by the count going to zero only for what was closed).
+  for (const pair of [...byId.values()]) { releasePipe(pair.toUpstream); releasePipe(pair.toClient) }
+  for (const pipe of spare) closePipe(pipe)
+  spare.length = 0
+  sys.close(epfd)
+  heldDescriptors[0] = 0
+  port.close()
 }
-
-// Stop: let go of every pair (the main thread closes their sockets), free what this thread made.
-for (const pair of [...byId.values()]) end(pair, 'dropped', null, 0)
-flush()
-for (const pipe of spare) closePipe(pipe)
-sys.close(epfd)
-heldDescriptors[0] = 0
-port.close()

@@ -551,6 +551,12 @@ export class Connection implements ConnectionRecord {
     const client = this.clientSocket
     const upstream = this.upstreamSocket
     if (this.phase !== 'relaying' || client === null || upstream === null) return
+    // Bytes Node already read would be lost with its sockets: such a connection stays with Node.
+    if (client.readableLength > 0 || upstream.readableLength > 0) {
+      this.relayedBy = 'released'
+      this.relayInNode()
+      return
+    }
     // Duplicates outlive Node's sockets, which are then let go of: an idle connection costs no
     // net.Socket (about 3 KB each). Descriptors short (EMFILE): Node relays it after all.
     let descriptors: [number, number]
