@@ -46,10 +46,14 @@ export function loggingObserver (log: Logger): Required<EngineObserver> {
     onListening (route: RouteConfig, address: string) {
       log.info({ event: 'listening', route: route.name, address, upstream: targetsLabel(route.upstreams) }, `route ${route.name} listening on ${address}`)
     },
+    // Per-connection lines build their fields only when the level writes them: at warn, a
+    // connection costs the logger nothing.
     onOpen (connection: ConnectionRecord) {
+      if (!log.isLevelEnabled('info')) return
       log.info({ event: 'open', ...connectionFields(connection) }, 'connection open')
     },
     onClose (connection: ConnectionRecord, summary: CloseSummary) {
+      if (!log.isLevelEnabled('info')) return
       const fields: Record<string, unknown> = {
         event: 'close',
         ...connectionFields(connection),
