@@ -8,7 +8,7 @@ import { buildConfig } from '../src/config/load.js'
 import { ConfigError } from '../src/errors.js'
 import type { NetEngine } from '../src/relay/net/engine.js'
 import { ENGINES } from './helpers/engines.js'
-import { connect, echoThrough, startEchoServer } from './helpers/peers.js'
+import { connect, echoThrough, startEchoServer, startServer } from './helpers/peers.js'
 import { spawnCli, startProxy } from './helpers/proxy.js'
 
 const FAST = ENGINES[0] === 'fast'
@@ -95,10 +95,17 @@ describe('when the fast engine cannot run', () => {
     rmSync(join(broken, 'relay', 'fast', 'splice-worker.js'))
     const echo = await startEchoServer()
     t.after(echo.close)
-    const run = spawnCli(['--listen', '127.0.0.1:0', '--upstream', echo.address, '--engine', 'fast'], {}, join(broken, 'cli.js'))
+    const recorder = await startServer(() => {})
+    t.after(recorder.close)
+    const file = join(broken, 'routes.json')
+    writeFileSync(file, JSON.stringify({ defaults: { engine: 'fast' }, routes: [
+      { name: 'echo', listen: '127.0.0.1:0', upstream: echo.address },
+      { name: 'proxied', listen: '127.0.0.1:0', upstream: recorder.address, proxyProtocol: 'v1' }
+    ] }))
+    const run = spawnCli(['--config', file], {}, join(broken, 'cli.js'))
     t.after(run.kill)
-    const listening = await run.stdout.waitFor({ event: 'listening' })
-    const port = Number(String(listening.address).split(':').pop())
+    const portOf = async (route: string): Promise<number> => Number(String((await run.stdout.waitFor({ event: 'listening', route })).address).split(':').pop())
+    const port = await portOf('echo')
 
     // The first connection starts the worker; whether it is relayed or closed depends on when the
     // failure is seen. Every connection after the failure is relayed by Node.
@@ -109,5 +116,16 @@ describe('when the fast engine cannot run', () => {
     assert.equal(failed.level, 50)
     for (const text of ['one', 'two', 'three']) assert.equal(await echoThrough(port, text), text)
     assert.equal(run.stdout.find({ event: 'data-plane-failed' }).length, 1, 'logged once')
+
+    // A PROXY header written before the hand-over was refused is not written again by Node.
+    const client = await connect(await portOf('proxied'))
+    client.end('payload')
+    const upstream = await recorder.nextSocket()
+    const text = await new Promise<string>((resolve) => {
+      let seen = ''
+      upstream.on('data', (chunk: Buffer) => { seen += chunk.toString('latin1') })
+      upstream.on('end', () => { upstream.end(); resolve(seen) })
+    })
+    assert.match(text, /^PROXY TCP4 127\.0\.0\.1 127\.0\.0\.1 \d+ \d+\r\npayload$/)
   })
 })

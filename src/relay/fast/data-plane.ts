@@ -192,9 +192,7 @@ export class SpliceDataPlane {
     if (this.failure !== null) return
     this.failure = err
     this.onFailure(err)
-    const live = [...this.live.values()]
-    this.live.clear()
-    for (const { connection } of live) connection.relayEnded({ id: connection.id, how: 'error', side: null, errno: 0, firstFin: null })
+    this.releaseLive('error')
     this.release()
   }
 
@@ -208,10 +206,15 @@ export class SpliceDataPlane {
     await exited
     // The worker's last batch (the pairs it let go of on stop) may still be in flight on the port:
     // the connections it names are released here instead, and the late batch finds none of them.
+    this.releaseLive('dropped')
+    this.release()
+  }
+
+  /** Tell every connection still held that the worker let go of it (`error`: it failed; `dropped`: it stopped). */
+  private releaseLive (how: 'error' | 'dropped'): void {
     const live = [...this.live.values()]
     this.live.clear()
-    for (const { connection } of live) connection.relayEnded({ id: connection.id, how: 'dropped', side: null, errno: 0, firstFin: null })
-    this.release()
+    for (const { connection } of live) connection.relayEnded({ id: connection.id, how, side: null, errno: 0, firstFin: null })
   }
 
   private release (): void {

@@ -103,7 +103,7 @@ function stopDialing (connection: Connection): void {
 }
 
 function addressOf (host: string | undefined, port: number | undefined): string {
-  return host === undefined || port === undefined ? 'unknown' : formatHostPort({ host, port })
+  return hostPortText(host, port) ?? 'unknown'
 }
 
 /**
@@ -129,10 +129,11 @@ export class Connection implements ConnectionRecord {
   lastByte = 0
   silenceMs = 0
   silenceEndedAt = 0
-  /** Live statistics while the fast engine's worker relays this connection; null otherwise. */
+  /**
+   * Live statistics while the fast engine's worker relays this connection, from the hand-over
+   * until it lets go (relayEnded); null otherwise. While set, the descriptors must stay open.
+   */
   private spliced: SpliceStats | null = null
-  /** `worker` from the hand-over to the fast engine's worker until it lets go (`released`). */
-  private relayedBy: 'node' | 'worker' | 'released' = 'node'
 
   private readonly owner: ConnectionOwner
   // Null once the fast engine holds the connection as bare descriptors (`descriptors`).
@@ -508,13 +509,16 @@ export class Connection implements ConnectionRecord {
     this.phase = 'relaying'
     // The silence clock starts at connect: a flow that never carried a byte is silent from here.
     this.lastByte = performance.now()
+    this.owner.opened(this)
+    // A PROXY header goes first, written by Node on either engine.
+    const header = this.route.proxyProtocol === null ? null : this.proxyHeader(this.route.proxyProtocol)
     if (this.route.engine === 'fast' && this.pendingToUpstream === null) {
-      this.owner.opened(this)
-      if (this.route.proxyProtocol === null) this.handOver()
-      // The header goes first, written by Node; the worker takes over once it left.
-      else upstream.write(this.proxyHeader(this.route.proxyProtocol), () => { this.handOver() })
+      // The worker takes over once the header left.
+      if (header === null) this.handOver()
+      else upstream.write(header, () => { this.handOver() })
       return
     }
+    if (header !== null) upstream.write(header)
     this.relayInNode()
   }
 
@@ -527,7 +531,6 @@ export class Connection implements ConnectionRecord {
     client.on('drain', onDrain)
     upstream.on('data', onData)
     upstream.on('drain', onDrain)
-    if (this.route.proxyProtocol !== null) upstream.write(this.proxyHeader(this.route.proxyProtocol))
     if (this.pendingToUpstream !== null) {
       this.clientBytes += this.pendingToUpstream.length
       upstream.write(this.pendingToUpstream)
@@ -537,26 +540,21 @@ export class Connection implements ConnectionRecord {
     // Socket timeouts restart on every read and write, and each relayed byte is read or written
     // on the client socket, so one timer there covers both directions.
     if (this.route.idleTimeoutMs !== null) client.setTimeout(this.route.idleTimeoutMs)
-    if (this.relayedBy === 'node') this.owner.opened(this)
     client.resume()
     upstream.resume()
   }
 
   /**
    * The fast engine: the worker relays both descriptors from here on (splice, half-close, idle
-   * timeout); Node keeps the sockets for keepalive, TCP_INFO and closing. Falls back to the net
-   * relay when the worker is unavailable.
+   * timeout); the main thread keeps the descriptors for keepalive, TCP_INFO and closing. Falls
+   * back to the net relay when the worker is unavailable.
    */
   private handOver (): void {
     const client = this.clientSocket
     const upstream = this.upstreamSocket
     if (this.phase !== 'relaying' || client === null || upstream === null) return
     // Bytes Node already read would be lost with its sockets: such a connection stays with Node.
-    if (client.readableLength > 0 || upstream.readableLength > 0) {
-      this.relayedBy = 'released'
-      this.relayInNode()
-      return
-    }
+    if (client.readableLength > 0 || upstream.readableLength > 0) { this.relayInNode(); return }
     // Duplicates outlive Node's sockets, which are then let go of: an idle connection costs no
     // net.Socket (about 3 KB each). Descriptors short (EMFILE): Node relays it after all.
     let descriptors: [number, number]
@@ -569,7 +567,6 @@ export class Connection implements ConnectionRecord {
         throw err
       }
     } catch {
-      this.relayedBy = 'released'
       this.relayInNode()
       return
     }
@@ -581,12 +578,10 @@ export class Connection implements ConnectionRecord {
     if (stats === null) {
       closeDescriptor(descriptors[0])
       closeDescriptor(descriptors[1])
-      this.relayedBy = 'released'
       this.relayInNode()
       return
     }
     this.spliced = stats
-    this.relayedBy = 'worker'
     this.descriptors = descriptors
     this.clientSocket = null
     this.upstreamSocket = null
@@ -605,7 +600,6 @@ export class Connection implements ConnectionRecord {
       this.silenceEndedAt = stats.time(STAT_LAST_SILENCE_ENDED_AT)
     }
     this.spliced = null
-    this.relayedBy = 'released'
     if (end.firstFin !== null) this.countFin(end.firstFin)
     switch (end.how) {
       case 'closed': {
@@ -658,7 +652,7 @@ export class Connection implements ConnectionRecord {
       this.closingAt = performance.now()
     }
     // The worker still polls both descriptors: they may close only once it let go (relayEnded).
-    if (this.relayedBy === 'worker') {
+    if (this.spliced !== null) {
       this.owner.dataPlane.drop(this.id)
       return
     }
