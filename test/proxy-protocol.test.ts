@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
-import { spawn, spawnSync } from 'node:child_process'
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, rmSync, watch, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, it } from 'node:test'
@@ -77,6 +77,34 @@ async function request (port: number, host = '127.0.0.1'): Promise<{ body: strin
   return { body: text.slice(text.indexOf('\r\n\r\n') + 4), localPort }
 }
 
+/**
+ * nginx writes its pid file only after it has opened its listening sockets, so the file's
+ * appearance is the event that says it listens. Fails with nginx's error log if it exits first,
+ * or after 10 s (a loaded CI machine can take far longer than a quiet one).
+ */
+async function nginxListening (nginx: ChildProcess, dir: string): Promise<void> {
+  const pidFile = join(dir, 'nginx.pid')
+  const watcher = watch(dir)
+  let timer: NodeJS.Timeout | undefined
+  let onExit: ((code: number | null) => void) | undefined
+  try {
+    await new Promise<void>((resolve, reject) => {
+      watcher.on('change', () => { if (existsSync(pidFile)) resolve() })
+      onExit = (code) => {
+        const log = existsSync(join(dir, 'error.log')) ? readFileSync(join(dir, 'error.log'), 'utf8') : ''
+        reject(new Error(`nginx exited with ${String(code)} before listening: ${log}`))
+      }
+      nginx.once('exit', onExit)
+      timer = setTimeout(() => { reject(new Error('nginx did not write its pid file within 10 s')) }, 10_000)
+      if (existsSync(pidFile)) resolve()
+    })
+  } finally {
+    watcher.close()
+    clearTimeout(timer)
+    if (onExit !== undefined) nginx.off('exit', onExit)
+  }
+}
+
 const hasNginx = spawnSync('nginx', ['-v']).status === 0
 
 describeEachEngine('PROXY protocol on live connections', () => {
@@ -93,13 +121,7 @@ http {
 }`)
     const nginx = spawn('nginx', ['-p', dir, '-c', join(dir, 'nginx.conf')], { stdio: 'ignore' })
     t.after(() => { nginx.kill('SIGKILL') })
-    // Wait for nginx to listen: bounded connect attempts, each awaiting its own result.
-    for (let attempt = 0; ; attempt++) {
-      const ok = await connect(port).then((s) => { s.destroy(); return true }, () => false)
-      if (ok) break
-      assert.ok(attempt < 200 && nginx.exitCode === null, 'nginx started')
-      await new Promise((resolve) => setImmediate(resolve))
-    }
+    await nginxListening(nginx, dir)
 
     const proxy = await startProxy({
       routes: [
