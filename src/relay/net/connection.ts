@@ -497,6 +497,7 @@ export class Connection implements ConnectionRecord {
     if (upstream === null || target === null) return
     upstream.setTimeout(0)
     stopDialing(this)
+    this.tried = null
     this.connectMs = Date.now() - this.openedAt
     if (member !== null) this.owner.pool.connectSucceeded(member)
     if (target.kind === 'tcp') {
