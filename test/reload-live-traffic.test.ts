@@ -32,6 +32,9 @@ describeEachEngine('reload under live traffic', () => {
       t.after(() => client.socket.destroy())
       streams.push({ route, client, server: new HashedEnd(await oldUpstream.nextSocket()) })
     }
+    // Listed once opened: the upstream may see a connection the fast engine's worker dialed a moment
+    // before the main thread lists it.
+    await proxy.log.waitForCount({ event: 'open' }, 3)
     const ids = [...proxy.kaproxy.engine.connections()].map((connection) => connection.id)
     assert.equal(ids.length, 3)
 

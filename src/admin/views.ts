@@ -64,6 +64,12 @@ export interface RouteView {
   balance: Balance
   /** The data plane the route's connections relay through (`auto` resolved). */
   engine: EngineName
+  /**
+   * Who accepts and dials the route's connections: `worker` (the fast engine's worker, for a route
+   * with one numeric target and no PROXY header, transparent mode, socket mark or health checks),
+   * or `main` (Node's main thread; the worker then only relays on `fast`).
+   */
+  acceptedBy: 'worker' | 'main' | null
   retries: number
   connectTimeoutMs: number
   /** null: no idle timeout. */
@@ -160,6 +166,7 @@ export function routesView (routes: readonly RouteConfig[], engine: Engine, sile
     upstreams: engine.upstreams(route.name).map((u) => ({ target: u.target.label, state: u.state, active: u.active })),
     balance: route.balance,
     engine: route.engine,
+    acceptedBy: engine.acceptedBy(route.name),
     retries: route.retries,
     connectTimeoutMs: route.connectTimeoutMs,
     idleTimeoutMs: route.idleTimeoutMs,

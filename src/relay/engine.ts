@@ -155,6 +155,8 @@ export interface Engine {
   address: (route: string) => string | null
   /** Each target of a route with its state and live connections; empty for an unknown route. */
   upstreams: (route: string) => Array<{ target: UpstreamTarget, state: UpstreamState, active: number }>
+  /** Who accepts the route's connections now: the fast engine's worker, or the main thread; null for an unknown route. */
+  acceptedBy: (route: string) => 'worker' | 'main' | null
   /** Live connections, optionally of one route; those of removed routes still draining included. */
   connections: (route?: string) => Iterable<ConnectionRecord>
   /**

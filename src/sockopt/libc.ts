@@ -194,6 +194,16 @@ export interface DataPlaneCalls {
   shutdownWrite: (fd: number) => number
   /** The socket's pending error (SO_ERROR, cleared by reading it): 0 for none. */
   socketError: (fd: number) => number
+  /** accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC): the new connection's descriptor. */
+  accept: (listenFd: number) => number
+  /** A non-blocking TCP socket (SOCK_NONBLOCK | SOCK_CLOEXEC) of the family of `sockaddr`. */
+  tcpSocket: (sockaddr: Buffer) => number
+  /** connect(2): 0, or -EINPROGRESS while the handshake goes on (the socket turns writable). */
+  connect: (fd: number, sockaddr: Buffer) => number
+  /** TCP_NODELAY on: small writes leave at once, as Node's noDelay sockets do. */
+  noDelay: (fd: number) => number
+  /** shutdown(fd, SHUT_RD) on a listening socket: it stops listening now and frees the port, its descriptors stay valid. */
+  stopListening: (fd: number) => number
   /** eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC). */
   eventfd: () => number
   /** Add 1 to an eventfd's counter (wakes a thread waiting on it). */
@@ -219,7 +229,9 @@ export const EPOLL_EVENT_SIZE = EPOLL_PACKED ? 12 : 16
 export const EPOLL_EVENT_DATA = EPOLL_PACKED ? 4 : 8
 export const EPOLL_CTL_ADD = 1
 export const EPOLL_CTL_DEL = 2
+export const EPOLL_CTL_MOD = 3
 export const EAGAIN = 11
+export const EINPROGRESS = 115
 const O_NONBLOCK = 0x800
 const O_CLOEXEC = 0x80000
 const F_SETPIPE_SZ = 1031
@@ -243,7 +255,12 @@ export function dataPlaneCalls (): DataPlaneCalls {
   const eventfd = lib.func('int eventfd(unsigned int initval, int flags)') as (initval: number, flags: number) => number
   const write = lib.func('intptr_t write(int fd, const void *buf, size_t count)') as (fd: number, buf: Buffer, count: number) => number | bigint
   const read = lib.func('intptr_t read(int fd, _Out_ void *buf, size_t count)') as (fd: number, buf: Buffer, count: number) => number | bigint
+  const accept4 = lib.func('int accept4(int fd, void *addr, void *addrlen, int flags)') as (fd: number, addr: null, length: null, flags: number) => number
+  const connect = lib.func('int connect(int fd, const void *addr, uint32_t addrlen)') as (fd: number, addr: Buffer, length: number) => number
   const failed = (result: number | bigint): number => Number(result) < 0 ? -koffi.errno() : Number(result)
+  const on = new Int32Array([1])
+  const { IPPROTO_TCP } = SOCKOPT_CONSTANTS.linux
+  const TCP_NODELAY = 1
   // Preallocated: one event struct for epoll_ctl, one counter for eventfd, one int pair for pipe2.
   const event = Buffer.alloc(EPOLL_EVENT_SIZE)
   const counter = Buffer.alloc(8)
@@ -278,6 +295,11 @@ export function dataPlaneCalls (): DataPlaneCalls {
       errorLength[0] = 4
       return base.getsockoptInt(fd, SOL_SOCKET, SO_ERROR, errorValue, errorLength) !== 0 ? koffi.errno() : errorValue[0]
     },
+    accept: (listenFd) => failed(accept4(listenFd, null, null, O_NONBLOCK | O_CLOEXEC)),
+    tcpSocket: (sockaddr) => failed(base.socket(sockaddr.readUInt16LE(0), LINUX_STREAM_NONBLOCK_CLOEXEC, 0)),
+    connect: (fd, sockaddr) => failed(connect(fd, sockaddr, sockaddr.length)),
+    noDelay: (fd) => failed(base.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, on, 4)),
+    stopListening: (fd) => failed(shutdown(fd, 0)),
     eventfd: () => failed(eventfd(0, O_NONBLOCK | O_CLOEXEC)),
     signal: (fd) => failed(write(fd, one, 8)),
     drainSignal: (fd) => failed(read(fd, counter, 8)),

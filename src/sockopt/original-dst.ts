@@ -1,5 +1,5 @@
 import koffi from 'koffi'
-import type { Socket } from 'node:net'
+import { isIPv4, isIPv6, type Socket } from 'node:net'
 import { SockoptError } from '../errors.js'
 import { socketFd } from '../keepalive.js'
 import { getsockoptBuffer } from './libc.js'
@@ -62,6 +62,34 @@ export function decodeSockaddr (bytes: Buffer): { address: string, port: number 
     return { address: ipv6Text(decoded.sin6_addr), port: decoded.sin6_port }
   }
   return null
+}
+
+/** Raw `struct sockaddr_in` / `sockaddr_in6` bytes (Linux) for a numeric IPv4 or IPv6 address, to connect(2) to. */
+export function encodeSockaddr (address: string, port: number): Buffer {
+  if (isIPv4(address)) {
+    const bytes = Buffer.alloc(16)
+    bytes.writeUInt16LE(AF_INET, 0)
+    bytes.writeUInt16BE(port, 2)
+    address.split('.').forEach((part, i) => { bytes[4 + i] = Number(part) })
+    return bytes
+  }
+  if (!isIPv6(address)) throw new TypeError(`not a numeric IP address: ${address}`)
+  const bytes = Buffer.alloc(28)
+  bytes.writeUInt16LE(AF_INET6, 0)
+  bytes.writeUInt16BE(port, 2)
+  // Expand '::' to the missing zero groups; an embedded IPv4 tail becomes two groups.
+  let text = address
+  const v4 = /(\d+\.\d+\.\d+\.\d+)$/.exec(text)
+  if (v4?.[1] !== undefined) {
+    const [a = 0, b = 0, c = 0, d = 0] = v4[1].split('.').map(Number)
+    text = text.slice(0, -v4[1].length) + `${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`
+  }
+  const [head = '', tail] = text.split('::')
+  const left = head === '' ? [] : head.split(':')
+  const right = tail === undefined || tail === '' ? [] : tail.split(':')
+  const groups = tail === undefined ? left : [...left, ...Array<string>(8 - left.length - right.length).fill('0'), ...right]
+  groups.forEach((group, i) => { bytes.writeUInt16BE(parseInt(group, 16), 8 + i * 2) })
+  return bytes
 }
 
 /**

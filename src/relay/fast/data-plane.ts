@@ -1,11 +1,38 @@
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads'
 import { dataPlaneCalls } from '../../sockopt/libc.js'
-import { SLOTS_PER_BLOCK, STAT_FIELDS, type FromWorker, type PairEnded, type ToWorker } from './protocol.js'
+import {
+  ConnectionIds, SLOTS_PER_BLOCK, STAT_BYTES_FROM_CLIENT, STAT_BYTES_FROM_UPSTREAM, STAT_FIELDS, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT,
+  STAT_LAST_SILENCE_MS, type AcceptPlan, type Accepted, type FromWorker, type PairEnded, type ToWorker
+} from './protocol.js'
+
+// Connection ids: one counter in shared memory, for the main thread and the worker alike.
+const connectionIdBuffer = new SharedArrayBuffer(8)
+const connectionIds = new ConnectionIds(connectionIdBuffer)
+
+/** The next connection id (process-wide, increasing, shared with the worker). */
+export function nextConnectionId (): number {
+  return connectionIds.next()
+}
 
 /** A connection whose bytes the worker relays; told once when the worker lets go of it. */
 export interface SplicedConnection {
   readonly id: number
   relayEnded: (end: PairEnded) => void
+}
+
+/** A route whose connections the worker accepts and dials (see AcceptPlan). */
+export interface WorkerAcceptor {
+  /**
+   * The worker accepted a connection (`stats` null when it failed before relaying): the route
+   * takes over both descriptors. Returns the connection the worker now relays, if any.
+   */
+  accepted: (event: Accepted, stats: SpliceStats | null) => SplicedConnection | null
+  /** The worker no longer touches the listening descriptor it was given. */
+  unlistened: () => void
+  /** accept4 found no descriptor (or memory) left; the worker stopped polling until resumed. */
+  exhausted: (code: string) => void
+  /** The worker is gone: the route must accept by itself again. */
+  lost: () => void
 }
 
 /**
@@ -54,13 +81,21 @@ export class SpliceDataPlane {
   private wakeQueued = false
   private readonly blocks: Float64Array[] = []
   private readonly freeSlots: number[] = []
-  private readonly live = new Map<number, { connection: SplicedConnection, slot: number }>()
+  private readonly live = new Map<number, { connection: SplicedConnection, slot: number, stats: SpliceStats }>()
+  /** Routes the worker accepts for, by the key given to it; and the statistics blocks it made for them. */
+  private readonly acceptors = new Map<number, WorkerAcceptor>()
+  private nextAcceptorKey = 1
+  private readonly workerBlocks: Float64Array[] = []
+  /** Callers of replan, in order: the worker confirms each plan in the order it was sent. */
+  private planWaiters: Array<() => void> = []
   /** Set when the worker could not start or died: connections then stay on the net relay. */
   private failure: Error | null = null
   private stopped: Promise<void> | null = null
   private readonly onFailure: (err: Error) => void
   /** Written by the worker: descriptors it holds (see WorkerStart). */
   private readonly workerDescriptors = new Int32Array(new SharedArrayBuffer(4))
+  /** The descriptor budget as the worker checks it before accepting (see WorkerStart.budget). */
+  private readonly budgetShare = new Int32Array(new SharedArrayBuffer(8))
 
   constructor (onFailure: (err: Error) => void) {
     this.onFailure = onFailure
@@ -72,6 +107,12 @@ export class SpliceDataPlane {
    */
   descriptors (): number {
     return this.worker === null ? 0 : 4 + (this.workerDescriptors[0] ?? 0)
+  }
+
+  /** The descriptor budget's estimate (without this data plane's descriptors) and its pause mark, for the worker. */
+  publishBudget (estimateWithoutExtra: number, high: number): void {
+    Atomics.store(this.budgetShare, 0, estimateWithoutExtra)
+    Atomics.store(this.budgetShare, 1, high)
   }
 
   /** Connections the worker relays now. */
@@ -91,10 +132,9 @@ export class SpliceDataPlane {
     // Free slots keep their last connection's figures: cleared before anyone reads this one.
     const base = (slot % SLOTS_PER_BLOCK) * STAT_FIELDS
     block.fill(0, base, base + STAT_FIELDS)
-    // Node does not see these sockets as busy (it reads and writes none of them): the port keeps
-    // the event loop alive while the worker holds connections, e.g. during a drain.
-    if (this.live.size === 0) this.port?.ref()
-    this.live.set(connection.id, { connection, slot })
+    const stats = new SpliceStats(block, base)
+    this.live.set(connection.id, { connection, slot, stats })
+    this.updateRef()
     this.send({
       type: 'add',
       id: connection.id,
@@ -105,7 +145,49 @@ export class SpliceDataPlane {
       clientEnded: options.clientEnded,
       lastByteAt: options.lastByteAt + performance.timeOrigin
     })
-    return new SpliceStats(block, base)
+    return stats
+  }
+
+  /**
+   * Node does not see the worker's sockets as busy (it polls none of them): the port keeps the
+   * event loop alive while the worker holds connections (e.g. during a drain) or accepts for a route.
+   */
+  private updateRef (): void {
+    if (this.live.size > 0 || this.acceptors.size > 0) this.port?.ref()
+    else this.port?.unref()
+  }
+
+  /**
+   * Have the worker accept and dial the route's connections on `fd` (a duplicate of its listening
+   * socket, closed by the caller after `unlistened`). Returns the key for the calls below, or null
+   * when the data plane is unavailable (the route accepts by itself).
+   */
+  listen (acceptor: WorkerAcceptor, fd: number, plan: AcceptPlan): number | null {
+    if (this.failure !== null || this.stopped !== null) return null
+    if (this.worker === null && !this.startWorker()) return null
+    const key = this.nextAcceptorKey++
+    this.acceptors.set(key, acceptor)
+    this.updateRef()
+    this.send({ type: 'listen', route: key, fd, plan })
+    return key
+  }
+
+  /** New connections of the route get `plan`; resolves once the worker has it (at once when it is gone). */
+  async replan (key: number, plan: AcceptPlan): Promise<void> {
+    if (!this.acceptors.has(key) || this.port === null) return
+    await new Promise<void>((resolve) => {
+      this.planWaiters.push(resolve)
+      this.send({ type: 'plan', route: key, plan })
+    })
+  }
+
+  pauseAccepting (key: number, paused: boolean): void {
+    if (this.acceptors.has(key)) this.send({ type: 'pause', route: key, paused })
+  }
+
+  /** Stop the worker accepting for the route; its `unlistened` follows. */
+  unlisten (key: number): void {
+    if (this.acceptors.has(key)) this.send({ type: 'unlisten', route: key })
   }
 
   /** Ask the worker to let go of a connection now; `relayEnded` follows with `dropped` (or how it ended first). */
@@ -128,7 +210,7 @@ export class SpliceDataPlane {
       this.wakeFd = wakeFd
       const { port1, port2 } = new MessageChannel()
       const worker = new Worker(new URL('./splice-worker.js', import.meta.url), {
-        workerData: { port: port2, wakeFd, descriptors: this.workerDescriptors.buffer as SharedArrayBuffer },
+        workerData: { port: port2, wakeFd, descriptors: this.workerDescriptors.buffer as SharedArrayBuffer, ids: connectionIdBuffer, budget: this.budgetShare.buffer as SharedArrayBuffer },
         transferList: [port2],
         // The data plane uses little heap: its memory is the kernel's pipes and sockets.
         resourceLimits: { maxOldGenerationSizeMb: 64 }
@@ -176,15 +258,44 @@ export class SpliceDataPlane {
   }
 
   private ended (batch: FromWorker): void {
-    for (const end of batch) {
-      const entry = this.live.get(end.id)
-      if (entry === undefined) continue
-      this.live.delete(end.id)
-      // The connection reads its final statistics before the slot can be reused.
-      entry.connection.relayEnded(end)
-      this.freeSlots.push(entry.slot)
+    for (const event of batch) {
+      switch (event.kind) {
+        case 'ended': {
+          const entry = this.live.get(event.id)
+          if (entry === undefined) continue
+          this.live.delete(event.id)
+          entry.connection.relayEnded(event)
+          // Slots of the worker's own blocks are its to free.
+          if (entry.slot >= 0) this.freeSlots.push(entry.slot)
+          break
+        }
+        case 'block':
+          this.workerBlocks.push(new Float64Array(event.buffer))
+          break
+        case 'accepted': {
+          const acceptor = this.acceptors.get(event.route)
+          const block = this.workerBlocks[event.block]
+          const stats = event.failure === null && block !== undefined ? new SpliceStats(block, event.base) : null
+          if (acceptor === undefined) break
+          const connection = acceptor.accepted(event, stats)
+          if (connection !== null && stats !== null) this.live.set(event.id, { connection, slot: -1, stats })
+          break
+        }
+        case 'unlistened': {
+          const acceptor = this.acceptors.get(event.route)
+          this.acceptors.delete(event.route)
+          acceptor?.unlistened()
+          break
+        }
+        case 'exhausted':
+          this.acceptors.get(event.route)?.exhausted(event.code)
+          break
+        case 'planned':
+          this.planWaiters.shift()?.()
+          break
+      }
     }
-    if (this.live.size === 0) this.port?.unref()
+    this.updateRef()
   }
 
   /** The worker is gone: every connection it held is told (`error` with no side: they close with upstream-error), none is handed over again. */
@@ -193,7 +304,15 @@ export class SpliceDataPlane {
     this.failure = err
     this.onFailure(err)
     this.releaseLive('error')
+    this.releaseAcceptors()
     this.release()
+  }
+
+  /** Routes the worker accepted for accept by themselves again. */
+  private releaseAcceptors (): void {
+    const acceptors = [...this.acceptors.values()]
+    this.acceptors.clear()
+    for (const acceptor of acceptors) acceptor.lost()
   }
 
   private async stopWorker (): Promise<void> {
@@ -207,6 +326,7 @@ export class SpliceDataPlane {
     // The worker's last batch (the pairs it let go of on stop) may still be in flight on the port:
     // the connections it names are released here instead, and the late batch finds none of them.
     this.releaseLive('dropped')
+    this.releaseAcceptors()
     this.release()
   }
 
@@ -214,10 +334,26 @@ export class SpliceDataPlane {
   private releaseLive (how: 'error' | 'dropped'): void {
     const live = [...this.live.values()]
     this.live.clear()
-    for (const { connection } of live) connection.relayEnded({ id: connection.id, how, side: null, errno: 0, firstFin: null })
+    // The worker is gone: the slots hold the final figures.
+    for (const { connection, stats } of live) {
+      connection.relayEnded({
+        kind: 'ended',
+        id: connection.id,
+        how,
+        side: null,
+        errno: 0,
+        firstFin: null,
+        bytesFromClient: stats.value(STAT_BYTES_FROM_CLIENT),
+        bytesFromUpstream: stats.value(STAT_BYTES_FROM_UPSTREAM),
+        lastByteAt: stats.value(STAT_LAST_BYTE_AT),
+        lastSilenceMs: stats.value(STAT_LAST_SILENCE_MS),
+        lastSilenceEndedAt: stats.value(STAT_LAST_SILENCE_ENDED_AT)
+      })
+    }
   }
 
   private release (): void {
+    for (const waiter of this.planWaiters.splice(0)) waiter()
     this.port?.close()
     this.port = null
     if (this.wakeFd >= 0) dataPlaneCalls().close(this.wakeFd)

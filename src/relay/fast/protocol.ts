@@ -1,4 +1,5 @@
 import type { MessagePort } from 'node:worker_threads'
+import type { KeepaliveSettings } from '../../keepalive.js'
 
 // The messages between the main thread (control plane) and the splice worker (data plane).
 // Plain data only: they cross a MessageChannel by structured clone.
@@ -33,7 +34,35 @@ export interface AddPair {
 export interface DropPair { type: 'drop', id: number }
 export interface AddBlock { type: 'block', buffer: SharedArrayBuffer }
 export interface Stop { type: 'stop' }
-export type ToWorker = AddPair | DropPair | AddBlock | Stop
+
+/**
+ * What the worker needs to accept and dial a route's connections by itself: every per-connection
+ * decision of such a route is known in advance (one numeric target, no PROXY header, no original
+ * destination, no socket mark).
+ */
+export interface AcceptPlan {
+  clientKeepalive: KeepaliveSettings
+  upstreamKeepalive: KeepaliveSettings
+  /** The target as raw `struct sockaddr` bytes. */
+  target: Uint8Array
+  connectTimeoutMs: number
+  /** 0 for none. */
+  idleTimeoutMs: number
+  maxConnections: number | null
+}
+
+/** Accept on `fd` (a duplicate of the route's listening socket; the main thread closes it after `unlistened`). */
+export interface Listen { type: 'listen', route: number, fd: number, plan: AcceptPlan }
+/** New connections of the route get `plan` (a reload changed the route). */
+export interface Replan { type: 'plan', route: number, plan: AcceptPlan }
+/** Stop or go on polling the route's listening socket (descriptors ran short, or are back). */
+export interface PauseAccepting { type: 'pause', route: number, paused: boolean }
+/**
+ * Stop accepting for good; `unlistened` follows once the worker no longer touches the descriptor
+ * and every connection it accepted for the route was reported.
+ */
+export interface Unlisten { type: 'unlisten', route: number }
+export type ToWorker = AddPair | DropPair | AddBlock | Stop | Listen | Replan | PauseAccepting | Unlisten
 
 /**
  * How the worker let go of a pair (it no longer touches either descriptor):
@@ -41,6 +70,7 @@ export type ToWorker = AddPair | DropPair | AddBlock | Stop
  * (`side`, `errno`); `idle`: idleTimeoutMs passed without a byte; `dropped`: the main thread asked.
  */
 export interface PairEnded {
+  kind: 'ended'
   id: number
   how: 'closed' | 'error' | 'idle' | 'dropped'
   /** The side whose socket failed (`error`); null otherwise. */
@@ -49,10 +79,69 @@ export interface PairEnded {
   errno: number
   /** The side whose FIN came first, if any. */
   firstFin: 'client' | 'upstream' | null
+  /** The pair's final statistics (its slot may be reused before this report is read). */
+  bytesFromClient: number
+  bytesFromUpstream: number
+  /** Absolute ms (see STAT_LAST_BYTE_AT); 0 for none. */
+  lastByteAt: number
+  lastSilenceMs: number
+  lastSilenceEndedAt: number
 }
 
-/** The worker's batch of ended pairs, posted once per turn of its loop. */
-export type FromWorker = PairEnded[]
+/** Why a connection the worker accepted did not get to relaying. */
+export type AcceptFailure = 'limit' | 'sockopt' | 'socket' | 'dial' | 'connect-timeout'
+
+/**
+ * A connection the worker accepted: connected to the route's target (`failure` null; the pair is
+ * relaying, with statistics in the worker's own block `block` at `base`), or given up on (its
+ * upstream descriptor, if any, already closed). From here the main thread owns both descriptors.
+ */
+export interface Accepted {
+  kind: 'accepted'
+  route: number
+  id: number
+  clientFd: number
+  /** -1 when it failed. */
+  upstreamFd: number
+  /** Absolute ms (as STAT_LAST_BYTE_AT) of the accept. */
+  acceptedAt: number
+  connectMs: number
+  failure: AcceptFailure | null
+  /** The side the failure is about; null for `limit`. */
+  side: 'client' | 'upstream' | null
+  /** The errno name behind the failure ('' for none). */
+  code: string
+  block: number
+  base: number
+}
+
+/** A statistics block the worker made for the connections it accepts; `block` in Accepted counts these in order. */
+export interface WorkerBlock { kind: 'block', buffer: SharedArrayBuffer }
+/** The worker no longer polls the route's listening descriptor. */
+export interface Unlistened { kind: 'unlistened', route: number }
+/**
+ * The worker stopped polling the route (until `pause` false): the descriptor budget was spent
+ * (`code` 'budget'), or accept4 failed for want of descriptors or memory (its errno name).
+ */
+export interface AcceptExhausted { kind: 'exhausted', route: number, code: string }
+/** The worker took a `plan` message: what it accepts from now on gets it. */
+export interface Planned { kind: 'planned', route: number }
+export type WorkerEvent = PairEnded | Accepted | WorkerBlock | Unlistened | AcceptExhausted | Planned
+
+/** The worker's batch of events, posted once per turn of its loop, in order. */
+export type FromWorker = WorkerEvent[]
+
+/** Connection ids shared by the main thread and the worker (both number connections): one counter in shared memory. */
+export class ConnectionIds {
+  private readonly counter: BigInt64Array
+  constructor (buffer: SharedArrayBuffer) {
+    this.counter = new BigInt64Array(buffer)
+  }
+
+  next (): number {
+    return Number(Atomics.add(this.counter, 0, 1n)) + 1
+  }
+}
 
 export interface WorkerStart {
   port: MessagePort
@@ -60,4 +149,11 @@ export interface WorkerStart {
   descriptors: SharedArrayBuffer
   /** eventfd the main thread signals after posting to `port`. */
   wakeFd: number
+  /** The connection id counter (ConnectionIds). */
+  ids: SharedArrayBuffer
+  /**
+   * Int32 [0]: the descriptor budget's estimate without the worker's own descriptors, [1]: where
+   * accepting pauses (0: never). The worker accepts only while [0] + its own + 2 stays below [1].
+   */
+  budget: SharedArrayBuffer
 }

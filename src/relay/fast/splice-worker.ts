@@ -1,11 +1,12 @@
 import { receiveMessageOnPort, workerData } from 'node:worker_threads'
+import { applyKeepaliveFd } from '../../keepalive.js'
 import {
-  EAGAIN, EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLL_EVENT_DATA, EPOLL_EVENT_SIZE,
-  dataPlaneCalls
+  EAGAIN, EINPROGRESS, EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLL_CTL_MOD,
+  EPOLL_EVENT_DATA, EPOLL_EVENT_SIZE, dataPlaneCalls, errnoName
 } from '../../sockopt/libc.js'
 import {
-  SLOTS_PER_BLOCK, STAT_BYTES_FROM_CLIENT, STAT_BYTES_FROM_UPSTREAM, STAT_FIELDS, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT,
-  STAT_LAST_SILENCE_MS, type AddPair, type PairEnded, type ToWorker, type WorkerStart
+  ConnectionIds, SLOTS_PER_BLOCK, STAT_BYTES_FROM_CLIENT, STAT_BYTES_FROM_UPSTREAM, STAT_FIELDS, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT,
+  STAT_LAST_SILENCE_MS, type AcceptFailure, type AcceptPlan, type AddPair, type PairEnded, type ToWorker, type WorkerEvent, type WorkerStart
 } from './protocol.js'
 
 // The fast engine's data plane: one thread, one epoll set, splice(2) through pooled pipes. Bytes
@@ -14,7 +15,9 @@ import {
 // eventfd in the same epoll set, and it reads the port with receiveMessageOnPort.
 
 const sys = dataPlaneCalls()
-const { port, wakeFd, descriptors } = workerData as WorkerStart
+const { port, wakeFd, descriptors, ids: idBuffer, budget: budgetBuffer } = workerData as WorkerStart
+const budget = new Int32Array(budgetBuffer)
+const ids = new ConnectionIds(idBuffer)
 /** What this thread holds, for the main thread's descriptor budget: the epoll set and two per pipe. */
 const heldDescriptors = new Int32Array(descriptors)
 
@@ -51,6 +54,34 @@ interface Direction {
   starved: boolean
 }
 
+/** A route whose connections this thread accepts and dials itself. */
+interface Acceptor {
+  readonly route: number
+  readonly fd: number
+  plan: AcceptPlan
+  sockaddr: Buffer
+  /** Its connections dialing or relaying here (maxConnections). */
+  live: number
+  /** In the epoll set. */
+  polling: boolean
+  /** Asked to pause by the main thread, or out of descriptors (until the main thread resumes it). */
+  paused: boolean
+  /** Its connections being dialed (not reported yet). */
+  dialing: number
+  /** Told to stop: `unlistened` goes out once none is being dialed. */
+  closing: boolean
+}
+
+/** An accepted client whose upstream is being dialed. Both descriptors are this thread's until reported. */
+interface Dial {
+  readonly id: number
+  readonly acceptor: Acceptor
+  readonly clientFd: number
+  readonly upstreamFd: number
+  readonly acceptedAt: number
+  readonly deadline: number
+}
+
 interface Pair {
   readonly id: number
   readonly clientFd: number
@@ -63,6 +94,10 @@ interface Pair {
   firstFin: 'client' | 'upstream' | null
   lastActivity: number
   ended: boolean
+  /** The route that accepted it here (its live count), or null for a pair the main thread handed over. */
+  readonly acceptor: Acceptor | null
+  /** Its slot in this thread's own statistics blocks, freed when it ends; -1 for the main thread's. */
+  readonly ownSlot: number
 }
 
 const epfd = sys.epollCreate()
@@ -81,7 +116,22 @@ let ready: Pair[] = []
 const idleWatched = new Set<Pair>()
 let sweepEveryMs = 1000
 let nextSweepAt = Infinity
-let ended: PairEnded[] = []
+let outbox: WorkerEvent[] = []
+const acceptors = new Map<number, Acceptor>()
+const acceptorByFd: Array<Acceptor | undefined> = []
+const dialByFd: Array<Dial | undefined> = []
+const dials = new Set<Dial>()
+let nextDialSweepAt = Infinity
+/** Statistics blocks this thread made for the connections it accepts, and their free slots. */
+const ownBlocks: Float64Array[] = []
+const ownFreeSlots: number[] = []
+/** Accepts per listener per turn; the listener is level-triggered, so the rest come next turn. */
+const ACCEPTS_PER_TURN = 64
+const DIAL_SWEEP_MS = 50
+/** Longest epoll_wait: one wake-up a second at most while idle. */
+const MAX_WAIT_MS = 1000
+const ECONNABORTED = 103
+const EINTR = 4
 let stopping = false
 /** The worker's clock as an absolute time, comparable with the main thread's (see STAT_LAST_BYTE_AT). */
 let now = performance.timeOrigin + performance.now()
@@ -90,25 +140,40 @@ function direction (src: number, dst: number, fromClient: boolean, ended: boolea
   return { src, dst, fromClient, pipe: null, pending: 0, readable: !ended, writable: true, eof: ended, done: false, starved: false }
 }
 
-function add (message: AddPair): void {
-  const block = blocks[Math.floor(message.slot / SLOTS_PER_BLOCK)]
-  if (block === undefined) throw new Error(`statistics block for slot ${message.slot} missing`)
+interface PairStart {
+  id: number
+  clientFd: number
+  upstreamFd: number
+  stats: Float64Array
+  base: number
+  idleTimeoutMs: number
+  clientEnded: boolean
+  lastByteAt: number
+  acceptor: Acceptor | null
+  ownSlot: number
+  /** The upstream descriptor is in the epoll set already (dialed here): modified, not added. */
+  upstreamRegistered: boolean
+}
+
+function add (start: PairStart): void {
   const pair: Pair = {
-    id: message.id,
-    clientFd: message.clientFd,
-    upstreamFd: message.upstreamFd,
-    toUpstream: direction(message.clientFd, message.upstreamFd, true, message.clientEnded),
-    toClient: direction(message.upstreamFd, message.clientFd, false, false),
-    stats: block,
-    base: (message.slot % SLOTS_PER_BLOCK) * STAT_FIELDS,
-    idleTimeoutMs: message.idleTimeoutMs,
-    firstFin: message.clientEnded ? 'client' : null,
+    id: start.id,
+    clientFd: start.clientFd,
+    upstreamFd: start.upstreamFd,
+    toUpstream: direction(start.clientFd, start.upstreamFd, true, start.clientEnded),
+    toClient: direction(start.upstreamFd, start.clientFd, false, false),
+    stats: start.stats,
+    base: start.base,
+    idleTimeoutMs: start.idleTimeoutMs,
+    firstFin: start.clientEnded ? 'client' : null,
     lastActivity: now,
-    ended: false
+    ended: false,
+    acceptor: start.acceptor,
+    ownSlot: start.ownSlot
   }
   pair.stats[pair.base + STAT_BYTES_FROM_CLIENT] = 0
   pair.stats[pair.base + STAT_BYTES_FROM_UPSTREAM] = 0
-  pair.stats[pair.base + STAT_LAST_BYTE_AT] = message.lastByteAt
+  pair.stats[pair.base + STAT_LAST_BYTE_AT] = start.lastByteAt
   pair.stats[pair.base + STAT_LAST_SILENCE_MS] = 0
   pair.stats[pair.base + STAT_LAST_SILENCE_ENDED_AT] = 0
   byId.set(pair.id, pair)
@@ -117,7 +182,7 @@ function add (message: AddPair): void {
   const interest = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
   const failedClient = sys.epollCtl(epfd, EPOLL_CTL_ADD, pair.clientFd, interest)
   if (failedClient < 0) { end(pair, 'error', 'client', -failedClient); return }
-  const failedUpstream = sys.epollCtl(epfd, EPOLL_CTL_ADD, pair.upstreamFd, interest)
+  const failedUpstream = sys.epollCtl(epfd, start.upstreamRegistered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, pair.upstreamFd, interest)
   if (failedUpstream < 0) { end(pair, 'error', 'upstream', -failedUpstream); return }
   if (pair.idleTimeoutMs > 0) {
     idleWatched.add(pair)
@@ -127,6 +192,24 @@ function add (message: AddPair): void {
   }
   // The end of a client FIN seen by Node is passed on once the (empty) pipe allows it.
   pump(pair)
+}
+
+function addHandedOver (message: AddPair): void {
+  const block = blocks[Math.floor(message.slot / SLOTS_PER_BLOCK)]
+  if (block === undefined) throw new Error(`statistics block for slot ${message.slot} missing`)
+  add({
+    id: message.id,
+    clientFd: message.clientFd,
+    upstreamFd: message.upstreamFd,
+    stats: block,
+    base: (message.slot % SLOTS_PER_BLOCK) * STAT_FIELDS,
+    idleTimeoutMs: message.idleTimeoutMs,
+    clientEnded: message.clientEnded,
+    lastByteAt: message.lastByteAt,
+    acceptor: null,
+    ownSlot: -1,
+    upstreamRegistered: false
+  })
 }
 
 /** Let go of a pair: out of the epoll set and every table; its pipes back to the pool (emptied ones only). */
@@ -141,7 +224,23 @@ function end (pair: Pair, how: PairEnded['how'], side: PairEnded['side'], errno:
   idleWatched.delete(pair)
   releasePipe(pair.toUpstream)
   releasePipe(pair.toClient)
-  ended.push({ id: pair.id, how, side, errno, firstFin: pair.firstFin })
+  const stats = pair.stats
+  const base = pair.base
+  outbox.push({
+    kind: 'ended',
+    id: pair.id,
+    how,
+    side,
+    errno,
+    firstFin: pair.firstFin,
+    bytesFromClient: stats[base + STAT_BYTES_FROM_CLIENT] ?? 0,
+    bytesFromUpstream: stats[base + STAT_BYTES_FROM_UPSTREAM] ?? 0,
+    lastByteAt: stats[base + STAT_LAST_BYTE_AT] ?? 0,
+    lastSilenceMs: stats[base + STAT_LAST_SILENCE_MS] ?? 0,
+    lastSilenceEndedAt: stats[base + STAT_LAST_SILENCE_ENDED_AT] ?? 0
+  })
+  if (pair.acceptor !== null) pair.acceptor.live--
+  if (pair.ownSlot >= 0) ownFreeSlots.push(pair.ownSlot)
 }
 
 function takePipe (): Pipe | null {
@@ -284,8 +383,36 @@ function onMessage (message: ToWorker): void {
       blocks.push(new Float64Array(message.buffer))
       break
     case 'add':
-      add(message)
+      addHandedOver(message)
       break
+    case 'listen': {
+      const acceptor: Acceptor = { route: message.route, fd: message.fd, plan: message.plan, sockaddr: Buffer.from(message.plan.target), live: 0, polling: false, paused: false, dialing: 0, closing: false }
+      acceptors.set(acceptor.route, acceptor)
+      acceptorByFd[acceptor.fd] = acceptor
+      poll(acceptor, true)
+      break
+    }
+    case 'plan': {
+      const acceptor = acceptors.get(message.route)
+      if (acceptor !== undefined) { acceptor.plan = message.plan; acceptor.sockaddr = Buffer.from(message.plan.target) }
+      outbox.push({ kind: 'planned', route: message.route })
+      break
+    }
+    case 'pause': {
+      const acceptor = acceptors.get(message.route)
+      if (acceptor !== undefined) { acceptor.paused = message.paused; poll(acceptor, !message.paused) }
+      break
+    }
+    case 'unlisten': {
+      const acceptor = acceptors.get(message.route)
+      if (acceptor === undefined) break
+      poll(acceptor, false)
+      acceptors.delete(acceptor.route)
+      if (acceptorByFd[acceptor.fd] === acceptor) acceptorByFd[acceptor.fd] = undefined
+      acceptor.closing = true
+      unlistenedWhenDone(acceptor)
+      break
+    }
     case 'drop': {
       const pair = byId.get(message.id)
       // An unknown id already ended on its own: that report is on its way.
@@ -296,6 +423,173 @@ function onMessage (message: ToWorker): void {
       stopping = true
       break
   }
+}
+
+/**
+ * Descriptors this thread made and gave up on close at the end of the turn: closed at once, a
+ * number could come back from accept4 or socket in the same turn while an event for the old
+ * descriptor still waits in this turn's list.
+ */
+let closing: number[] = []
+
+function closeAfterTurn (fd: number): void {
+  closing.push(fd)
+}
+
+/** A stopping route is reported let go of once its last connection being dialed was reported. */
+function unlistenedWhenDone (acceptor: Acceptor): void {
+  if (acceptor.closing && acceptor.dialing === 0) {
+    acceptor.closing = false
+    outbox.push({ kind: 'unlistened', route: acceptor.route })
+  }
+}
+
+/** Put a listening descriptor in the epoll set (level-triggered: what is left is reported again) or take it out. */
+function poll (acceptor: Acceptor, on: boolean): void {
+  if (acceptor.polling === on) return
+  acceptor.polling = on
+  sys.epollCtl(epfd, on ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, acceptor.fd, EPOLLIN)
+}
+
+/** Whether two more descriptors fit the main thread's descriptor budget (which counts this thread's too). */
+function budgetLeft (): boolean {
+  const high = Atomics.load(budget, 1)
+  return high === 0 || Atomics.load(budget, 0) + (heldDescriptors[0] ?? 0) + 4 + 2 < high
+}
+
+function onListenerEvent (acceptor: Acceptor): void {
+  for (let i = 0; i < ACCEPTS_PER_TURN && acceptor.polling; i++) {
+    if (!budgetLeft()) {
+      poll(acceptor, false)
+      acceptor.paused = true
+      outbox.push({ kind: 'exhausted', route: acceptor.route, code: 'budget' })
+      return
+    }
+    const fd = sys.accept(acceptor.fd)
+    if (fd >= 0) { acceptOne(acceptor, fd); continue }
+    if (fd === -EAGAIN) return
+    if (fd === -ECONNABORTED || fd === -EINTR) continue
+    // Out of descriptors or memory: stop polling until the main thread, which counts descriptors,
+    // resumes the route. Anything else (EINVAL: the main thread stopped the listener) waits for
+    // its unlisten.
+    poll(acceptor, false)
+    const code = errnoName(-fd)
+    if (code === 'EMFILE' || code === 'ENFILE' || code === 'ENOBUFS' || code === 'ENOMEM') {
+      acceptor.paused = true
+      outbox.push({ kind: 'exhausted', route: acceptor.route, code })
+    }
+    return
+  }
+}
+
+function acceptFailed (acceptor: Acceptor, id: number, clientFd: number, acceptedAt: number, failure: AcceptFailure, side: 'client' | 'upstream' | null, code: string): void {
+  heldDescriptors[0] = (heldDescriptors[0] ?? 0) - 2
+  outbox.push({ kind: 'accepted', route: acceptor.route, id, clientFd, upstreamFd: -1, acceptedAt, connectMs: 0, failure, side, code, block: -1, base: 0 })
+}
+
+/** An accepted client: its keepalive, then a non-blocking dial of the route's target with its own. */
+function acceptOne (acceptor: Acceptor, clientFd: number): void {
+  // Until reported, a connection's two descriptors are this thread's (the budget counts them here).
+  heldDescriptors[0] = (heldDescriptors[0] ?? 0) + 2
+  const id = ids.next()
+  const acceptedAt = now
+  const plan = acceptor.plan
+  if (plan.maxConnections !== null && acceptor.live >= plan.maxConnections) {
+    acceptFailed(acceptor, id, clientFd, acceptedAt, 'limit', null, '')
+    return
+  }
+  try {
+    applyKeepaliveFd(clientFd, plan.clientKeepalive)
+  } catch (err) {
+    acceptFailed(acceptor, id, clientFd, acceptedAt, 'sockopt', 'client', String((err as { errno?: unknown }).errno ?? 'EINVAL'))
+    return
+  }
+  sys.noDelay(clientFd)
+  const upstreamFd = sys.tcpSocket(acceptor.sockaddr)
+  if (upstreamFd < 0) {
+    acceptFailed(acceptor, id, clientFd, acceptedAt, 'socket', 'upstream', errnoName(-upstreamFd))
+    return
+  }
+  try {
+    applyKeepaliveFd(upstreamFd, plan.upstreamKeepalive)
+  } catch (err) {
+    closeAfterTurn(upstreamFd)
+    acceptFailed(acceptor, id, clientFd, acceptedAt, 'sockopt', 'upstream', String((err as { errno?: unknown }).errno ?? 'EINVAL'))
+    return
+  }
+  sys.noDelay(upstreamFd)
+  const started = sys.connect(upstreamFd, acceptor.sockaddr)
+  if (started < 0 && started !== -EINPROGRESS) {
+    closeAfterTurn(upstreamFd)
+    acceptFailed(acceptor, id, clientFd, acceptedAt, 'dial', 'upstream', errnoName(-started))
+    return
+  }
+  acceptor.live++
+  acceptor.dialing++
+  const dial: Dial = { id, acceptor, clientFd, upstreamFd, acceptedAt, deadline: now + plan.connectTimeoutMs }
+  dialByFd[upstreamFd] = dial
+  dials.add(dial)
+  nextDialSweepAt = Math.min(nextDialSweepAt, now + DIAL_SWEEP_MS)
+  // Writable (or an error) once the handshake ends; then the same registration relays.
+  const added = sys.epollCtl(epfd, EPOLL_CTL_ADD, upstreamFd, EPOLLOUT | EPOLLRDHUP | EPOLLET)
+  if (added < 0) dialEnded(dial, 'dial', errnoName(-added))
+}
+
+/** Take a dial off the books; with a failure, close its upstream and report the client. */
+function dialEnded (dial: Dial, failure: AcceptFailure | null, code: string): void {
+  dials.delete(dial)
+  dial.acceptor.dialing--
+  if (dialByFd[dial.upstreamFd] === dial) dialByFd[dial.upstreamFd] = undefined
+  if (failure === null) return
+  dial.acceptor.live--
+  sys.epollCtl(epfd, EPOLL_CTL_DEL, dial.upstreamFd, 0)
+  closeAfterTurn(dial.upstreamFd)
+  acceptFailed(dial.acceptor, dial.id, dial.clientFd, dial.acceptedAt, failure, 'upstream', code)
+  unlistenedWhenDone(dial.acceptor)
+}
+
+function onDialEvent (dial: Dial): void {
+  const error = sys.socketError(dial.upstreamFd)
+  if (error !== 0) { dialEnded(dial, 'dial', errnoName(error)); return }
+  dialEnded(dial, null, '')
+  const slot = takeOwnSlot()
+  const block = Math.floor(slot / SLOTS_PER_BLOCK)
+  const base = (slot % SLOTS_PER_BLOCK) * STAT_FIELDS
+  // Reported before it relays: an end in this same turn must follow its report.
+  heldDescriptors[0] = (heldDescriptors[0] ?? 0) - 2
+  outbox.push({ kind: 'accepted', route: dial.acceptor.route, id: dial.id, clientFd: dial.clientFd, upstreamFd: dial.upstreamFd, acceptedAt: dial.acceptedAt, connectMs: now - dial.acceptedAt, failure: null, side: null, code: '', block, base })
+  add({
+    id: dial.id,
+    clientFd: dial.clientFd,
+    upstreamFd: dial.upstreamFd,
+    stats: ownBlocks[block] as Float64Array,
+    base,
+    idleTimeoutMs: dial.acceptor.plan.idleTimeoutMs,
+    clientEnded: false,
+    lastByteAt: now,
+    acceptor: dial.acceptor,
+    ownSlot: slot,
+    upstreamRegistered: true
+  })
+  unlistenedWhenDone(dial.acceptor)
+}
+
+function takeOwnSlot (): number {
+  const free = ownFreeSlots.pop()
+  if (free !== undefined) return free
+  const buffer = new SharedArrayBuffer(SLOTS_PER_BLOCK * STAT_FIELDS * Float64Array.BYTES_PER_ELEMENT)
+  const first = ownBlocks.length * SLOTS_PER_BLOCK
+  ownBlocks.push(new Float64Array(buffer))
+  outbox.push({ kind: 'block', buffer })
+  for (let slot = first + SLOTS_PER_BLOCK - 1; slot > first; slot--) ownFreeSlots.push(slot)
+  return first
+}
+
+function sweepDials (): void {
+  for (const dial of dials) {
+    if (now >= dial.deadline) dialEnded(dial, 'connect-timeout', 'ETIMEDOUT')
+  }
+  nextDialSweepAt = dials.size === 0 ? Infinity : now + DIAL_SWEEP_MS
 }
 
 function readMessages (): void {
@@ -316,15 +610,18 @@ function sweepIdle (): void {
 function timeout (): number {
   // Starved pairs wait a little for descriptors instead of spinning; others go on at once.
   if (ready.some((pair) => !pair.toUpstream.starved && !pair.toClient.starved)) return 0
-  if (ready.length > 0) return Math.min(PIPE_RETRY_MS, nextSweepAt === Infinity ? PIPE_RETRY_MS : Math.max(0, Math.ceil(nextSweepAt - now)))
-  if (nextSweepAt === Infinity) return -1
-  return Math.max(0, Math.ceil(nextSweepAt - now))
+  const next = Math.min(nextSweepAt, nextDialSweepAt)
+  if (ready.length > 0) return Math.min(PIPE_RETRY_MS, next === Infinity ? PIPE_RETRY_MS : Math.max(0, Math.ceil(next - now)))
+  // Never blocked for long: a thread inside epoll_wait cannot be terminated, and a process whose
+  // data plane was never told to stop (its start failed half-way) must still be able to exit.
+  if (next === Infinity) return MAX_WAIT_MS
+  return Math.min(MAX_WAIT_MS, Math.max(0, Math.ceil(next - now)))
 }
 
 function flush (): void {
-  if (ended.length === 0) return
-  port.postMessage(ended)
-  ended = []
+  if (outbox.length === 0) return
+  port.postMessage(outbox)
+  outbox = []
 }
 
 try {
@@ -339,14 +636,24 @@ try {
     for (let i = 0; i < count; i++) {
       const flags = events.readUInt32LE(i * EPOLL_EVENT_SIZE)
       const fd = events.readUInt32LE(i * EPOLL_EVENT_SIZE + EPOLL_EVENT_DATA)
-      if (fd === wakeFd) readMessages()
+      if (fd === wakeFd) { readMessages(); continue }
+      const acceptor = acceptorByFd[fd]
+      if (acceptor !== undefined) { onListenerEvent(acceptor); continue }
+      const dial = dialByFd[fd]
+      if (dial !== undefined) onDialEvent(dial)
       else onSocketEvent(fd, flags)
     }
     if (now >= nextSweepAt) sweepIdle()
+    if (now >= nextDialSweepAt) sweepDials()
+    if (closing.length > 0) { for (const fd of closing) sys.close(fd); closing = [] }
     flush()
   }
-  // Stop: let go of every pair (the main thread closes their sockets).
+  // Stop: let go of every pair (the main thread closes their sockets); connections still being
+  // dialed were never reported, so they are this thread's to close.
   for (const pair of [...byId.values()]) end(pair, 'dropped', null, 0)
+  for (const dial of dials) { sys.close(dial.upstreamFd); sys.close(dial.clientFd) }
+  dials.clear()
+  for (const acceptor of acceptors.values()) poll(acceptor, false)
   flush()
 } finally {
   // Stopped or failed: free what this thread made (pipes in use are closed by end(); a failure

@@ -7,7 +7,7 @@ import { closeDescriptor, closeWithReset, duplicateDescriptor, errnoName, socket
 import { decodeSockaddr } from '../../sockopt/original-dst.js'
 import type { SpliceDataPlane, SpliceStats } from '../fast/data-plane.js'
 import {
-  STAT_BYTES_FROM_CLIENT, STAT_BYTES_FROM_UPSTREAM, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT, STAT_LAST_SILENCE_MS, type PairEnded
+  STAT_BYTES_FROM_CLIENT, STAT_BYTES_FROM_UPSTREAM, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT, STAT_LAST_SILENCE_MS, type Accepted, type PairEnded
 } from '../fast/protocol.js'
 import { markedSocket } from '../../sockopt/mark.js'
 import { originalDestination } from '../../sockopt/original-dst.js'
@@ -119,7 +119,7 @@ export class Connection implements ConnectionRecord {
   /** The load balancer's address when the client address came from a PROXY header. */
   clientVia: string | null = null
   upstream: string
-  readonly openedAt = Date.now()
+  openedAt = Date.now()
   connectMs: number | null = null
   // Counted here by the net relay; the fast engine's worker counts in shared memory (`spliced`)
   // while it relays, and the totals come back here when it lets go.
@@ -172,15 +172,77 @@ export class Connection implements ConnectionRecord {
   private proxied: ProxiedAddresses | null = null
   private pendingToUpstream: Buffer | null = null
 
-  constructor (id: number, route: RouteConfig, client: Socket, owner: ConnectionOwner) {
+  /** `client` null: the fast engine's worker accepted it (see fromWorker). */
+  constructor (id: number, route: RouteConfig, client: Socket | null, owner: ConnectionOwner) {
     this.id = id
     this.route = route
     this.owner = owner
-    this.client = addressOf(client.remoteAddress, client.remotePort)
+    this.client = client === null ? 'unknown' : addressOf(client.remoteAddress, client.remotePort)
     this.upstream = route.upstreams[0]?.label ?? 'original-dst'
     this.clientKeepalive = route.keepalive.client
     this.upstreamKeepalive = route.keepalive.upstream
-    this.clientSocket = Object.assign(client, { [CONNECTION]: this })
+    this.clientSocket = client === null ? null : Object.assign(client, { [CONNECTION]: this })
+  }
+
+  /**
+   * A connection the fast engine's worker accepted and dialed by itself (the route's one target).
+   * It owns both descriptors from here; `adopt` then takes it to relaying (`stats`), or closes it
+   * with the reason of the worker's failure.
+   */
+  static fromWorker (route: RouteConfig, owner: ConnectionOwner, event: Accepted): Connection {
+    const connection = new Connection(event.id, route, null, owner)
+    connection.client = sockaddrText(socketAddress(event.clientFd, 'peer')) ?? 'unknown'
+    connection.descriptors = [event.clientFd, event.upstreamFd]
+    connection.openedAt = Math.round(event.acceptedAt - performance.timeOrigin + (Date.now() - performance.now()))
+    return connection
+  }
+
+  /** Carry on from where the worker got (see fromWorker), once the route counts this connection. */
+  adopt (event: Accepted, stats: SpliceStats | null): void {
+    const owner = this.owner
+    const member = owner.pool.members[0] ?? null
+    const failure = event.failure
+    if (failure !== null || stats === null) {
+      this.attempts = failure === 'limit' ? 0 : 1
+      // A connect timeout carries no socket error, as on the main thread.
+      const error: NodeJS.ErrnoException | null = event.code === '' || failure === 'connect-timeout' ? null : Object.assign(new Error(`${failure ?? 'accept'} ${event.code}`), { code: event.code })
+      switch (failure) {
+        case 'limit':
+          this.finish('limit', null, null)
+          break
+        case 'dial':
+        case 'connect-timeout': {
+          const reason: CloseReason = failure === 'connect-timeout' ? 'connect-timeout' : reasonForError('upstream', error ?? new Error('dial failed'), false)
+          const target = member?.target
+          if (member !== null && target !== undefined) {
+            owner.dialFailed(this, target, reason, error)
+            owner.pool.connectFailed(member, error?.code ?? reason)
+          }
+          this.finish(reason, 'upstream', error)
+          break
+        }
+        default:
+          if (isDescriptorExhaustion(event.code)) {
+            owner.fdExhausted()
+            this.finish('fd-exhausted', null, error)
+          } else {
+            this.finish('sockopt-failed', event.side, error)
+          }
+      }
+      return
+    }
+    this.attempts = 1
+    this.phase = 'relaying'
+    this.connectMs = Math.round(event.connectMs)
+    this.spliced = stats
+    if (member !== null) {
+      member.active++
+      this.member = member
+      owner.pool.connectSucceeded(member)
+      this.upstream = member.target.label
+    }
+    this.lastByte = stats.time(STAT_LAST_BYTE_AT)
+    owner.opened(this)
   }
 
   get bytesFromClient (): number {
@@ -592,13 +654,14 @@ export class Connection implements ConnectionRecord {
 
   /** The worker let go of this connection: keep its final counts, then close as it ended. */
   relayEnded (end: PairEnded): void {
-    const stats = this.spliced
-    if (stats !== null) {
-      this.clientBytes += stats.value(STAT_BYTES_FROM_CLIENT)
-      this.upstreamBytes += stats.value(STAT_BYTES_FROM_UPSTREAM)
-      this.lastByte = stats.time(STAT_LAST_BYTE_AT)
-      this.silenceMs = stats.value(STAT_LAST_SILENCE_MS)
-      this.silenceEndedAt = stats.time(STAT_LAST_SILENCE_ENDED_AT)
+    // The final figures come with the report: the worker may already reuse the slot.
+    if (this.spliced !== null) {
+      const onThisClock = (absolute: number): number => absolute === 0 ? 0 : absolute - performance.timeOrigin
+      this.clientBytes += end.bytesFromClient
+      this.upstreamBytes += end.bytesFromUpstream
+      this.lastByte = onThisClock(end.lastByteAt)
+      this.silenceMs = end.lastSilenceMs
+      this.silenceEndedAt = onThisClock(end.lastSilenceEndedAt)
     }
     this.spliced = null
     if (end.firstFin !== null) this.countFin(end.firstFin)
@@ -662,6 +725,7 @@ export class Connection implements ConnectionRecord {
     if (descriptors !== null) {
       this.descriptors = null
       for (const fd of descriptors) {
+        if (fd < 0) continue
         if (abortive) closeWithReset(fd)
         else closeDescriptor(fd)
       }

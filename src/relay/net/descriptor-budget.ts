@@ -31,6 +31,11 @@ export interface DescriptorBudgetOptions {
   limit?: number
   /** Descriptors held besides the connections' sockets that come and go (the fast engine's pipes); default none. */
   extra?: () => number
+  /**
+   * Told the estimate without `extra` and `high` whenever either changes: the fast engine's worker
+   * accepts by itself and checks the budget before each accept (see SpliceDataPlane.publishBudget).
+   */
+  publish?: (estimateWithoutExtra: number, high: number) => void
 }
 
 /**
@@ -65,6 +70,7 @@ export class DescriptorBudget {
   private baseline: number
   private readonly floor: number
   private readonly extra: () => number
+  private readonly publish: (estimateWithoutExtra: number, high: number) => void
   private paused = false
   private readonly gates = new Set<AcceptGate>()
   private readonly observer: EngineObserver
@@ -81,11 +87,26 @@ export class DescriptorBudget {
     }
     this.limit = limit
     this.extra = options.extra ?? (() => 0)
+    this.publish = options.publish ?? (() => {})
     const reserve = Math.min(1024, Math.max(16, Math.round(limit * 0.05)))
     this.high = limit - reserve
     this.low = this.high - Math.max(8, Math.round(this.high * 0.1))
     this.floor = openDescriptors() ?? 32
     this.baseline = this.floor
+    this.published()
+  }
+
+  private published (): void {
+    this.publish(this.baseline + 2 * this.connections, Number.isFinite(this.high) ? this.high : 0)
+  }
+
+  /**
+   * The worker found the budget spent before accepting (it stopped polling): pause every route
+   * unless the estimate has room again by now. Returns whether accepting is paused.
+   */
+  spent (): boolean {
+    if (!this.paused && this.estimate + 2 >= this.high) this.pause('budget')
+    return this.paused
   }
 
   /** Descriptors in use, as estimated: the baseline plus two per live connection. */
@@ -109,12 +130,14 @@ export class DescriptorBudget {
   /** A client was accepted. */
   accepted (): void {
     this.connections++
+    this.published()
     if (!this.paused && this.estimate >= this.high) this.pause('budget')
   }
 
   /** A connection's last socket closed. */
   released (): void {
     this.connections--
+    this.published()
     if (this.paused && this.estimate <= this.low) this.resume()
   }
 
@@ -143,6 +166,7 @@ export class DescriptorBudget {
   private resync (): void {
     const open = openDescriptors()
     if (open !== null) this.baseline = Math.max(this.floor, open - 2 * this.connections - this.extra())
+    this.published()
   }
 
   private pause (trigger: AcceptPause['trigger']): void {

@@ -45,7 +45,10 @@ export class NetEngine implements Engine {
   constructor (observer: EngineObserver = {}) {
     this.observer = observer
     this.dataPlane = new SpliceDataPlane((err) => { observer.onDataPlaneFailed?.(err) })
-    this.budget = new DescriptorBudget(observer, { extra: () => this.dataPlane.descriptors() })
+    this.budget = new DescriptorBudget(observer, {
+      extra: () => this.dataPlane.descriptors(),
+      publish: (estimate, high) => { this.dataPlane.publishBudget(estimate, high) }
+    })
   }
 
   async start (routes: readonly RouteConfig[]): Promise<void> {
@@ -60,6 +63,7 @@ export class NetEngine implements Engine {
     } catch (err) {
       await Promise.all(started.map(async (listener) => { await listener.close() }))
       this.listeners.clear()
+      await this.dataPlane.close()
       throw err
     }
   }
@@ -70,6 +74,10 @@ export class NetEngine implements Engine {
 
   upstreams (route: string): Array<{ target: UpstreamTarget, state: UpstreamState, active: number }> {
     return this.listeners.get(route)?.pool.members.map((m) => ({ target: m.target, state: m.state, active: m.active })) ?? []
+  }
+
+  acceptedBy (route: string): 'worker' | 'main' | null {
+    return this.listeners.get(route)?.acceptedBy ?? null
   }
 
   * connections (route?: string): Iterable<ConnectionRecord> {
@@ -149,6 +157,8 @@ export class NetEngine implements Engine {
       }
     }
     this.listeners = listeners
+    // Connections accepted after apply() returns get the new settings, in the worker too.
+    await Promise.all([...listeners.values()].map(async (listener) => { await listener.settingsTaken() }))
     if (this.stopped()) await Promise.all([...started.values()].map(async (listener) => { await listener.close() }))
     return result
   }

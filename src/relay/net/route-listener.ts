@@ -1,20 +1,50 @@
-import net from 'node:net'
+import net, { isIP } from 'node:net'
 import { isDeepStrictEqual } from 'node:util'
 import { formatHostPort } from '../../config/formats.js'
 import type { RouteConfig } from '../../config/types.js'
 import { KaproxyError } from '../../errors.js'
-import { closeDescriptor, duplicateDescriptor } from '../../sockopt/libc.js'
+import { closeDescriptor, dataPlaneCalls, duplicateDescriptor } from '../../sockopt/libc.js'
+import { encodeSockaddr } from '../../sockopt/original-dst.js'
 import { probeSocketMark } from '../../sockopt/mark.js'
 import { HealthChecker } from '../../upstream/health.js'
 import { UpstreamPool } from '../../upstream/pool.js'
 import type { UpstreamTarget } from '../../upstream/target.js'
 import { isDescriptorExhaustion, type CloseReason } from '../close-reason.js'
 import type { CloseSummary, DrainSummary, EngineObserver } from '../engine.js'
-import type { SpliceDataPlane } from '../fast/data-plane.js'
+import { nextConnectionId, type SpliceDataPlane, type SpliceStats, type SplicedConnection, type WorkerAcceptor } from '../fast/data-plane.js'
+import type { AcceptPlan, Accepted } from '../fast/protocol.js'
 import { Connection, type ConnectionOwner } from './connection.js'
 import type { AcceptGate, DescriptorBudget } from './descriptor-budget.js'
 
-let nextConnectionId = 1
+/** Every listening route and its bound port: a target on one of them may loop back (see acceptPlan). */
+const boundPorts = new Map<RouteListener, number>()
+
+/**
+ * What the fast engine's worker needs to accept and dial the route's connections by itself, or
+ * null when a connection needs the main thread: PROXY headers, transparent mode, a socket mark,
+ * health checks, several targets or a hostname to choose from, or a target that may be one of
+ * kaproxy's own listeners (the loop guard checks each accepted flow on the main thread).
+ */
+function acceptPlan (route: RouteConfig): AcceptPlan | null {
+  if (route.engine !== 'fast' || route.originalDst !== null || route.acceptProxyProtocol || route.proxyProtocol !== null ||
+    route.socketMark !== null || route.healthCheck !== null || route.upstreams.length !== 1) return null
+  const target = route.upstreams[0]
+  if (target === undefined || target.kind !== 'tcp' || isIP(target.host) === 0) return null
+  for (const port of boundPorts.values()) if (port === target.port) return null
+  return {
+    clientKeepalive: route.keepalive.client,
+    upstreamKeepalive: route.keepalive.upstream,
+    target: encodeSockaddr(target.host, target.port),
+    connectTimeoutMs: route.connectTimeoutMs,
+    idleTimeoutMs: route.idleTimeoutMs ?? 0,
+    maxConnections: route.maxConnections
+  }
+}
+
+/** A route started or stopped listening: routes whose target is now a kaproxy listener accept on the main thread. */
+function boundPortsChanged (): void {
+  for (const listener of boundPorts.keys()) listener.checkAcceptor()
+}
 
 /**
  * Accept queue length. Node's default (511) overflows under connection bursts, and an overflowing
@@ -31,6 +61,8 @@ interface Stopping {
   finished: number
   cut: number
   deadline: NodeJS.Timeout | null
+  /** The grace ran out: connections still arriving from the worker are closed at once. */
+  cutting: boolean
   settled: boolean
   done: Promise<void>
   resolve: () => void
@@ -52,7 +84,7 @@ export function probeRouteSocketMark (route: RouteConfig): void {
 }
 
 /** One route's listening socket and the connections it accepted; it owns and closes both. */
-export class RouteListener implements ConnectionOwner, AcceptGate {
+export class RouteListener implements ConnectionOwner, AcceptGate, WorkerAcceptor {
   /** The settings new connections get; `update()` replaces them while listener and connections stay. */
   route: RouteConfig
   readonly connections = new Set<Connection>()
@@ -74,6 +106,16 @@ export class RouteListener implements ConnectionOwner, AcceptGate {
    */
   private spareFd: number | null = null
   private paused = false
+  /**
+   * While the fast engine's worker accepts for the route: its key there, and the duplicate of the
+   * listening socket it polls (closed here once it let go). Node's server is closed meanwhile.
+   */
+  private acceptorKey: number | null = null
+  private workerFd: number | null = null
+  /** Node takes accepting back from the worker once it let go (the route no longer fits acceptPlan). */
+  private backToNode = false
+  /** Settles once the worker took the route's latest settings (see planned()). */
+  private planned: Promise<void> = Promise.resolve()
 
   constructor (route: RouteConfig, observer: EngineObserver, budget: DescriptorBudget, dataPlane: SpliceDataPlane) {
     this.route = route
@@ -91,7 +133,7 @@ export class RouteListener implements ConnectionOwner, AcceptGate {
     const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true })
     server.on('connection', (socket) => {
       if (this.stopping !== null) { socket.destroy(); return }
-      const connection = new Connection(nextConnectionId++, this.route, socket, this)
+      const connection = new Connection(nextConnectionId(), this.route, socket, this)
       const full = this.route.maxConnections !== null && this.connections.size >= this.route.maxConnections
       this.connections.add(connection)
       // May pause accepting (closing this server) before the connection starts: it still does.
@@ -132,8 +174,90 @@ export class RouteListener implements ConnectionOwner, AcceptGate {
     this.spareFd = this.duplicateListeningFd()
     this.budget.register(this)
     this.health?.start()
+    boundPorts.set(this, bound !== null && typeof bound === 'object' ? bound.port : 0)
+    boundPortsChanged()
+    this.checkAcceptor()
     this.observer.onListening?.(this.route, address)
     return address
+  }
+
+  /** Resolves once connections the worker accepts from now on get the route's current settings. */
+  async settingsTaken (): Promise<void> {
+    await this.planned
+  }
+
+  get acceptedBy (): 'worker' | 'main' {
+    return this.acceptorKey !== null ? 'worker' : 'main'
+  }
+
+  /** Where new connections are accepted: by the fast engine's worker when the route fits acceptPlan, else here. */
+  checkAcceptor (): void {
+    if (this.stopping !== null || this.spareFd === null) return
+    const plan = acceptPlan(this.route)
+    if (this.acceptorKey !== null) {
+      if (plan !== null) { this.planned = this.dataPlane.replan(this.acceptorKey, plan); return }
+      if (this.backToNode) return
+      this.backToNode = true
+      this.dataPlane.unlisten(this.acceptorKey)
+      return
+    }
+    if (plan === null || this.workerFd !== null) return
+    let fd: number
+    try {
+      fd = duplicateDescriptor(this.spareFd)
+    } catch {
+      return
+    }
+    const key = this.dataPlane.listen(this, fd, plan)
+    if (key === null) { closeDescriptor(fd); return }
+    this.acceptorKey = key
+    this.workerFd = fd
+    if (this.paused) this.dataPlane.pauseAccepting(key, true)
+    // The kernel socket stays listening through the spare and the worker's descriptors.
+    else this.server.close()
+  }
+
+  accepted (event: Accepted, stats: SpliceStats | null): SplicedConnection | null {
+    const connection = Connection.fromWorker(this.route, this, event)
+    this.connections.add(connection)
+    this.budget.accepted()
+    connection.adopt(event, stats)
+    // Accepted before the route stopped, reported after its grace ran out.
+    if (this.stopping?.cutting === true) connection.destroy(this.stopping.reason)
+    return stats === null ? null : connection
+  }
+
+  unlistened (): void {
+    this.acceptorKey = null
+    const fd = this.workerFd
+    this.workerFd = null
+    if (fd === null) return
+    const back = this.backToNode
+    this.backToNode = false
+    if (back && this.stopping === null) this.acceptOnNode(fd)
+    else closeDescriptor(fd)
+    this.settle()
+  }
+
+  exhausted (code: string): void {
+    // The worker waits for a resume either way; none comes unless accepting paused.
+    if (code === 'budget') this.budget.spent()
+    else this.budget.exhausted(false)
+    if (!this.budget.isPaused && this.acceptorKey !== null) this.dataPlane.pauseAccepting(this.acceptorKey, false)
+  }
+
+  lost (): void {
+    this.unlistened()
+    // The worker is gone for good: Node accepts again, unless the route is stopping.
+    if (this.stopping === null && this.acceptorKey === null && this.workerFd === null && !this.paused && this.server.listening === false && this.spareFd !== null) {
+      this.acceptOnNode(duplicateDescriptor(this.spareFd))
+    }
+  }
+
+  /** A new Node server takes over accepting on `fd` (a descriptor of the listening socket, now Node's). */
+  private acceptOnNode (fd: number): void {
+    this.server = this.createServer()
+    this.server.listen({ fd }, LISTEN_BACKLOG)
   }
 
   /**
@@ -152,6 +276,7 @@ export class RouteListener implements ConnectionOwner, AcceptGate {
       old?.close().catch((err: unknown) => { this.observer.onRouteError?.(route, err as Error) })
       this.health?.start()
     }
+    this.checkAcceptor()
     if (!route.keepaliveApplyToExisting) return 0
     let sockets = 0
     for (const connection of this.connections) {
@@ -191,6 +316,7 @@ export class RouteListener implements ConnectionOwner, AcceptGate {
   pauseAccepting (): void {
     if (this.paused || this.stopping !== null || this.spareFd === null) return
     this.paused = true
+    if (this.acceptorKey !== null) { this.dataPlane.pauseAccepting(this.acceptorKey, true); return }
     // Connections already accepted keep their reference to the old server; that is harmless.
     this.server.close()
   }
@@ -199,6 +325,7 @@ export class RouteListener implements ConnectionOwner, AcceptGate {
   resumeAccepting (): void {
     if (!this.paused || this.stopping !== null || this.spareFd === null) return
     this.paused = false
+    if (this.acceptorKey !== null) { this.dataPlane.pauseAccepting(this.acceptorKey, false); return }
     const fd = this.spareFd
     this.spareFd = null
     this.server = this.createServer()
@@ -229,7 +356,7 @@ export class RouteListener implements ConnectionOwner, AcceptGate {
       else stopping.finished++
     }
     this.observer.onClose?.(connection, summary)
-    if (this.connections.size === 0) this.settle()
+    this.settle()
   }
 
   /**
@@ -243,15 +370,25 @@ export class RouteListener implements ConnectionOwner, AcceptGate {
       const connectionsDone = new Promise<void>((resolveDone) => { resolve = resolveDone })
       const healthDone = this.health?.close()
       const done = Promise.all([connectionsDone, healthDone]).then(() => {})
-      const stopping: Stopping = { reason, startedAt: Date.now(), finished: 0, cut: 0, deadline: null, settled: false, done, resolve }
+      const stopping: Stopping = { reason, startedAt: Date.now(), finished: 0, cut: 0, deadline: null, cutting: false, settled: false, done, resolve }
       this.stopping = stopping
       // Without a callback close() cannot fail: a server that never listened (or paused) just stays closed.
       this.server.close()
       this.budget.unregister(this)
+      if (this.acceptorKey !== null && this.spareFd !== null) {
+        // The worker's descriptor stays open until it let go: the socket stops listening now
+        // (the port is free, queued clients are reset), as closing Node's server does.
+        dataPlaneCalls().stopListening(this.spareFd)
+        this.backToNode = false
+        this.dataPlane.unlisten(this.acceptorKey)
+      }
       if (this.spareFd !== null) closeDescriptor(this.spareFd)
       this.spareFd = null
-      if (this.connections.size === 0) this.settle()
-      else stopping.deadline = setTimeout(() => { this.cut(stopping.reason) }, graceMs)
+      boundPorts.delete(this)
+      boundPortsChanged()
+      // Connections the worker accepted before it stopped are still to come (see unlistened).
+      this.settle()
+      if (!stopping.settled) stopping.deadline = setTimeout(() => { this.cut(stopping.reason) }, graceMs)
     }
     await this.stopping.done
   }
@@ -264,13 +401,15 @@ export class RouteListener implements ConnectionOwner, AcceptGate {
   }
 
   private cut (reason: StopReason): void {
+    if (this.stopping !== null) this.stopping.cutting = true
     if (this.stopping?.deadline != null) clearTimeout(this.stopping.deadline)
     for (const connection of this.connections) connection.destroy(reason)
   }
 
+  /** The route stopped: no connection left, none still to come from the worker. */
   private settle (): void {
     const stopping = this.stopping
-    if (stopping === null || stopping.settled) return
+    if (stopping === null || stopping.settled || this.connections.size > 0 || this.acceptorKey !== null) return
     stopping.settled = true
     if (stopping.deadline !== null) clearTimeout(stopping.deadline)
     this.observer.onRouteDrained?.(this.route, { reason: stopping.reason, finished: stopping.finished, cut: stopping.cut, durationMs: Date.now() - stopping.startedAt })
