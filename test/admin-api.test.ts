@@ -70,6 +70,8 @@ describe('admin API', () => {
         upstreams: [{ target: upstream.address, state: 'up', active: 0 }],
         balance: 'round-robin',
         engine: ENGINES[0],
+        // One numeric target and nothing that needs the main thread: the fast engine's worker accepts.
+        acceptedBy: ENGINES[0] === 'fast' ? 'worker' : 'main',
         retries: 0,
         connectTimeoutMs: 5000,
         idleTimeoutMs: null,
@@ -93,6 +95,7 @@ describe('admin API', () => {
         upstreams: [{ target: upstream.address, state: 'up', active: 0 }, { target: `127.0.0.1:${spare}`, state: 'up', active: 0 }],
         balance: 'first-available',
         engine: 'net',
+        acceptedBy: 'main',
         retries: 1,
         connectTimeoutMs: 2000,
         idleTimeoutMs: 600_000,
