@@ -114,7 +114,7 @@ export class RouteListener implements ConnectionOwner, AcceptGate, WorkerAccepto
   private workerFd: number | null = null
   /** Node takes accepting back from the worker once it let go (the route no longer fits acceptPlan). */
   private backToNode = false
-  /** Settles once the worker took the route's latest settings (see planned()). */
+  /** Settles once the worker took the route's latest settings (see settingsTaken). */
   private planned: Promise<void> = Promise.resolve()
 
   constructor (route: RouteConfig, observer: EngineObserver, budget: DescriptorBudget, dataPlane: SpliceDataPlane) {
@@ -249,8 +249,13 @@ export class RouteListener implements ConnectionOwner, AcceptGate, WorkerAccepto
   lost (): void {
     this.unlistened()
     // The worker is gone for good: Node accepts again, unless the route is stopping.
-    if (this.stopping === null && this.acceptorKey === null && this.workerFd === null && !this.paused && this.server.listening === false && this.spareFd !== null) {
+    if (this.stopping !== null || this.paused || this.server.listening || this.spareFd === null) return
+    try {
       this.acceptOnNode(duplicateDescriptor(this.spareFd))
+    } catch (err) {
+      // No descriptor for Node's server now: the budget pauses accepting and resumes it (on Node) later.
+      this.observer.onRouteError?.(this.route, err as Error)
+      this.budget.exhausted(false)
     }
   }
 
