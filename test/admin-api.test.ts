@@ -127,6 +127,9 @@ describe('admin API', () => {
     const b = await connect(proxy.port('beta'))
     t.after(() => b.destroy())
     await echoed(b, 'hello beta, longer')
+    // Listed once opened: bytes can pass through a connection the fast engine's worker accepted
+    // a moment before the main thread has read its report.
+    await proxy.log.waitForCount({ event: 'open' }, 2)
 
     const response = await get('/connections')
     assert.equal(response.status, 200)

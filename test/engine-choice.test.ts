@@ -1,4 +1,7 @@
 import assert from 'node:assert/strict'
+import { once } from 'node:events'
+import net from 'node:net'
+import { setTimeout as delay } from 'node:timers/promises'
 import { cpSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
@@ -121,6 +124,52 @@ describe('choosing the engine', () => {
     second.on('error', () => {})
     const limited = await proxy.log.waitFor({ event: 'close', route: 'limited' })
     assert.equal(limited.reason, 'limit')
+  })
+
+  it('a single target the worker dials is ejected and tried again as on the main thread: refused, then no-upstream, then a trial', { skip: FAST ? false : 'fast needs Linux' }, async (t) => {
+    const port = await closedPort()
+    const proxy = await startProxy({ routes: [
+      { name: 'worker', listen: '127.0.0.1:0', upstream: `127.0.0.1:${port}`, engine: 'fast' },
+      { name: 'node', listen: '127.0.0.1:0', upstream: `127.0.0.1:${port}`, engine: 'net' }
+    ] })
+    t.after(proxy.close)
+    assert.equal(proxy.kaproxy.engine.acceptedBy('worker'), 'worker')
+    const reasons = async (route: string, count: number): Promise<string[]> => {
+      const seen: string[] = []
+      for (let i = 0; i < count; i++) {
+        const before = proxy.log.find({ event: 'close', route }).length
+        const client = await connect(proxy.port(route))
+        client.on('error', () => {})
+        const lines = await proxy.log.waitForCount({ event: 'close', route }, before + 1)
+        seen.push(String(lines[before]?.reason))
+        client.destroy()
+      }
+      return seen
+    }
+    // fall 3 (no health checks): three refusals take the target down; the next client is refused without a dial.
+    assert.deepEqual(await reasons('node', 4), ['upstream-refused', 'upstream-refused', 'upstream-refused', 'no-upstream'])
+    assert.deepEqual(await reasons('worker', 3), ['upstream-refused', 'upstream-refused', 'upstream-refused'])
+    await proxy.log.waitFor({ event: 'upstream-state', route: 'worker', state: 'down' })
+    // The worker learns of the ejection from a message: a client already on its way may still be
+    // dialed and refused; then clients are refused without a dial (at most 5 tries).
+    const after: string[] = []
+    while (after.length < 5 && after.at(-1) !== 'no-upstream') after.push(...await reasons('worker', 1))
+    assert.equal(after.at(-1), 'no-upstream', after.join(', '))
+    assert.ok(after.slice(0, -1).every((reason) => reason === 'upstream-refused'), after.join(', '))
+    assert.equal(proxy.log.find({ event: 'upstream-state', route: 'worker', state: 'down' }).length, 1)
+
+    // The target comes back: after the 1 s back-off a trial connection gets through and brings it up.
+    const server = net.createServer((socket) => { socket.pipe(socket) }).listen(port, '127.0.0.1')
+    t.after(() => { server.close() })
+    await once(server, 'listening')
+    // The back-off is a timer with nothing to await: ask every 100 ms, at most 40 times.
+    let served = ''
+    for (let attempt = 0; attempt < 40 && served === ''; attempt++) {
+      served = await echoThrough(proxy.port('worker'), 'back').catch(() => '')
+      if (served === '') await delay(100)
+    }
+    assert.equal(served, 'back')
+    await proxy.log.waitFor({ event: 'upstream-state', route: 'worker', state: 'up' })
   })
 
   it('a route whose target is one of kaproxy\'s own listeners is accepted by Node, where the loop guard checks each flow', { skip: FAST ? false : 'fast needs Linux' }, async (t) => {

@@ -38,6 +38,8 @@ async function liveProxy (t: TestContext, admin: Record<string, unknown>) {
   t.after(() => client.destroy())
   client.write('hello status')
   await new Promise<void>((resolve) => { client.once('data', () => { resolve() }) })
+  // Listed once opened (the fast engine's worker reports a connection it accepted a moment later).
+  await proxy.log.waitFor({ event: 'open', route: 'web' })
   return { proxy, client, upstream: echo.address }
 }
 

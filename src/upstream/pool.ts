@@ -72,12 +72,14 @@ export class UpstreamPool {
       }
       if (chosen !== null) this.cursor = (this.members.indexOf(chosen) + 1) % count
     }
-    // A down target chosen for a trial waits a full back-off before the next trial.
-    if (chosen !== null && chosen.state === 'down') {
-      chosen.retryAt = now + chosen.backoffMs
-      chosen.backoffMs = Math.min(chosen.backoffMs * 2, BACKOFF_MAX_MS)
-    }
+    if (chosen !== null && chosen.state === 'down') this.trialMade(chosen, now)
     return chosen
+  }
+
+  /** A trial connection went to a down target (here, or from the fast engine's worker): the next waits a full back-off. */
+  trialMade (member: UpstreamMember, now = Date.now()): void {
+    member.retryAt = now + member.backoffMs
+    member.backoffMs = Math.min(member.backoffMs * 2, BACKOFF_MAX_MS)
   }
 
   connectSucceeded (member: UpstreamMember): void {

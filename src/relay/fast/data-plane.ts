@@ -1,5 +1,5 @@
-import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads'
-import { dataPlaneCalls } from '../../sockopt/libc.js'
+import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads'
+import { closeDescriptor, dataPlaneCalls } from '../../sockopt/libc.js'
 import {
   ConnectionIds, SLOTS_PER_BLOCK, STAT_BYTES_FROM_CLIENT, STAT_BYTES_FROM_UPSTREAM, STAT_FIELDS, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT,
   STAT_LAST_SILENCE_MS, type AcceptPlan, type Accepted, type FromWorker, type PairEnded, type ToWorker
@@ -192,7 +192,9 @@ export class SpliceDataPlane {
 
   /** Ask the worker to let go of a connection now; `relayEnded` follows with `dropped` (or how it ended first). */
   drop (id: number): void {
-    if (this.live.has(id)) this.send({ type: 'drop', id })
+    // Also for a connection the worker accepted whose report is being read right now (not in
+    // `live` yet); the worker ignores ids it no longer holds.
+    this.send({ type: 'drop', id })
   }
 
   /** Stop the worker once it let go of every connection (it is told to drop those left). Idempotent. */
@@ -273,10 +275,19 @@ export class SpliceDataPlane {
           this.workerBlocks.push(new Float64Array(event.buffer))
           break
         case 'accepted': {
+          // Its two descriptors move from the worker's count to the route's (acceptor.accepted).
+          Atomics.sub(this.workerDescriptors, 0, 2)
           const acceptor = this.acceptors.get(event.route)
           const block = this.workerBlocks[event.block]
           const stats = event.failure === null && block !== undefined ? new SpliceStats(block, event.base) : null
-          if (acceptor === undefined) break
+          if (acceptor === undefined) {
+            // Not reachable (a route is unlistened only after its last report); closed rather than leaked.
+            if (stats === null) { closeDescriptor(event.clientFd); break }
+            const { clientFd, upstreamFd } = event
+            this.live.set(event.id, { connection: { id: event.id, relayEnded: () => { closeDescriptor(clientFd); closeDescriptor(upstreamFd) } }, slot: -1, stats })
+            this.drop(event.id)
+            break
+          }
           const connection = acceptor.accepted(event, stats)
           if (connection !== null && stats !== null) this.live.set(event.id, { connection, slot: -1, stats })
           break
@@ -303,9 +314,19 @@ export class SpliceDataPlane {
     if (this.failure !== null) return
     this.failure = err
     this.onFailure(err)
+    this.readLeftovers()
     this.releaseLive('error')
     this.releaseAcceptors()
     this.release()
+  }
+
+  /** Handle what the worker posted that the port has not delivered yet (it stopped or failed). */
+  private readLeftovers (): void {
+    const port = this.port
+    if (port === null) return
+    for (let message = receiveMessageOnPort(port); message !== undefined; message = receiveMessageOnPort(port)) {
+      this.ended(message.message as FromWorker)
+    }
   }
 
   /** Routes the worker accepted for accept by themselves again. */
@@ -323,8 +344,9 @@ export class SpliceDataPlane {
     worker.ref()
     this.send({ type: 'stop' })
     await exited
-    // The worker's last batch (the pairs it let go of on stop) may still be in flight on the port:
-    // the connections it names are released here instead, and the late batch finds none of them.
+    // The worker's last batches (the pairs it let go of on stop, connections it accepted) may
+    // still wait on the port: read them now, then release whatever is left.
+    this.readLeftovers()
     this.releaseLive('dropped')
     this.releaseAcceptors()
     this.release()

@@ -49,6 +49,11 @@ export interface AcceptPlan {
   /** 0 for none. */
   idleTimeoutMs: number
   maxConnections: number | null
+  /**
+   * The target is down (passive ejection) until this time (absolute ms, as STAT_LAST_BYTE_AT):
+   * clients are refused until then, and one trial connection goes out after; 0 while it is up.
+   */
+  downUntil: number
 }
 
 /** Accept on `fd` (a duplicate of the route's listening socket; the main thread closes it after `unlistened`). */
@@ -89,7 +94,7 @@ export interface PairEnded {
 }
 
 /** Why a connection the worker accepted did not get to relaying. */
-export type AcceptFailure = 'limit' | 'sockopt' | 'socket' | 'dial' | 'connect-timeout'
+export type AcceptFailure = 'limit' | 'down' | 'sockopt' | 'socket' | 'dial' | 'connect-timeout'
 
 /**
  * A connection the worker accepted: connected to the route's target (`failure` null; the pair is

@@ -103,7 +103,7 @@ interface Pair {
 const epfd = sys.epollCreate()
 if (epfd < 0) throw new Error(`epoll_create1 failed: errno ${-epfd}`)
 sys.epollCtl(epfd, EPOLL_CTL_ADD, wakeFd, EPOLLIN)
-heldDescriptors[0] = 1
+Atomics.store(heldDescriptors, 0, 1)
 
 const events = Buffer.alloc(MAX_EVENTS * EPOLL_EVENT_SIZE)
 const blocks: Float64Array[] = []
@@ -130,8 +130,6 @@ const ACCEPTS_PER_TURN = 64
 const DIAL_SWEEP_MS = 50
 /** Longest epoll_wait: one wake-up a second at most while idle. */
 const MAX_WAIT_MS = 1000
-const ECONNABORTED = 103
-const EINTR = 4
 let stopping = false
 /** The worker's clock as an absolute time, comparable with the main thread's (see STAT_LAST_BYTE_AT). */
 let now = performance.timeOrigin + performance.now()
@@ -248,14 +246,14 @@ function takePipe (): Pipe | null {
   if (reused !== undefined) return reused
   const made = sys.pipe(PIPE_SIZE)
   if (typeof made === 'number') return null
-  heldDescriptors[0] = (heldDescriptors[0] ?? 0) + 2
+  Atomics.add(heldDescriptors, 0, 2)
   return { readEnd: made[0], writeEnd: made[1], capacity: made[2] }
 }
 
 function closePipe (pipe: Pipe): void {
   sys.close(pipe.readEnd)
   sys.close(pipe.writeEnd)
-  heldDescriptors[0] = (heldDescriptors[0] ?? 0) - 2
+  Atomics.sub(heldDescriptors, 0, 2)
 }
 
 function releasePipe (dir: Direction): void {
@@ -454,7 +452,7 @@ function poll (acceptor: Acceptor, on: boolean): void {
 /** Whether two more descriptors fit the main thread's descriptor budget (which counts this thread's too). */
 function budgetLeft (): boolean {
   const high = Atomics.load(budget, 1)
-  return high === 0 || Atomics.load(budget, 0) + (heldDescriptors[0] ?? 0) + 4 + 2 < high
+  return high === 0 || Atomics.load(budget, 0) + Atomics.load(heldDescriptors, 0) + 4 + 2 < high
 }
 
 function onListenerEvent (acceptor: Acceptor): void {
@@ -468,35 +466,42 @@ function onListenerEvent (acceptor: Acceptor): void {
     const fd = sys.accept(acceptor.fd)
     if (fd >= 0) { acceptOne(acceptor, fd); continue }
     if (fd === -EAGAIN) return
-    if (fd === -ECONNABORTED || fd === -EINTR) continue
-    // Out of descriptors or memory: stop polling until the main thread, which counts descriptors,
-    // resumes the route. Anything else (EINVAL: the main thread stopped the listener) waits for
-    // its unlisten.
-    poll(acceptor, false)
     const code = errnoName(-fd)
+    // Out of descriptors or memory: stop polling until the main thread, which counts descriptors,
+    // resumes the route.
     if (code === 'EMFILE' || code === 'ENFILE' || code === 'ENOBUFS' || code === 'ENOMEM') {
+      poll(acceptor, false)
       acceptor.paused = true
       outbox.push({ kind: 'exhausted', route: acceptor.route, code })
+      return
     }
-    return
+    // The main thread stopped the listener: wait for its unlisten.
+    if (code === 'EINVAL' || code === 'EBADF' || code === 'ENOTSOCK') { poll(acceptor, false); return }
+    // Anything else (ECONNABORTED, EPROTO, EPERM from a firewall rule, network errors passed on)
+    // concerns that one client: go on with the next, as libuv does.
   }
 }
 
 function acceptFailed (acceptor: Acceptor, id: number, clientFd: number, acceptedAt: number, failure: AcceptFailure, side: 'client' | 'upstream' | null, code: string): void {
-  heldDescriptors[0] = (heldDescriptors[0] ?? 0) - 2
   outbox.push({ kind: 'accepted', route: acceptor.route, id, clientFd, upstreamFd: -1, acceptedAt, connectMs: 0, failure, side, code, block: -1, base: 0 })
 }
 
 /** An accepted client: its keepalive, then a non-blocking dial of the route's target with its own. */
 function acceptOne (acceptor: Acceptor, clientFd: number): void {
-  // Until reported, a connection's two descriptors are this thread's (the budget counts them here).
-  heldDescriptors[0] = (heldDescriptors[0] ?? 0) + 2
+  // Until the main thread has read its report, a connection's two descriptors are counted here
+  // (it takes them off when it counts the connection itself).
+  Atomics.add(heldDescriptors, 0, 2)
   const id = ids.next()
   const acceptedAt = now
   const plan = acceptor.plan
   if (plan.maxConnections !== null && acceptor.live >= plan.maxConnections) {
     acceptFailed(acceptor, id, clientFd, acceptedAt, 'limit', null, '')
     return
+  }
+  if (plan.downUntil !== 0) {
+    if (now < plan.downUntil) { acceptFailed(acceptor, id, clientFd, acceptedAt, 'down', 'upstream', ''); return }
+    // One trial connection, until the main thread says how it went (a new plan).
+    plan.downUntil = Infinity
   }
   try {
     applyKeepaliveFd(clientFd, plan.clientKeepalive)
@@ -556,7 +561,6 @@ function onDialEvent (dial: Dial): void {
   const block = Math.floor(slot / SLOTS_PER_BLOCK)
   const base = (slot % SLOTS_PER_BLOCK) * STAT_FIELDS
   // Reported before it relays: an end in this same turn must follow its report.
-  heldDescriptors[0] = (heldDescriptors[0] ?? 0) - 2
   outbox.push({ kind: 'accepted', route: dial.acceptor.route, id: dial.id, clientFd: dial.clientFd, upstreamFd: dial.upstreamFd, acceptedAt: dial.acceptedAt, connectMs: now - dial.acceptedAt, failure: null, side: null, code: '', block, base })
   add({
     id: dial.id,
@@ -633,10 +637,14 @@ try {
     const again = ready
     ready = []
     for (const pair of again) pump(pair)
+    // Messages first: a new plan (a reload, an ejected target) applies to this turn's accepts.
+    for (let i = 0; i < count; i++) {
+      if (events.readUInt32LE(i * EPOLL_EVENT_SIZE + EPOLL_EVENT_DATA) === wakeFd) readMessages()
+    }
     for (let i = 0; i < count; i++) {
       const flags = events.readUInt32LE(i * EPOLL_EVENT_SIZE)
       const fd = events.readUInt32LE(i * EPOLL_EVENT_SIZE + EPOLL_EVENT_DATA)
-      if (fd === wakeFd) { readMessages(); continue }
+      if (fd === wakeFd) continue
       const acceptor = acceptorByFd[fd]
       if (acceptor !== undefined) { onListenerEvent(acceptor); continue }
       const dial = dialByFd[fd]
@@ -651,17 +659,22 @@ try {
   // Stop: let go of every pair (the main thread closes their sockets); connections still being
   // dialed were never reported, so they are this thread's to close.
   for (const pair of [...byId.values()]) end(pair, 'dropped', null, 0)
-  for (const dial of dials) { sys.close(dial.upstreamFd); sys.close(dial.clientFd) }
+  for (const dial of dials) { sys.close(dial.upstreamFd); sys.close(dial.clientFd); Atomics.sub(heldDescriptors, 0, 2) }
   dials.clear()
   for (const acceptor of acceptors.values()) poll(acceptor, false)
   flush()
 } finally {
   // Stopped or failed: free what this thread made (pipes in use are closed by end(); a failure
   // leaves them to the process, reported by the count going to zero only for what was closed).
+  // Connections still being dialed were never reported: they are this thread's to close. What
+  // was not posted yet is posted now (the main thread reads the port once more after the exit).
+  for (const dial of dials) { sys.close(dial.upstreamFd); sys.close(dial.clientFd) }
+  for (const fd of closing) sys.close(fd)
+  try { flush() } catch {}
   for (const pair of [...byId.values()]) { releasePipe(pair.toUpstream); releasePipe(pair.toClient) }
   for (const pipe of spare) closePipe(pipe)
   spare.length = 0
   sys.close(epfd)
-  heldDescriptors[0] = 0
+  Atomics.store(heldDescriptors, 0, 0)
   port.close()
 }

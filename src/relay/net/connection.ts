@@ -28,6 +28,8 @@ export interface ConnectionOwner {
   dialFailed: (connection: Connection, target: UpstreamTarget, reason: CloseReason, error: NodeJS.ErrnoException | null) => void
   /** A dial found no descriptor left (EMFILE, ENFILE). */
   fdExhausted: () => void
+  /** A down target's next trial time changed (the fast engine's worker must know). */
+  retrialScheduled: () => void
 }
 
 // Handlers are shared by every connection (no closures per connection): each socket carries
@@ -210,13 +212,20 @@ export class Connection implements ConnectionRecord {
         case 'limit':
           this.finish('limit', null, null)
           break
+        case 'down':
+          // The only target is down (passive ejection) and its next trial is not due: as dial() gives up.
+          this.finish('no-upstream', 'upstream', null)
+          break
         case 'dial':
         case 'connect-timeout': {
           const reason: CloseReason = failure === 'connect-timeout' ? 'connect-timeout' : reasonForError('upstream', error ?? new Error('dial failed'), false)
           const target = member?.target
           if (member !== null && target !== undefined) {
             owner.dialFailed(this, target, reason, error)
+            // A failed trial of a down target: the next waits a full back-off (the worker learns it from a new plan).
+            const trial = member.state === 'down'
             owner.pool.connectFailed(member, error?.code ?? reason)
+            if (trial) { owner.pool.trialMade(member); owner.retrialScheduled() }
           }
           this.finish(reason, 'upstream', error)
           break

@@ -25,19 +25,24 @@ const boundPorts = new Map<RouteListener, number>()
  * health checks, several targets or a hostname to choose from, or a target that may be one of
  * kaproxy's own listeners (the loop guard checks each accepted flow on the main thread).
  */
-function acceptPlan (route: RouteConfig): AcceptPlan | null {
+function acceptPlan (route: RouteConfig, pool: UpstreamPool): AcceptPlan | null {
   if (route.engine !== 'fast' || route.originalDst !== null || route.acceptProxyProtocol || route.proxyProtocol !== null ||
     route.socketMark !== null || route.healthCheck !== null || route.upstreams.length !== 1) return null
   const target = route.upstreams[0]
-  if (target === undefined || target.kind !== 'tcp' || isIP(target.host) === 0) return null
+  // An IPv6 zone (fe80::1%eth0) needs a scope id the worker does not resolve.
+  if (target === undefined || target.kind !== 'tcp' || isIP(target.host) === 0 || target.host.includes('%')) return null
   for (const port of boundPorts.values()) if (port === target.port) return null
+  const member = pool.members[0]
+  // The worker's clock (performance.timeOrigin + now) for the member's retry time (Date.now()).
+  const downUntil = member === undefined || member.state === 'up' ? 0 : member.retryAt - Date.now() + performance.timeOrigin + performance.now()
   return {
     clientKeepalive: route.keepalive.client,
     upstreamKeepalive: route.keepalive.upstream,
     target: encodeSockaddr(target.host, target.port),
     connectTimeoutMs: route.connectTimeoutMs,
     idleTimeoutMs: route.idleTimeoutMs ?? 0,
-    maxConnections: route.maxConnections
+    maxConnections: route.maxConnections,
+    downUntil
   }
 }
 
@@ -151,7 +156,11 @@ export class RouteListener implements ConnectionOwner, AcceptGate, WorkerAccepto
   }
 
   private createPool (route: RouteConfig, previous?: UpstreamPool): UpstreamPool {
-    return new UpstreamPool(route, (target, state, reason) => { this.observer.onUpstreamState?.(this.route, target, state, reason) }, previous?.members)
+    return new UpstreamPool(route, (target, state, reason) => {
+      this.observer.onUpstreamState?.(this.route, target, state, reason)
+      // The worker refuses or tries a down target by its plan.
+      this.checkAcceptor()
+    }, previous?.members)
   }
 
   /** Resolves with the bound address once listening. */
@@ -193,7 +202,7 @@ export class RouteListener implements ConnectionOwner, AcceptGate, WorkerAccepto
   /** Where new connections are accepted: by the fast engine's worker when the route fits acceptPlan, else here. */
   checkAcceptor (): void {
     if (this.stopping !== null || this.spareFd === null) return
-    const plan = acceptPlan(this.route)
+    const plan = acceptPlan(this.route, this.pool)
     if (this.acceptorKey !== null) {
       if (plan !== null) { this.planned = this.dataPlane.replan(this.acceptorKey, plan); return }
       if (this.backToNode) return
@@ -234,7 +243,8 @@ export class RouteListener implements ConnectionOwner, AcceptGate, WorkerAccepto
     if (fd === null) return
     const back = this.backToNode
     this.backToNode = false
-    if (back && this.stopping === null) this.acceptOnNode(fd)
+    // A paused route resumes on Node from its spare descriptor.
+    if (back && this.stopping === null && !this.paused) this.acceptOnNode(fd)
     else closeDescriptor(fd)
     this.settle()
   }
@@ -350,6 +360,10 @@ export class RouteListener implements ConnectionOwner, AcceptGate, WorkerAccepto
 
   fdExhausted (): void {
     this.budget.exhausted()
+  }
+
+  retrialScheduled (): void {
+    this.checkAcceptor()
   }
 
   closed (connection: Connection, summary: CloseSummary): void {
