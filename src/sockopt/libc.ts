@@ -194,8 +194,8 @@ export interface DataPlaneCalls {
   shutdownWrite: (fd: number) => number
   /** The socket's pending error (SO_ERROR, cleared by reading it): 0 for none. */
   socketError: (fd: number) => number
-  /** accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC): the new connection's descriptor. */
-  accept: (listenFd: number) => number
+  /** accept4(SOCK_NONBLOCK | SOCK_CLOEXEC): the new connection's descriptor; its peer's `struct sockaddr` into `address` (`length` in and out). */
+  accept: (listenFd: number, address: Buffer, length: [number]) => number
   /** A non-blocking TCP socket (SOCK_NONBLOCK | SOCK_CLOEXEC) of the family of `sockaddr`. */
   tcpSocket: (sockaddr: Buffer) => number
   /** connect(2): 0, or -EINPROGRESS while the handshake goes on (the socket turns writable). */
@@ -255,7 +255,7 @@ export function dataPlaneCalls (): DataPlaneCalls {
   const eventfd = lib.func('int eventfd(unsigned int initval, int flags)') as (initval: number, flags: number) => number
   const write = lib.func('intptr_t write(int fd, const void *buf, size_t count)') as (fd: number, buf: Buffer, count: number) => number | bigint
   const read = lib.func('intptr_t read(int fd, _Out_ void *buf, size_t count)') as (fd: number, buf: Buffer, count: number) => number | bigint
-  const accept4 = lib.func('int accept4(int fd, void *addr, void *addrlen, int flags)') as (fd: number, addr: null, length: null, flags: number) => number
+  const accept4 = lib.func('accept4', 'int', ['int', 'void *', koffi.inout(koffi.pointer('uint32_t')), 'int']) as (fd: number, addr: Buffer, length: [number], flags: number) => number
   const connect = lib.func('int connect(int fd, const void *addr, uint32_t addrlen)') as (fd: number, addr: Buffer, length: number) => number
   const failed = (result: number | bigint): number => Number(result) < 0 ? -koffi.errno() : Number(result)
   const on = new Int32Array([1])
@@ -295,7 +295,7 @@ export function dataPlaneCalls (): DataPlaneCalls {
       errorLength[0] = 4
       return base.getsockoptInt(fd, SOL_SOCKET, SO_ERROR, errorValue, errorLength) !== 0 ? koffi.errno() : errorValue[0]
     },
-    accept: (listenFd) => failed(accept4(listenFd, null, null, O_NONBLOCK | O_CLOEXEC)),
+    accept: (listenFd, address, length) => failed(accept4(listenFd, address, length, O_NONBLOCK | O_CLOEXEC)),
     tcpSocket: (sockaddr) => failed(base.socket(sockaddr.readUInt16LE(0), LINUX_STREAM_NONBLOCK_CLOEXEC, 0)),
     connect: (fd, sockaddr) => failed(connect(fd, sockaddr, sockaddr.length)),
     noDelay: (fd) => failed(base.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, on, 4)),

@@ -106,6 +106,8 @@ export interface Accepted {
   route: number
   id: number
   clientFd: number
+  /** The client's `host:port` as accept4 gave it ('' when unknown): read later, a closed peer has none. */
+  client: string
   /** -1 when it failed. */
   upstreamFd: number
   /** Absolute ms (as STAT_LAST_BYTE_AT) of the accept. */

@@ -1,5 +1,7 @@
 import { receiveMessageOnPort, workerData } from 'node:worker_threads'
+import { formatHostPort } from '../../config/formats.js'
 import { applyKeepaliveFd } from '../../keepalive.js'
+import { decodeSockaddr } from '../../sockopt/original-dst.js'
 import {
   EAGAIN, EINPROGRESS, EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLL_CTL_MOD,
   EPOLL_EVENT_DATA, EPOLL_EVENT_SIZE, dataPlaneCalls, errnoName
@@ -62,10 +64,8 @@ interface Acceptor {
   sockaddr: Buffer
   /** Its connections dialing or relaying here (maxConnections). */
   live: number
-  /** In the epoll set. */
+  /** In the epoll set: not while the main thread has it paused, or while descriptors ran out (until it resumes it). */
   polling: boolean
-  /** Asked to pause by the main thread, or out of descriptors (until the main thread resumes it). */
-  paused: boolean
   /** Its connections being dialed (not reported yet). */
   dialing: number
   /** Told to stop: `unlistened` goes out once none is being dialed. */
@@ -77,6 +77,7 @@ interface Dial {
   readonly id: number
   readonly acceptor: Acceptor
   readonly clientFd: number
+  readonly client: string
   readonly upstreamFd: number
   readonly acceptedAt: number
   readonly deadline: number
@@ -384,7 +385,7 @@ function onMessage (message: ToWorker): void {
       addHandedOver(message)
       break
     case 'listen': {
-      const acceptor: Acceptor = { route: message.route, fd: message.fd, plan: message.plan, sockaddr: Buffer.from(message.plan.target), live: 0, polling: false, paused: false, dialing: 0, closing: false }
+      const acceptor: Acceptor = { route: message.route, fd: message.fd, plan: message.plan, sockaddr: Buffer.from(message.plan.target), live: 0, polling: false, dialing: 0, closing: false }
       acceptors.set(acceptor.route, acceptor)
       acceptorByFd[acceptor.fd] = acceptor
       poll(acceptor, true)
@@ -398,7 +399,7 @@ function onMessage (message: ToWorker): void {
     }
     case 'pause': {
       const acceptor = acceptors.get(message.route)
-      if (acceptor !== undefined) { acceptor.paused = message.paused; poll(acceptor, !message.paused) }
+      if (acceptor !== undefined) poll(acceptor, !message.paused)
       break
     }
     case 'unlisten': {
@@ -459,19 +460,18 @@ function onListenerEvent (acceptor: Acceptor): void {
   for (let i = 0; i < ACCEPTS_PER_TURN && acceptor.polling; i++) {
     if (!budgetLeft()) {
       poll(acceptor, false)
-      acceptor.paused = true
       outbox.push({ kind: 'exhausted', route: acceptor.route, code: 'budget' })
       return
     }
-    const fd = sys.accept(acceptor.fd)
-    if (fd >= 0) { acceptOne(acceptor, fd); continue }
+    peerLength[0] = peer.length
+    const fd = sys.accept(acceptor.fd, peer, peerLength)
+    if (fd >= 0) { acceptOne(acceptor, fd, peerText()); continue }
     if (fd === -EAGAIN) return
     const code = errnoName(-fd)
     // Out of descriptors or memory: stop polling until the main thread, which counts descriptors,
     // resumes the route.
     if (code === 'EMFILE' || code === 'ENFILE' || code === 'ENOBUFS' || code === 'ENOMEM') {
       poll(acceptor, false)
-      acceptor.paused = true
       outbox.push({ kind: 'exhausted', route: acceptor.route, code })
       return
     }
@@ -482,12 +482,25 @@ function onListenerEvent (acceptor: Acceptor): void {
   }
 }
 
-function acceptFailed (acceptor: Acceptor, id: number, clientFd: number, acceptedAt: number, failure: AcceptFailure, side: 'client' | 'upstream' | null, code: string): void {
-  outbox.push({ kind: 'accepted', route: acceptor.route, id, clientFd, upstreamFd: -1, acceptedAt, connectMs: 0, failure, side, code, block: -1, base: 0 })
+/** The peer address accept4 wrote. */
+const peer = Buffer.alloc(128)
+const peerLength: [number] = [peer.length]
+
+function peerText (): string {
+  const decoded = decodeSockaddr(peer.subarray(0, peerLength[0]))
+  if (decoded === null) return ''
+  // An IPv4 client of a dual-stack listener, written as Node writes it (::ffff:a.b.c.d).
+  const mapped = peer.readUInt16LE(0) === 10 && peer.subarray(8, 18).every((byte) => byte === 0) && peer.readUInt16BE(18) === 0xffff
+  const host = mapped ? `::ffff:${peer[20] ?? 0}.${peer[21] ?? 0}.${peer[22] ?? 0}.${peer[23] ?? 0}` : decoded.address
+  return formatHostPort({ host, port: decoded.port })
+}
+
+function acceptFailed (acceptor: Acceptor, id: number, clientFd: number, client: string, acceptedAt: number, failure: AcceptFailure, side: 'client' | 'upstream' | null, code: string): void {
+  outbox.push({ kind: 'accepted', route: acceptor.route, id, clientFd, client, upstreamFd: -1, acceptedAt, connectMs: 0, failure, side, code, block: -1, base: 0 })
 }
 
 /** An accepted client: its keepalive, then a non-blocking dial of the route's target with its own. */
-function acceptOne (acceptor: Acceptor, clientFd: number): void {
+function acceptOne (acceptor: Acceptor, clientFd: number, client: string): void {
   // Until the main thread has read its report, a connection's two descriptors are counted here
   // (it takes them off when it counts the connection itself).
   Atomics.add(heldDescriptors, 0, 2)
@@ -495,43 +508,43 @@ function acceptOne (acceptor: Acceptor, clientFd: number): void {
   const acceptedAt = now
   const plan = acceptor.plan
   if (plan.maxConnections !== null && acceptor.live >= plan.maxConnections) {
-    acceptFailed(acceptor, id, clientFd, acceptedAt, 'limit', null, '')
+    acceptFailed(acceptor, id, clientFd, client, acceptedAt, 'limit', null, '')
     return
   }
   if (plan.downUntil !== 0) {
-    if (now < plan.downUntil) { acceptFailed(acceptor, id, clientFd, acceptedAt, 'down', 'upstream', ''); return }
+    if (now < plan.downUntil) { acceptFailed(acceptor, id, clientFd, client, acceptedAt, 'down', 'upstream', ''); return }
     // One trial connection, until the main thread says how it went (a new plan).
     plan.downUntil = Infinity
   }
   try {
     applyKeepaliveFd(clientFd, plan.clientKeepalive)
   } catch (err) {
-    acceptFailed(acceptor, id, clientFd, acceptedAt, 'sockopt', 'client', String((err as { errno?: unknown }).errno ?? 'EINVAL'))
+    acceptFailed(acceptor, id, clientFd, client, acceptedAt, 'sockopt', 'client', String((err as { errno?: unknown }).errno ?? 'EINVAL'))
     return
   }
   sys.noDelay(clientFd)
   const upstreamFd = sys.tcpSocket(acceptor.sockaddr)
   if (upstreamFd < 0) {
-    acceptFailed(acceptor, id, clientFd, acceptedAt, 'socket', 'upstream', errnoName(-upstreamFd))
+    acceptFailed(acceptor, id, clientFd, client, acceptedAt, 'socket', 'upstream', errnoName(-upstreamFd))
     return
   }
   try {
     applyKeepaliveFd(upstreamFd, plan.upstreamKeepalive)
   } catch (err) {
     closeAfterTurn(upstreamFd)
-    acceptFailed(acceptor, id, clientFd, acceptedAt, 'sockopt', 'upstream', String((err as { errno?: unknown }).errno ?? 'EINVAL'))
+    acceptFailed(acceptor, id, clientFd, client, acceptedAt, 'sockopt', 'upstream', String((err as { errno?: unknown }).errno ?? 'EINVAL'))
     return
   }
   sys.noDelay(upstreamFd)
   const started = sys.connect(upstreamFd, acceptor.sockaddr)
   if (started < 0 && started !== -EINPROGRESS) {
     closeAfterTurn(upstreamFd)
-    acceptFailed(acceptor, id, clientFd, acceptedAt, 'dial', 'upstream', errnoName(-started))
+    acceptFailed(acceptor, id, clientFd, client, acceptedAt, 'dial', 'upstream', errnoName(-started))
     return
   }
   acceptor.live++
   acceptor.dialing++
-  const dial: Dial = { id, acceptor, clientFd, upstreamFd, acceptedAt, deadline: now + plan.connectTimeoutMs }
+  const dial: Dial = { id, acceptor, clientFd, client, upstreamFd, acceptedAt, deadline: now + plan.connectTimeoutMs }
   dialByFd[upstreamFd] = dial
   dials.add(dial)
   nextDialSweepAt = Math.min(nextDialSweepAt, now + DIAL_SWEEP_MS)
@@ -549,7 +562,7 @@ function dialEnded (dial: Dial, failure: AcceptFailure | null, code: string): vo
   dial.acceptor.live--
   sys.epollCtl(epfd, EPOLL_CTL_DEL, dial.upstreamFd, 0)
   closeAfterTurn(dial.upstreamFd)
-  acceptFailed(dial.acceptor, dial.id, dial.clientFd, dial.acceptedAt, failure, 'upstream', code)
+  acceptFailed(dial.acceptor, dial.id, dial.clientFd, dial.client, dial.acceptedAt, failure, 'upstream', code)
   unlistenedWhenDone(dial.acceptor)
 }
 
@@ -561,7 +574,7 @@ function onDialEvent (dial: Dial): void {
   const block = Math.floor(slot / SLOTS_PER_BLOCK)
   const base = (slot % SLOTS_PER_BLOCK) * STAT_FIELDS
   // Reported before it relays: an end in this same turn must follow its report.
-  outbox.push({ kind: 'accepted', route: dial.acceptor.route, id: dial.id, clientFd: dial.clientFd, upstreamFd: dial.upstreamFd, acceptedAt: dial.acceptedAt, connectMs: now - dial.acceptedAt, failure: null, side: null, code: '', block, base })
+  outbox.push({ kind: 'accepted', route: dial.acceptor.route, id: dial.id, clientFd: dial.clientFd, client: dial.client, upstreamFd: dial.upstreamFd, acceptedAt: dial.acceptedAt, connectMs: now - dial.acceptedAt, failure: null, side: null, code: '', block, base })
   add({
     id: dial.id,
     clientFd: dial.clientFd,

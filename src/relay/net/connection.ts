@@ -193,7 +193,7 @@ export class Connection implements ConnectionRecord {
    */
   static fromWorker (route: RouteConfig, owner: ConnectionOwner, event: Accepted): Connection {
     const connection = new Connection(event.id, route, null, owner)
-    connection.client = sockaddrText(socketAddress(event.clientFd, 'peer')) ?? 'unknown'
+    connection.client = event.client === '' ? 'unknown' : event.client
     connection.descriptors = [event.clientFd, event.upstreamFd]
     connection.openedAt = Math.round(event.acceptedAt - performance.timeOrigin + (Date.now() - performance.now()))
     return connection
