@@ -1,5 +1,6 @@
 import koffi from 'koffi'
 import { isIPv4, isIPv6, type Socket } from 'node:net'
+import { formatHostPort } from '../config/formats.js'
 import { SockoptError } from '../errors.js'
 import { socketFd } from '../keepalive.js'
 import { getsockoptBuffer } from './libc.js'
@@ -40,6 +41,8 @@ export interface OriginalDestination {
 export const originalDstSupported = process.platform === 'linux'
 
 function ipv6Text (bytes: Uint8Array): string {
+  // An IPv4 client of a dual-stack socket, written as Node writes it (::ffff:a.b.c.d).
+  if (bytes.subarray(0, 10).every((byte) => byte === 0) && bytes[10] === 0xff && bytes[11] === 0xff) return `::ffff:${[...bytes.subarray(12, 16)].join('.')}`
   const groups: string[] = []
   for (let i = 0; i < 16; i += 2) groups.push((((bytes[i] ?? 0) << 8) | (bytes[i + 1] ?? 0)).toString(16))
   // The WHATWG URL parser prints the canonical (RFC 5952) form.
@@ -62,6 +65,12 @@ export function decodeSockaddr (bytes: Buffer): { address: string, port: number 
     return { address: ipv6Text(decoded.sin6_addr), port: decoded.sin6_port }
   }
   return null
+}
+
+/** `host:port` (IPv6 in brackets) of raw `struct sockaddr` bytes; null for none or another family. */
+export function sockaddrText (bytes: Buffer | null): string | null {
+  const decoded = bytes === null ? null : decodeSockaddr(bytes)
+  return decoded === null ? null : formatHostPort({ host: decoded.address, port: decoded.port })
 }
 
 /** Raw `struct sockaddr_in` / `sockaddr_in6` bytes (Linux) for a numeric IPv4 or IPv6 address, to connect(2) to. */

@@ -1,7 +1,6 @@
 import { receiveMessageOnPort, workerData } from 'node:worker_threads'
-import { formatHostPort } from '../../config/formats.js'
 import { applyKeepaliveFd } from '../../keepalive.js'
-import { decodeSockaddr } from '../../sockopt/original-dst.js'
+import { sockaddrText } from '../../sockopt/original-dst.js'
 import {
   EAGAIN, EINPROGRESS, EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLL_CTL_MOD,
   EPOLL_EVENT_DATA, EPOLL_EVENT_SIZE, dataPlaneCalls, errnoName
@@ -487,12 +486,7 @@ const peer = Buffer.alloc(128)
 const peerLength: [number] = [peer.length]
 
 function peerText (): string {
-  const decoded = decodeSockaddr(peer.subarray(0, peerLength[0]))
-  if (decoded === null) return ''
-  // An IPv4 client of a dual-stack listener, written as Node writes it (::ffff:a.b.c.d).
-  const mapped = peer.readUInt16LE(0) === 10 && peer.subarray(8, 18).every((byte) => byte === 0) && peer.readUInt16BE(18) === 0xffff
-  const host = mapped ? `::ffff:${peer[20] ?? 0}.${peer[21] ?? 0}.${peer[22] ?? 0}.${peer[23] ?? 0}` : decoded.address
-  return formatHostPort({ host, port: decoded.port })
+  return sockaddrText(peer.subarray(0, peerLength[0])) ?? ''
 }
 
 function acceptFailed (acceptor: Acceptor, id: number, clientFd: number, client: string, acceptedAt: number, failure: AcceptFailure, side: 'client' | 'upstream' | null, code: string): void {

@@ -4,7 +4,7 @@ import { SIDES, type RouteConfig, type Side } from '../../config/types.js'
 import { NoDescriptorError, SockoptError } from '../../errors.js'
 import { applyKeepalive, applyKeepaliveFd, pendingSocketError, socketFd, type KeepaliveSettings } from '../../keepalive.js'
 import { closeDescriptor, closeWithReset, duplicateDescriptor, errnoName, socketAddress } from '../../sockopt/libc.js'
-import { decodeSockaddr } from '../../sockopt/original-dst.js'
+import { sockaddrText } from '../../sockopt/original-dst.js'
 import type { SpliceDataPlane, SpliceStats } from '../fast/data-plane.js'
 import {
   STAT_BYTES_FROM_CLIENT, STAT_BYTES_FROM_UPSTREAM, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT, STAT_LAST_SILENCE_MS, type Accepted, type PairEnded
@@ -807,10 +807,6 @@ function hostPortText (host: string | undefined, port: number | undefined): stri
   return host === undefined || port === undefined ? null : formatHostPort({ host, port })
 }
 
-function sockaddrText (bytes: Buffer | null): string | null {
-  const decoded = bytes === null ? null : decodeSockaddr(bytes)
-  return decoded === null ? null : formatHostPort({ host: decoded.address, port: decoded.port })
-}
 
 function onData (this: RelaySocket, chunk: Buffer): void {
   const connection = this[CONNECTION]

@@ -115,8 +115,7 @@ export class RouteListener implements ConnectionOwner, AcceptGate, WorkerAccepto
    * While the fast engine's worker accepts for the route: its key there, and the duplicate of the
    * listening socket it polls (closed here once it let go). Node's server is closed meanwhile.
    */
-  private acceptorKey: number | null = null
-  private workerFd: number | null = null
+  private worker: { key: number, fd: number } | null = null
   /** Node takes accepting back from the worker once it let go (the route no longer fits acceptPlan). */
   private backToNode = false
   /** Settles once the worker took the route's latest settings (see settingsTaken). */
@@ -196,21 +195,21 @@ export class RouteListener implements ConnectionOwner, AcceptGate, WorkerAccepto
   }
 
   get acceptedBy (): 'worker' | 'main' {
-    return this.acceptorKey !== null ? 'worker' : 'main'
+    return this.worker !== null ? 'worker' : 'main'
   }
 
   /** Where new connections are accepted: by the fast engine's worker when the route fits acceptPlan, else here. */
   checkAcceptor (): void {
     if (this.stopping !== null || this.spareFd === null) return
     const plan = acceptPlan(this.route, this.pool)
-    if (this.acceptorKey !== null) {
-      if (plan !== null) { this.planned = this.dataPlane.replan(this.acceptorKey, plan); return }
+    if (this.worker !== null) {
+      if (plan !== null) { this.planned = this.dataPlane.replan(this.worker.key, plan); return }
       if (this.backToNode) return
       this.backToNode = true
-      this.dataPlane.unlisten(this.acceptorKey)
+      this.dataPlane.unlisten(this.worker.key)
       return
     }
-    if (plan === null || this.workerFd !== null) return
+    if (plan === null) return
     let fd: number
     try {
       fd = duplicateDescriptor(this.spareFd)
@@ -219,8 +218,7 @@ export class RouteListener implements ConnectionOwner, AcceptGate, WorkerAccepto
     }
     const key = this.dataPlane.listen(this, fd, plan)
     if (key === null) { closeDescriptor(fd); return }
-    this.acceptorKey = key
-    this.workerFd = fd
+    this.worker = { key, fd }
     if (this.paused) this.dataPlane.pauseAccepting(key, true)
     // The kernel socket stays listening through the spare and the worker's descriptors.
     else this.server.close()
@@ -237,10 +235,9 @@ export class RouteListener implements ConnectionOwner, AcceptGate, WorkerAccepto
   }
 
   unlistened (): void {
-    this.acceptorKey = null
-    const fd = this.workerFd
-    this.workerFd = null
-    if (fd === null) return
+    const fd = this.worker?.fd
+    this.worker = null
+    if (fd === undefined) return
     const back = this.backToNode
     this.backToNode = false
     // A paused route resumes on Node from its spare descriptor.
@@ -253,7 +250,7 @@ export class RouteListener implements ConnectionOwner, AcceptGate, WorkerAccepto
     // The worker waits for a resume either way; none comes unless accepting paused.
     if (code === 'budget') this.budget.spent()
     else this.budget.exhausted(false)
-    if (!this.budget.isPaused && this.acceptorKey !== null) this.dataPlane.pauseAccepting(this.acceptorKey, false)
+    if (!this.budget.isPaused && this.worker !== null) this.dataPlane.pauseAccepting(this.worker.key, false)
   }
 
   lost (): void {
@@ -331,7 +328,7 @@ export class RouteListener implements ConnectionOwner, AcceptGate, WorkerAccepto
   pauseAccepting (): void {
     if (this.paused || this.stopping !== null || this.spareFd === null) return
     this.paused = true
-    if (this.acceptorKey !== null) { this.dataPlane.pauseAccepting(this.acceptorKey, true); return }
+    if (this.worker !== null) { this.dataPlane.pauseAccepting(this.worker.key, true); return }
     // Connections already accepted keep their reference to the old server; that is harmless.
     this.server.close()
   }
@@ -340,7 +337,7 @@ export class RouteListener implements ConnectionOwner, AcceptGate, WorkerAccepto
   resumeAccepting (): void {
     if (!this.paused || this.stopping !== null || this.spareFd === null) return
     this.paused = false
-    if (this.acceptorKey !== null) { this.dataPlane.pauseAccepting(this.acceptorKey, false); return }
+    if (this.worker !== null) { this.dataPlane.pauseAccepting(this.worker.key, false); return }
     const fd = this.spareFd
     this.spareFd = null
     this.server = this.createServer()
@@ -394,12 +391,12 @@ export class RouteListener implements ConnectionOwner, AcceptGate, WorkerAccepto
       // Without a callback close() cannot fail: a server that never listened (or paused) just stays closed.
       this.server.close()
       this.budget.unregister(this)
-      if (this.acceptorKey !== null && this.spareFd !== null) {
+      if (this.worker !== null && this.spareFd !== null) {
         // The worker's descriptor stays open until it let go: the socket stops listening now
         // (the port is free, queued clients are reset), as closing Node's server does.
         dataPlaneCalls().stopListening(this.spareFd)
         this.backToNode = false
-        this.dataPlane.unlisten(this.acceptorKey)
+        this.dataPlane.unlisten(this.worker.key)
       }
       if (this.spareFd !== null) closeDescriptor(this.spareFd)
       this.spareFd = null
@@ -428,7 +425,7 @@ export class RouteListener implements ConnectionOwner, AcceptGate, WorkerAccepto
   /** The route stopped: no connection left, none still to come from the worker. */
   private settle (): void {
     const stopping = this.stopping
-    if (stopping === null || stopping.settled || this.connections.size > 0 || this.acceptorKey !== null) return
+    if (stopping === null || stopping.settled || this.connections.size > 0 || this.worker !== null) return
     stopping.settled = true
     if (stopping.deadline !== null) clearTimeout(stopping.deadline)
     this.observer.onRouteDrained?.(this.route, { reason: stopping.reason, finished: stopping.finished, cut: stopping.cut, durationMs: Date.now() - stopping.startedAt })
