@@ -205,7 +205,6 @@ export class Connection implements ConnectionRecord {
     const member = owner.pool.members[0] ?? null
     const failure = event.failure
     if (failure !== null || stats === null) {
-      this.attempts = failure === 'limit' ? 0 : 1
       // A connect timeout carries no socket error, as on the main thread.
       const error: NodeJS.ErrnoException | null = event.code === '' || failure === 'connect-timeout' ? null : Object.assign(new Error(`${failure ?? 'accept'} ${event.code}`), { code: event.code })
       switch (failure) {
@@ -240,7 +239,6 @@ export class Connection implements ConnectionRecord {
       }
       return
     }
-    this.attempts = 1
     this.phase = 'relaying'
     this.connectMs = Math.round(event.connectMs)
     this.spliced = stats
