@@ -188,6 +188,14 @@ export interface DataPlaneCalls {
   epollWait: (epfd: number, events: Buffer, maxEvents: number, timeoutMs: number) => number
   /** splice(in, NULL, out, NULL, length, SPLICE_F_MOVE | SPLICE_F_NONBLOCK): bytes moved, 0 at EOF. */
   splice: (fdIn: number, fdOut: number, length: number) => number
+  /** recv(fd, buffer, length, MSG_DONTWAIT): bytes copied into `buffer`, 0 at EOF. */
+  recv: (fd: number, buffer: Buffer, length: number) => number
+  /** send(fd, buffer, length, MSG_DONTWAIT | MSG_NOSIGNAL): bytes taken (a broken pipe is -EPIPE, never a signal). */
+  send: (fd: number, buffer: Buffer, length: number) => number
+  /** write(2) of a whole buffer (into a pipe). */
+  write: (fd: number, buffer: Buffer) => number
+  /** The memory page size: a pipe holds capacity / pageSize buffers (one per packet at least). */
+  pageSize: number
   /** pipe2(O_NONBLOCK | O_CLOEXEC) grown to `size` bytes where allowed: [read end, write end, capacity]. */
   pipe: (size: number) => [number, number, number] | number
   /** shutdown(fd, SHUT_WR): a FIN to the peer. */
@@ -257,6 +265,12 @@ export function dataPlaneCalls (): DataPlaneCalls {
   const read = lib.func('intptr_t read(int fd, _Out_ void *buf, size_t count)') as (fd: number, buf: Buffer, count: number) => number | bigint
   const accept4 = lib.func('accept4', 'int', ['int', 'void *', koffi.inout(koffi.pointer('uint32_t')), 'int']) as (fd: number, addr: Buffer, length: [number], flags: number) => number
   const connect = lib.func('int connect(int fd, const void *addr, uint32_t addrlen)') as (fd: number, addr: Buffer, length: number) => number
+  const sysconf = lib.func('long sysconf(int name)') as (name: number) => number | bigint
+  const recv = lib.func('intptr_t recv(int fd, void *buf, size_t len, int flags)') as (fd: number, buf: Buffer, len: number, flags: number) => number | bigint
+  const send = lib.func('intptr_t send(int fd, const void *buf, size_t len, int flags)') as (fd: number, buf: Buffer, len: number, flags: number) => number | bigint
+  const MSG_DONTWAIT = 0x40
+  const MSG_NOSIGNAL = 0x4000
+  const _SC_PAGESIZE = 30
   const failed = (result: number | bigint): number => Number(result) < 0 ? -koffi.errno() : Number(result)
   const on = new Int32Array([1])
   const { IPPROTO_TCP } = SOCKOPT_CONSTANTS.linux
@@ -280,6 +294,10 @@ export function dataPlaneCalls (): DataPlaneCalls {
     },
     epollWait: (epfd, events, maxEvents, timeoutMs) => failed(epollWait(epfd, events, maxEvents, timeoutMs)),
     splice: (fdIn, fdOut, length) => failed(splice(fdIn, null, fdOut, null, length, SPLICE_MOVE_NONBLOCK)),
+    recv: (fd, buffer, length) => failed(recv(fd, buffer, length, MSG_DONTWAIT)),
+    send: (fd, buffer, length) => failed(send(fd, buffer, length, MSG_DONTWAIT | MSG_NOSIGNAL)),
+    write: (fd, buffer) => failed(write(fd, buffer, buffer.length)),
+    pageSize: Number(sysconf(_SC_PAGESIZE)) > 0 ? Number(sysconf(_SC_PAGESIZE)) : 65536,
     pipe: (size) => {
       if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) !== 0) return -koffi.errno()
       const [readEnd = -1, writeEnd = -1] = fds

@@ -2,7 +2,7 @@ import { receiveMessageOnPort, workerData } from 'node:worker_threads'
 import { applyKeepaliveFd } from '../../keepalive.js'
 import { sockaddrText } from '../../sockopt/original-dst.js'
 import {
-  EAGAIN, EINPROGRESS, EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLL_CTL_MOD,
+  EAGAIN, EINPROGRESS, EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLL_CTL_ADD, EPOLL_CTL_DEL,
   EPOLL_EVENT_DATA, EPOLL_EVENT_SIZE, dataPlaneCalls, errnoName
 } from '../../sockopt/libc.js'
 import {
@@ -31,10 +31,15 @@ const TURN_BYTES = 4 << 20
 /** Shortest quiet (ms) that counts as a silence, as in the net engine. */
 const SILENCE_MIN_MS = 1000
 const MAX_EVENTS = 512
+/** A relayed socket's epoll registration: edge-triggered, both ways, and the peer's FIN. */
+const RELAY_INTEREST = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
+/** Largest read copied across rather than spliced (see pumpDirection). */
+const COPY_BYTES = 64 << 10
 /** Retry after this many ms when no pipe could be made (descriptors ran out). */
 const PIPE_RETRY_MS = 20
 
-interface Pipe { readEnd: number, writeEnd: number, capacity: number }
+/** `buffers`: how many pipe buffers it has; a splice into it fills at least one per packet. */
+interface Pipe { readEnd: number, writeEnd: number, capacity: number, buffers: number }
 
 /** One direction of a pair: bytes read from `src` into the pipe, then written from it to `dst`. */
 interface Direction {
@@ -44,11 +49,17 @@ interface Direction {
   pipe: Pipe | null
   /** Bytes in the pipe not yet written to dst. */
   pending: number
+  /** Bytes copied across that dst did not take yet (they go before the pipe's); null for none. */
+  unsent: Buffer | null
+  /** Reads fill the copy buffer: splice them through the pipe instead (see pumpDirection). */
+  bulk: boolean
   /** Edge-triggered readiness: set by an event, cleared by EAGAIN. */
   readable: boolean
   writable: boolean
   /** src sent its FIN. */
   eof: boolean
+  /** An event reported src's FIN, reset or hang-up: read it to the end, whatever the size of the last read. */
+  closingSeen: boolean
   /** The FIN was passed on: shutdown(dst, SHUT_WR). */
   done: boolean
   /** Waiting for a pipe (descriptors ran out). */
@@ -69,6 +80,14 @@ interface Acceptor {
   dialing: number
   /** Told to stop: `unlistened` goes out once none is being dialed. */
   closing: boolean
+  /**
+   * The listening socket carries the plan's client keepalive and TCP_NODELAY, which accepted
+   * sockets inherit (Linux copies them when the handshake completes): `inherits` once accept4
+   * found the queue empty at `inheritFrom` or later (see tuneListener; NaN: the listener could not
+   * be tuned). Until then each accepted socket is tuned by itself.
+   */
+  inheritFrom: number
+  inherits: boolean
 }
 
 /** An accepted client whose upstream is being dialed. Both descriptors are this thread's until reported. */
@@ -106,6 +125,7 @@ sys.epollCtl(epfd, EPOLL_CTL_ADD, wakeFd, EPOLLIN)
 Atomics.store(heldDescriptors, 0, 1)
 
 const events = Buffer.alloc(MAX_EVENTS * EPOLL_EVENT_SIZE)
+const copyBuffer = Buffer.alloc(COPY_BYTES)
 const blocks: Float64Array[] = []
 /** Pairs by descriptor: both of a pair's sockets map to it. */
 const byFd: Array<Pair | undefined> = []
@@ -128,14 +148,24 @@ const ownFreeSlots: number[] = []
 /** Accepts per listener per turn; the listener is level-triggered, so the rest come next turn. */
 const ACCEPTS_PER_TURN = 64
 const DIAL_SWEEP_MS = 50
+/** How long after tuning a listener its accepted sockets are still tuned one by one (see tuneListener). */
+const INHERIT_AFTER_MS = 50
 /** Longest epoll_wait: one wake-up a second at most while idle. */
 const MAX_WAIT_MS = 1000
 let stopping = false
+/**
+ * The epoll_wait round, and the round each descriptor was put in the epoll set: a round's events
+ * were collected before it began, so those of a descriptor registered in it belong to an earlier
+ * socket with the same number (closed by the main thread, which takes it out of the set, after
+ * epoll_wait returned its event).
+ */
+let turn = 0
+const registeredIn: number[] = []
 /** The worker's clock as an absolute time, comparable with the main thread's (see STAT_LAST_BYTE_AT). */
 let now = performance.timeOrigin + performance.now()
 
 function direction (src: number, dst: number, fromClient: boolean, ended: boolean): Direction {
-  return { src, dst, fromClient, pipe: null, pending: 0, readable: !ended, writable: true, eof: ended, done: false, starved: false }
+  return { src, dst, fromClient, pipe: null, pending: 0, unsent: null, bulk: false, readable: !ended, writable: true, eof: ended, closingSeen: false, done: false, starved: false }
 }
 
 interface PairStart {
@@ -149,7 +179,7 @@ interface PairStart {
   lastByteAt: number
   acceptor: Acceptor | null
   ownSlot: number
-  /** The upstream descriptor is in the epoll set already (dialed here): modified, not added. */
+  /** The upstream descriptor is in the epoll set already, with the relay's interest (dialed here). */
   upstreamRegistered: boolean
 }
 
@@ -177,11 +207,14 @@ function add (start: PairStart): void {
   byId.set(pair.id, pair)
   byFd[pair.clientFd] = pair
   byFd[pair.upstreamFd] = pair
-  const interest = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
-  const failedClient = sys.epollCtl(epfd, EPOLL_CTL_ADD, pair.clientFd, interest)
+  const failedClient = sys.epollCtl(epfd, EPOLL_CTL_ADD, pair.clientFd, RELAY_INTEREST)
   if (failedClient < 0) { end(pair, 'error', 'client', -failedClient); return }
-  const failedUpstream = sys.epollCtl(epfd, start.upstreamRegistered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, pair.upstreamFd, interest)
-  if (failedUpstream < 0) { end(pair, 'error', 'upstream', -failedUpstream); return }
+  registeredIn[pair.clientFd] = turn
+  if (!start.upstreamRegistered) registeredIn[pair.upstreamFd] = turn
+  if (!start.upstreamRegistered) {
+    const failedUpstream = sys.epollCtl(epfd, EPOLL_CTL_ADD, pair.upstreamFd, RELAY_INTEREST)
+    if (failedUpstream < 0) { end(pair, 'error', 'upstream', -failedUpstream); return }
+  }
   if (pair.idleTimeoutMs > 0) {
     idleWatched.add(pair)
     // Check idle pairs often enough to close each within ~5% of its timeout.
@@ -214,8 +247,13 @@ function addHandedOver (message: AddPair): void {
 function end (pair: Pair, how: PairEnded['how'], side: PairEnded['side'], errno: number): void {
   if (pair.ended) return
   pair.ended = true
-  sys.epollCtl(epfd, EPOLL_CTL_DEL, pair.clientFd, 0)
-  sys.epollCtl(epfd, EPOLL_CTL_DEL, pair.upstreamFd, 0)
+  // Descriptors this thread accepted and made are the only ones to their sockets: the main
+  // thread's close takes them out of the epoll set. A handed-over pair's descriptors are
+  // duplicates (epoll keeps watching a socket while any descriptor to it is open): taken out here.
+  if (pair.acceptor === null) {
+    sys.epollCtl(epfd, EPOLL_CTL_DEL, pair.clientFd, 0)
+    sys.epollCtl(epfd, EPOLL_CTL_DEL, pair.upstreamFd, 0)
+  }
   if (byFd[pair.clientFd] === pair) byFd[pair.clientFd] = undefined
   if (byFd[pair.upstreamFd] === pair) byFd[pair.upstreamFd] = undefined
   byId.delete(pair.id)
@@ -247,7 +285,7 @@ function takePipe (): Pipe | null {
   const made = sys.pipe(PIPE_SIZE)
   if (typeof made === 'number') return null
   Atomics.add(heldDescriptors, 0, 2)
-  return { readEnd: made[0], writeEnd: made[1], capacity: made[2] }
+  return { readEnd: made[0], writeEnd: made[1], capacity: made[2], buffers: Math.max(1, Math.floor(made[2] / sys.pageSize)) }
 }
 
 function closePipe (pipe: Pipe): void {
@@ -287,44 +325,32 @@ function counted (pair: Pair, dir: Direction, bytes: number): void {
 /**
  * Move what one direction can now. Returns 'more' when it stopped at its turn's budget (or for a
  * pipe) with work left, 'idle' when it waits for an event, 'failed' when the pair ended.
+ *
+ * Two ways, in order: small reads are copied (recv into this thread's buffer, send at once),
+ * which costs the kernel less than two splices through a pipe for a few bytes; a read that fills
+ * the buffer turns the direction to splice (no copy) until a read finds little again. Bytes a send
+ * could not place wait in `unsent`, and go out before anything in the pipe.
  */
 function pumpDirection (pair: Pair, dir: Direction): 'more' | 'idle' | 'failed' {
   let budget = TURN_BYTES
   for (;;) {
     let progressed = false
     if (!dir.eof && dir.readable) {
-      if (dir.pipe === null) {
-        dir.pipe = takePipe()
-        dir.starved = dir.pipe === null
-        if (dir.pipe === null) return 'more'
-      }
-      const room = dir.pipe.capacity - dir.pending
-      if (room > 0) {
-        const n = sys.splice(dir.src, dir.pipe.writeEnd, room)
-        if (n > 0) {
-          dir.pending += n
-          budget -= n
-          counted(pair, dir, n)
-          progressed = true
-        } else if (n === 0) {
-          // EOF. A reset that arrived with unread bytes can look like one: the kernel still knows.
-          const error = sys.socketError(dir.src)
-          if (error !== 0) { end(pair, 'error', sideOf(pair, dir.src), error); return 'failed' }
-          dir.eof = true
-          pair.firstFin ??= dir.fromClient ? 'client' : 'upstream'
-          progressed = true
-        } else if (n === -EAGAIN) {
-          // With bytes in the pipe, EAGAIN may mean the pipe ran out of slots (one per packet,
-          // long before its bytes run out), not that the socket is empty: try again once the
-          // pipe drained. Only an empty pipe proves the socket empty.
-          if (dir.pending === 0) dir.readable = false
-        } else {
-          end(pair, 'error', sideOf(pair, dir.src), -n)
-          return 'failed'
-        }
-      }
+      const outcome = dir.bulk ? readIntoPipe(pair, dir) : dir.pending === 0 && dir.unsent === null ? copyAcross(pair, dir) : 0
+      if (outcome < 0) return 'failed'
+      if (outcome === NO_PIPE) return 'more'
+      if (outcome > 0) { budget -= outcome; progressed = true }
+      if (dir.eof) progressed = true
     }
-    if (dir.pending > 0 && dir.writable && dir.pipe !== null) {
+    if (dir.unsent !== null && dir.writable) {
+      const unsent = dir.unsent
+      const n = sys.send(dir.dst, unsent, unsent.length)
+      if (n === unsent.length) { dir.unsent = null; pair.lastActivity = now; progressed = true }
+      else if (n > 0) { dir.unsent = unsent.subarray(n); dir.writable = false; pair.lastActivity = now; progressed = true }
+      else if (n === -EAGAIN) dir.writable = false
+      else { end(pair, 'error', sideOf(pair, dir.dst), -n); return 'failed' }
+    }
+    if (dir.unsent === null && dir.pending > 0 && dir.writable && dir.pipe !== null) {
       const n = sys.splice(dir.pipe.readEnd, dir.dst, dir.pending)
       if (n > 0) {
         dir.pending -= n
@@ -339,8 +365,10 @@ function pumpDirection (pair: Pair, dir: Direction): 'more' | 'idle' | 'failed' 
       }
     }
     if (dir.pending === 0 && dir.pipe !== null) releasePipe(dir)
-    if (dir.eof && dir.pending === 0 && !dir.done) {
+    if (dir.eof && dir.pending === 0 && dir.unsent === null && !dir.done) {
       dir.done = true
+      // The last direction to end leaves its FIN to the main thread's close of the pair.
+      if ((dir.fromClient ? pair.toClient : pair.toUpstream).done) return 'idle'
       const n = sys.shutdownWrite(dir.dst)
       // ENOTCONN: the peer is already gone; its own event tells how.
       if (n < 0 && n !== -107) { end(pair, 'error', sideOf(pair, dir.dst), -n); return 'failed' }
@@ -348,6 +376,77 @@ function pumpDirection (pair: Pair, dir: Direction): 'more' | 'idle' | 'failed' 
     if (!progressed) return 'idle'
     if (budget <= 0) return 'more'
   }
+}
+
+/** readIntoPipe found no pipe (descriptors ran out): the direction waits on the ready list. */
+const NO_PIPE = -(2 ** 31)
+
+/**
+ * The end of src's stream: its FIN, or a reset that arrived with unread bytes and looks like one
+ * (the kernel still knows). Returns false when the pair ended.
+ */
+function sourceEnded (pair: Pair, dir: Direction): boolean {
+  const error = sys.socketError(dir.src)
+  if (error !== 0) { end(pair, 'error', sideOf(pair, dir.src), error); return false }
+  dir.eof = true
+  pair.firstFin ??= dir.fromClient ? 'client' : 'upstream'
+  return true
+}
+
+/** Copy one read across: recv, then send what the destination takes. Bytes read, or -1 when the pair ended. */
+function copyAcross (pair: Pair, dir: Direction): number {
+  const n = sys.recv(dir.src, copyBuffer, COPY_BYTES)
+  if (n === 0) return sourceEnded(pair, dir) ? 0 : -1
+  if (n === -EAGAIN) { dir.readable = false; return 0 }
+  if (n < 0) { end(pair, 'error', sideOf(pair, dir.src), -n); return -1 }
+  counted(pair, dir, n)
+  // A short read emptied the socket: edge-triggered epoll reports the next bytes. Not when the FIN
+  // may already be in: only a read finds it.
+  if (n < COPY_BYTES && !dir.closingSeen) dir.readable = false
+  if (n === COPY_BYTES) dir.bulk = true
+  const sent = sys.send(dir.dst, copyBuffer, n)
+  if (sent === n) { pair.lastActivity = now; return n }
+  if (sent < 0 && sent !== -EAGAIN) { end(pair, 'error', sideOf(pair, dir.dst), -sent); return -1 }
+  // The destination is full: keep the rest (a copy: the buffer is the next read's).
+  const taken = Math.max(0, sent)
+  if (taken > 0) pair.lastActivity = now
+  dir.unsent = Buffer.from(copyBuffer.subarray(taken, n))
+  dir.writable = false
+  return n
+}
+
+/** One splice from src into the direction's pipe. Bytes read, -1 when the pair ended, NO_PIPE. */
+function readIntoPipe (pair: Pair, dir: Direction): number {
+  if (dir.pipe === null) {
+    dir.pipe = takePipe()
+    dir.starved = dir.pipe === null
+    if (dir.pipe === null) return NO_PIPE
+  }
+  const room = dir.pipe.capacity - dir.pending
+  if (room <= 0) return 0
+  const n = sys.splice(dir.src, dir.pipe.writeEnd, room)
+  if (n > 0) {
+    if (dir.pending === 0) {
+      // A read into an empty pipe that filled neither its bytes nor its buffers (a packet takes
+      // at least one) emptied the socket, as a short recv does (see copyAcross).
+      if (n < dir.pipe.buffers && !dir.closingSeen) dir.readable = false
+      // The flow slowed down: copying is cheaper again.
+      if (n < COPY_BYTES) dir.bulk = false
+    }
+    dir.pending += n
+    counted(pair, dir, n)
+    return n
+  }
+  if (n === 0) return sourceEnded(pair, dir) ? 0 : -1
+  if (n === -EAGAIN) {
+    // With bytes in the pipe, EAGAIN may mean the pipe ran out of buffers (one per packet, long
+    // before its bytes run out), not that the socket is empty: try again once the pipe drained.
+    // Only an empty pipe proves the socket empty.
+    if (dir.pending === 0) dir.readable = false
+    return 0
+  }
+  end(pair, 'error', sideOf(pair, dir.src), -n)
+  return -1
 }
 
 function pump (pair: Pair): void {
@@ -371,6 +470,7 @@ function onSocketEvent (fd: number, flags: number): void {
     if (error !== 0) { end(pair, 'error', sideOf(pair, fd), error); return }
   }
   if ((flags & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) !== 0) fromThis.readable = true
+  if ((flags & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) !== 0) fromThis.closingSeen = true
   if ((flags & (EPOLLOUT | EPOLLHUP | EPOLLERR)) !== 0) toThis.writable = true
   pump(pair)
 }
@@ -384,7 +484,8 @@ function onMessage (message: ToWorker): void {
       addHandedOver(message)
       break
     case 'listen': {
-      const acceptor: Acceptor = { route: message.route, fd: message.fd, plan: message.plan, sockaddr: Buffer.from(message.plan.target), live: 0, polling: false, dialing: 0, closing: false }
+      const acceptor: Acceptor = { route: message.route, fd: message.fd, plan: message.plan, sockaddr: Buffer.from(message.plan.target), live: 0, polling: false, dialing: 0, closing: false, inheritFrom: NaN, inherits: false }
+      tuneListener(acceptor)
       acceptors.set(acceptor.route, acceptor)
       acceptorByFd[acceptor.fd] = acceptor
       poll(acceptor, true)
@@ -392,7 +493,12 @@ function onMessage (message: ToWorker): void {
     }
     case 'plan': {
       const acceptor = acceptors.get(message.route)
-      if (acceptor !== undefined) { acceptor.plan = message.plan; acceptor.sockaddr = Buffer.from(message.plan.target) }
+      if (acceptor !== undefined) {
+        const retuned = !sameKeepalive(acceptor.plan.clientKeepalive, message.plan.clientKeepalive)
+        acceptor.plan = message.plan
+        acceptor.sockaddr = Buffer.from(message.plan.target)
+        if (retuned) tuneListener(acceptor)
+      }
       outbox.push({ kind: 'planned', route: message.route })
       break
     }
@@ -449,6 +555,31 @@ function poll (acceptor: Acceptor, on: boolean): void {
   sys.epollCtl(epfd, on ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, acceptor.fd, EPOLLIN)
 }
 
+/**
+ * Give the listening socket the plan's client keepalive and TCP_NODELAY, for accepted sockets to
+ * inherit. Connections whose handshake completed before wait in the accept queue with the old
+ * values: they are tuned one by one until accept4 found the queue empty, a moment after the
+ * listener was tuned (a handshake completing during the setsockopt calls may still be on its way).
+ */
+function tuneListener (acceptor: Acceptor): void {
+  acceptor.inheritFrom = NaN
+  acceptor.inherits = false
+  // A user timeout left alone is the kernel's default (0) on a new socket: so on the listener.
+  const keepalive = acceptor.plan.clientKeepalive
+  try {
+    applyKeepaliveFd(acceptor.fd, { ...keepalive, userTimeoutMs: keepalive.userTimeoutMs ?? 0 })
+    if (sys.noDelay(acceptor.fd) < 0) return
+  } catch {
+    // Not inherited then: each accepted socket is tuned, and its failure is reported.
+    return
+  }
+  acceptor.inheritFrom = now + INHERIT_AFTER_MS
+}
+
+function sameKeepalive (a: AcceptPlan['clientKeepalive'], b: AcceptPlan['clientKeepalive']): boolean {
+  return a.enabled === b.enabled && a.idleSec === b.idleSec && a.intervalSec === b.intervalSec && a.count === b.count && a.userTimeoutMs === b.userTimeoutMs
+}
+
 /** Whether two more descriptors fit the main thread's descriptor budget (which counts this thread's too). */
 function budgetLeft (): boolean {
   const high = Atomics.load(budget, 1)
@@ -465,7 +596,11 @@ function onListenerEvent (acceptor: Acceptor): void {
     peerLength[0] = peer.length
     const fd = sys.accept(acceptor.fd, peer, peerLength)
     if (fd >= 0) { acceptOne(acceptor, fd, peerText()); continue }
-    if (fd === -EAGAIN) return
+    if (fd === -EAGAIN) {
+      // The queue is empty: whatever comes next completed its handshake on the tuned listener.
+      if (now >= acceptor.inheritFrom) acceptor.inherits = true
+      return
+    }
     const code = errnoName(-fd)
     // Out of descriptors or memory: stop polling until the main thread, which counts descriptors,
     // resumes the route.
@@ -510,13 +645,15 @@ function acceptOne (acceptor: Acceptor, clientFd: number, client: string): void 
     // One trial connection, until the main thread says how it went (a new plan).
     plan.downUntil = Infinity
   }
-  try {
-    applyKeepaliveFd(clientFd, plan.clientKeepalive)
-  } catch (err) {
-    acceptFailed(acceptor, id, clientFd, client, acceptedAt, 'sockopt', 'client', String((err as { errno?: unknown }).errno ?? 'EINVAL'))
-    return
+  if (!acceptor.inherits) {
+    try {
+      applyKeepaliveFd(clientFd, plan.clientKeepalive)
+    } catch (err) {
+      acceptFailed(acceptor, id, clientFd, client, acceptedAt, 'sockopt', 'client', String((err as { errno?: unknown }).errno ?? 'EINVAL'))
+      return
+    }
+    sys.noDelay(clientFd)
   }
-  sys.noDelay(clientFd)
   const upstreamFd = sys.tcpSocket(acceptor.sockaddr)
   if (upstreamFd < 0) {
     acceptFailed(acceptor, id, clientFd, client, acceptedAt, 'socket', 'upstream', errnoName(-upstreamFd))
@@ -543,8 +680,9 @@ function acceptOne (acceptor: Acceptor, clientFd: number, client: string): void 
   dials.add(dial)
   nextDialSweepAt = Math.min(nextDialSweepAt, now + DIAL_SWEEP_MS)
   // Writable (or an error) once the handshake ends; then the same registration relays.
-  const added = sys.epollCtl(epfd, EPOLL_CTL_ADD, upstreamFd, EPOLLOUT | EPOLLRDHUP | EPOLLET)
+  const added = sys.epollCtl(epfd, EPOLL_CTL_ADD, upstreamFd, RELAY_INTEREST)
   if (added < 0) dialEnded(dial, 'dial', errnoName(-added))
+  else registeredIn[upstreamFd] = turn
 }
 
 /** Take a dial off the books; with a failure, close its upstream and report the client. */
@@ -639,6 +777,7 @@ try {
   while (!stopping) {
     const count = sys.epollWait(epfd, events, MAX_EVENTS, timeout())
     now = performance.timeOrigin + performance.now()
+    turn++
     // Pairs with work left from the last turn go first (a starved one retries for its pipe), then
     // whatever woke us.
     const again = ready
@@ -654,6 +793,7 @@ try {
       if (fd === wakeFd) continue
       const acceptor = acceptorByFd[fd]
       if (acceptor !== undefined) { onListenerEvent(acceptor); continue }
+      if (registeredIn[fd] === turn) continue
       const dial = dialByFd[fd]
       if (dial !== undefined) onDialEvent(dial)
       else onSocketEvent(fd, flags)
