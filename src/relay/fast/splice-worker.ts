@@ -137,6 +137,13 @@ const idleWatched = new Set<Pair>()
 let sweepEveryMs = 1000
 let nextSweepAt = Infinity
 let outbox: WorkerEvent[] = []
+/**
+ * When the events gathered go to the main thread: each post wakes it, so under load a post carries
+ * the events of several rounds, at most FLUSH_AFTER_MS late (or FLUSH_EVENTS of them).
+ */
+let flushAt = Infinity
+const FLUSH_AFTER_MS = 1
+const FLUSH_EVENTS = 256
 const acceptors = new Map<number, Acceptor>()
 const acceptorByFd: Array<Acceptor | undefined> = []
 const dialByFd: Array<Dial | undefined> = []
@@ -382,21 +389,18 @@ function pumpDirection (pair: Pair, dir: Direction): 'more' | 'idle' | 'failed' 
 const NO_PIPE = -(2 ** 31)
 
 /**
- * The end of src's stream: its FIN, or a reset that arrived with unread bytes and looks like one
- * (the kernel still knows). Returns false when the pair ended.
+ * The end of src's stream: its FIN. A reset after the FIN reads as the end too; the kernel
+ * reports it with EPOLLERR, which onSocketEvent reads before anything else.
  */
-function sourceEnded (pair: Pair, dir: Direction): boolean {
-  const error = sys.socketError(dir.src)
-  if (error !== 0) { end(pair, 'error', sideOf(pair, dir.src), error); return false }
+function sourceEnded (pair: Pair, dir: Direction): void {
   dir.eof = true
   pair.firstFin ??= dir.fromClient ? 'client' : 'upstream'
-  return true
 }
 
 /** Copy one read across: recv, then send what the destination takes. Bytes read, or -1 when the pair ended. */
 function copyAcross (pair: Pair, dir: Direction): number {
   const n = sys.recv(dir.src, copyBuffer, COPY_BYTES)
-  if (n === 0) return sourceEnded(pair, dir) ? 0 : -1
+  if (n === 0) { sourceEnded(pair, dir); return 0 }
   if (n === -EAGAIN) { dir.readable = false; return 0 }
   if (n < 0) { end(pair, 'error', sideOf(pair, dir.src), -n); return -1 }
   counted(pair, dir, n)
@@ -437,7 +441,7 @@ function readIntoPipe (pair: Pair, dir: Direction): number {
     counted(pair, dir, n)
     return n
   }
-  if (n === 0) return sourceEnded(pair, dir) ? 0 : -1
+  if (n === 0) { sourceEnded(pair, dir); return 0 }
   if (n === -EAGAIN) {
     // With bytes in the pipe, EAGAIN may mean the pipe ran out of buffers (one per packet, long
     // before its bytes run out), not that the socket is empty: try again once the pipe drained.
@@ -698,9 +702,13 @@ function dialEnded (dial: Dial, failure: AcceptFailure | null, code: string): vo
   unlistenedWhenDone(dial.acceptor)
 }
 
-function onDialEvent (dial: Dial): void {
-  const error = sys.socketError(dial.upstreamFd)
-  if (error !== 0) { dialEnded(dial, 'dial', errnoName(error)); return }
+function onDialEvent (dial: Dial, flags: number): void {
+  // A failed handshake reports an error and a hang-up; only then is SO_ERROR read, for its errno.
+  if ((flags & (EPOLLERR | EPOLLHUP)) !== 0) {
+    const error = sys.socketError(dial.upstreamFd)
+    dialEnded(dial, 'dial', error > 0 ? errnoName(error) : 'ECONNABORTED')
+    return
+  }
   dialEnded(dial, null, '')
   const slot = takeOwnSlot()
   const block = Math.floor(slot / SLOTS_PER_BLOCK)
@@ -759,7 +767,7 @@ function sweepIdle (): void {
 function timeout (): number {
   // Starved pairs wait a little for descriptors instead of spinning; others go on at once.
   if (ready.some((pair) => !pair.toUpstream.starved && !pair.toClient.starved)) return 0
-  const next = Math.min(nextSweepAt, nextDialSweepAt)
+  const next = Math.min(nextSweepAt, nextDialSweepAt, flushAt)
   if (ready.length > 0) return Math.min(PIPE_RETRY_MS, next === Infinity ? PIPE_RETRY_MS : Math.max(0, Math.ceil(next - now)))
   // Never blocked for long: a thread inside epoll_wait cannot be terminated, and a process whose
   // data plane was never told to stop (its start failed half-way) must still be able to exit.
@@ -768,6 +776,7 @@ function timeout (): number {
 }
 
 function flush (): void {
+  flushAt = Infinity
   if (outbox.length === 0) return
   port.postMessage(outbox)
   outbox = []
@@ -795,13 +804,14 @@ try {
       if (acceptor !== undefined) { onListenerEvent(acceptor); continue }
       if (registeredIn[fd] === turn) continue
       const dial = dialByFd[fd]
-      if (dial !== undefined) onDialEvent(dial)
+      if (dial !== undefined) onDialEvent(dial, flags)
       else onSocketEvent(fd, flags)
     }
     if (now >= nextSweepAt) sweepIdle()
     if (now >= nextDialSweepAt) sweepDials()
     if (closing.length > 0) { for (const fd of closing) sys.close(fd); closing = [] }
-    flush()
+    if (outbox.length >= FLUSH_EVENTS || now >= flushAt) flush()
+    else if (outbox.length > 0 && flushAt === Infinity) flushAt = now + FLUSH_AFTER_MS
   }
   // Stop: let go of every pair (the main thread closes their sockets); connections still being
   // dialed were never reported, so they are this thread's to close.
