@@ -89,6 +89,32 @@ describeEachEngine('faults end with the right reason on the right connection, an
     assert.equal(close.bytesFromClient, 6)
   })
 
+  it('idleTimeout counts bytes either way: a download alone keeps the connection, the silence after it ends it', async (t) => {
+    // The upstream sends one byte every 200 ms, ten times, then stays silent; the client only reads.
+    const ticks: NodeJS.Timeout[] = []
+    t.after(() => { for (const tick of ticks) clearInterval(tick) })
+    const trickle = await startServer((socket) => {
+      let sent = 0
+      const tick = setInterval(() => {
+        if (sent === 10 || socket.destroyed) { clearInterval(tick); return }
+        socket.write('x')
+        sent++
+      }, 200)
+      ticks.push(tick)
+    })
+    t.after(trickle.close)
+    const proxy = await startProxy({ routes: [{ name: 'trickle', listen: '127.0.0.1:0', upstream: trickle.address, idleTimeout: '1s' }] })
+    t.after(proxy.close)
+    const client = await connect(proxy.port('trickle'))
+    let received = 0
+    client.on('data', (chunk: Buffer) => { received += chunk.length })
+    await closed(client)
+    assert.equal(received, 10, 'every byte of the download arrived before the idle timeout')
+    const close = await proxy.log.waitFor({ event: 'close', route: 'trickle' })
+    assert.equal(close.reason, 'idle-timeout')
+    assert.equal(close.bytesFromUpstream, 10)
+  })
+
   it('an upstream that closes at once: upstream-closed, and the client gets a clean FIN', async (t) => {
     const rude = await startServer((socket) => { socket.end() })
     t.after(rude.close)

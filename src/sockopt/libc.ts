@@ -13,6 +13,7 @@ type RawClose = (fd: number) => number
 type RawGetrlimit = (resource: number, limits: Buffer) => number
 type RawFcntl = (fd: number, command: number, arg: number) => number
 type RawSockname = (fd: number, address: Buffer, length: [number]) => number
+type RawSend = (fd: number, buffer: Buffer, length: number, flags: number) => number | bigint
 
 interface Libc {
   constants: Readonly<SockoptConstants>
@@ -25,6 +26,7 @@ interface Libc {
   fcntl: RawFcntl
   getsockname: RawSockname
   getpeername: RawSockname
+  send: RawSend
 }
 
 let libc: Libc | undefined
@@ -46,7 +48,8 @@ function load (): Libc {
     getrlimit: lib.func('int getrlimit(int resource, _Out_ void *rlim)') as RawGetrlimit,
     fcntl: lib.func('int fcntl(int fd, int cmd, int arg)') as RawFcntl,
     getsockname: lib.func('getsockname', 'int', ['int', 'void *', koffi.inout(koffi.pointer('uint32_t'))]) as RawSockname,
-    getpeername: lib.func('getpeername', 'int', ['int', 'void *', koffi.inout(koffi.pointer('uint32_t'))]) as RawSockname
+    getpeername: lib.func('getpeername', 'int', ['int', 'void *', koffi.inout(koffi.pointer('uint32_t'))]) as RawSockname,
+    send: lib.func('intptr_t send(int fd, const void *buf, size_t len, int flags)') as RawSend
   }
   return libc
 }
@@ -136,6 +139,20 @@ export function closeWithReset (fd: number): void {
   const lib = load()
   lib.setsockopt(fd, lib.constants.SOL_SOCKET, SO_LINGER[process.platform] ?? 13, lingerZero, 8)
   lib.close(fd)
+}
+
+// MSG_NOSIGNAL (Linux, FreeBSD): a closed peer is EPIPE, not a signal. macOS has no such flag;
+// Node ignores SIGPIPE in every case.
+const MSG_NOSIGNAL: Readonly<Record<string, number>> = { linux: 0x4000, darwin: 0, freebsd: 0x20000 }
+
+/**
+ * send(2) the first `length` bytes of `buffer` on a non-blocking socket descriptor now: the bytes
+ * the kernel took (copied: the buffer is free again when this returns), -EAGAIN when it took
+ * none, or minus another errno (EPIPE, ECONNRESET).
+ */
+export function sendNow (fd: number, buffer: Buffer, length: number): number {
+  const sent = Number(load().send(fd, buffer, length, MSG_NOSIGNAL[process.platform] ?? 0))
+  return sent < 0 ? -koffi.errno() : sent
 }
 
 /** close(2) for a descriptor no Node handle owns (a failed setup, or one the fast engine held). */

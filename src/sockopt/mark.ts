@@ -21,7 +21,7 @@ function markDescriptor (fd: number, mark: number): void {
  * `-m mark` firewall rule can exclude kaproxy's own upstream connections from capture.
  * The mark must be set before connect, so the descriptor is made here and handed to Node.
  */
-export function markedSocket (host: string, mark: number, options: { allowHalfOpen: boolean }): net.Socket {
+export function markedSocket (host: string, mark: number, options: { allowHalfOpen: boolean, onread?: net.OnReadOpts }): net.Socket {
   const family = isIP(host)
   if (family === 0) throw new KaproxyError('KAPROXY_ERR_INVALID_ARG', `socketMark needs an IP address to connect to, got ${host}`)
   const fd = tcpSocket(family === 4 ? 4 : 6)
@@ -34,7 +34,7 @@ export function markedSocket (host: string, mark: number, options: { allowHalfOp
   // A socket made from a descriptor starts reading at once (before connect). pauseOnCreate (the
   // option Node's child_process uses for its pipes) keeps it from reading until told: the fast
   // engine must be the only reader of an upstream it splices, and the net relay resumes it itself.
-  return new net.Socket({ fd, allowHalfOpen: options.allowHalfOpen, pauseOnCreate: true } as net.SocketConstructorOpts)
+  return new net.Socket({ fd, allowHalfOpen: options.allowHalfOpen, pauseOnCreate: true, onread: options.onread } as net.SocketConstructorOpts)
 }
 
 /** Check at start-up that SO_MARK can be set, so a missing capability stops kaproxy with a clear message. */

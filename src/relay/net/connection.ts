@@ -1,9 +1,10 @@
 import net, { type Socket } from 'node:net'
+import { constants as osConstants } from 'node:os'
 import { formatHostPort } from '../../config/formats.js'
 import { SIDES, type RouteConfig, type Side } from '../../config/types.js'
 import { NoDescriptorError, SockoptError } from '../../errors.js'
 import { applyKeepalive, applyKeepaliveFd, pendingSocketError, socketFd, type KeepaliveSettings } from '../../keepalive.js'
-import { closeDescriptor, closeWithReset, duplicateDescriptor, errnoName, socketAddress } from '../../sockopt/libc.js'
+import { closeDescriptor, closeWithReset, duplicateDescriptor, errnoName, sendNow, socketAddress } from '../../sockopt/libc.js'
 import { sockaddrText } from '../../sockopt/original-dst.js'
 import type { SpliceDataPlane, SpliceStats } from '../fast/data-plane.js'
 import {
@@ -36,6 +37,27 @@ export interface ConnectionOwner {
 // its connection under this symbol, and the connection tells which side a socket is.
 const CONNECTION = Symbol('kaproxy.connection')
 type RelaySocket = Socket & { [CONNECTION]: Connection }
+
+/**
+ * The relay on the main thread reads every socket into this one buffer (`onread`): no allocation
+ * per read, and reads as large as the kernel has (up to 1 MiB), the biggest lever on this path.
+ * The bytes leave within the read's callback through send(2), which copies them: nothing refers to
+ * the buffer once the callback returns (what a send could not place is copied into Node's queue).
+ */
+const READ_BUFFER = Buffer.allocUnsafe(1 << 20)
+const ONREAD = { buffer: READ_BUFFER, callback: onChunk }
+const EAGAIN = osConstants.errno.EAGAIN
+
+/**
+ * The accepted socket as one that reads through ONREAD (Node offers `onread` only to sockets it
+ * makes): a new socket on a duplicate of its descriptor, not reading until resumed; the accepted
+ * one is let go of. Throws SockoptError (EMFILE) or NoDescriptorError (the client already left).
+ */
+export function readingSocket (accepted: Socket): Socket {
+  const fd = duplicateDescriptor(socketFd(accepted))
+  accepted.destroy()
+  return new net.Socket({ fd, allowHalfOpen: true, readable: true, writable: true, pauseOnCreate: true, onread: ONREAD } as net.SocketConstructorOpts)
+}
 
 /** Largest PROXY header accepted (v1 is at most 107 bytes; v2 TLVs beyond this are refused). */
 const MAX_PROXY_HEADER = 4096
@@ -302,7 +324,6 @@ export class Connection implements ConnectionRecord {
     if (this.route.acceptProxyProtocol) {
       this.phase = 'header'
       this.header = Buffer.alloc(0)
-      client.on('data', onHeaderData)
       client.setTimeout(this.route.proxyHeaderTimeoutMs)
       client.resume()
       return
@@ -397,11 +418,11 @@ export class Connection implements ConnectionRecord {
     return sockets
   }
 
-  /** Refuse the client at once (e.g. `limit`), without dialing. */
-  reject (reason: CloseReason): void {
+  /** Refuse the client at once (e.g. `limit`), without dialing; `error` says why when there is one. */
+  reject (reason: CloseReason, error: NodeJS.ErrnoException | SockoptError | null = null): void {
     this.clientSocket?.on('error', onError)
     this.clientSocket?.on('close', onClose)
-    this.finish(reason, null, null)
+    this.finish(reason, null, asErrno(error))
   }
 
   /** Close both sides now with `reason` (e.g. `shutdown`). */
@@ -463,7 +484,6 @@ export class Connection implements ConnectionRecord {
     const client = this.clientSocket
     if (client === null) return
     client.pause()
-    client.off('data', onHeaderData)
     client.setTimeout(0)
     this.header = null
     this.proxied = parsed.addresses
@@ -548,8 +568,7 @@ export class Connection implements ConnectionRecord {
 
   private noDescriptor (error: NodeJS.ErrnoException | SockoptError | null): void {
     this.owner.fdExhausted()
-    const cause = error instanceof SockoptError ? Object.assign(new Error(error.message), { code: error.errno }) : error
-    this.finish('fd-exhausted', null, cause)
+    this.finish('fd-exhausted', null, asErrno(error))
   }
 
   private giveUp (): void {
@@ -592,23 +611,19 @@ export class Connection implements ConnectionRecord {
     this.relayInNode()
   }
 
-  /** The net relay: Node reads each side ('data' events) and writes to the other with backpressure. */
+  /** The net relay: each side's reads go to the other within the read (relayChunk), with backpressure. */
   private relayInNode (): void {
     const client = this.clientSocket
     const upstream = this.upstreamSocket
     if (client === null || upstream === null) return
-    client.on('data', onData)
-    client.on('drain', onDrain)
-    upstream.on('data', onData)
-    upstream.on('drain', onDrain)
     if (this.pendingToUpstream !== null) {
       this.clientBytes += this.pendingToUpstream.length
       upstream.write(this.pendingToUpstream)
       this.pendingToUpstream = null
     }
     if (this.firstFin === 'client') upstream.end()
-    // Socket timeouts restart on every read and write, and each relayed byte is read or written
-    // on the client socket, so one timer there covers both directions.
+    // One timer on the client socket; it restarts on the client's reads only (bytes to the client
+    // leave through send(2)), so when it fires the last byte either way decides (idleTimedOut).
     if (this.route.idleTimeoutMs !== null) client.setTimeout(this.route.idleTimeoutMs)
     client.resume()
     upstream.resume()
@@ -623,8 +638,6 @@ export class Connection implements ConnectionRecord {
     const client = this.clientSocket
     const upstream = this.upstreamSocket
     if (this.phase !== 'relaying' || client === null || upstream === null) return
-    // Bytes Node already read would be lost with its sockets: such a connection stays with Node.
-    if (client.readableLength > 0 || upstream.readableLength > 0) { this.relayInNode(); return }
     // Duplicates outlive Node's sockets, which are then let go of: an idle connection costs no
     // net.Socket (about 3 KB each). Descriptors short (EMFILE): Node relays it after all.
     let descriptors: [number, number]
@@ -696,6 +709,67 @@ export class Connection implements ConnectionRecord {
         this.finish(this.reason ?? 'shutdown', this.reasonSide, this.error)
         break
     }
+  }
+
+  /**
+   * `length` bytes `socket` read into `buffer` (ONREAD's, reused by the next read): a PROXY header
+   * being read, or bytes to relay. Relayed bytes go to the peer's descriptor with send(2) now;
+   * what it does not take (a full peer) goes into the peer's Node queue as a copy, and this side
+   * stops reading until that is written. Returns false to stop reading.
+   */
+  relayChunk (socket: RelaySocket, buffer: Buffer, length: number): boolean {
+    const phase = this.phase
+    if (phase === 'header') {
+      this.headerData(Buffer.from(buffer.subarray(0, length)))
+      return this.phase === 'header'
+    }
+    if (phase !== 'relaying') {
+      // Read while the upstream is being dialed (it stops at once): kept for when it connects.
+      if (phase === 'dialing' && socket === this.clientSocket) {
+        const chunk = Buffer.from(buffer.subarray(0, length))
+        this.pendingToUpstream = this.pendingToUpstream === null ? chunk : Buffer.concat([this.pendingToUpstream, chunk])
+      }
+      return false
+    }
+    const now = performance.now()
+    const quietMs = now - this.lastByte
+    if (quietMs >= SILENCE_MIN_MS) {
+      this.silenceMs = quietMs
+      this.silenceEndedAt = now
+    }
+    this.lastByte = now
+    const fromClient = socket === this.clientSocket
+    if (fromClient) this.clientBytes += length
+    else this.upstreamBytes += length
+    const peer = fromClient ? this.upstreamSocket : this.clientSocket
+    if (peer === null || peer.destroyed) return false
+    let sent = 0
+    if (peer.writableLength === 0 && !peer.connecting) {
+      let fd = -1
+      try { fd = socketFd(peer) } catch { return false }
+      sent = sendNow(fd, buffer, length)
+      if (sent === length) return true
+      if (sent === -EAGAIN) sent = 0
+      if (sent < 0) {
+        const side: Side = fromClient ? 'upstream' : 'client'
+        const code = errnoName(-sent)
+        const error: NodeJS.ErrnoException = Object.assign(new Error(`send ${code}`), { code, errno: sent, syscall: 'send' })
+        this.finish(reasonForError(side, error, true), side, error)
+        return false
+      }
+    }
+    peer.write(Buffer.from(buffer.subarray(sent, length)), () => { if (this.phase === 'relaying') socket.resume() })
+    return false
+  }
+
+  /** The client socket's timer fired: idle when no byte moved either way for idleTimeout; else it is set for the rest. */
+  idleTimedOut (): boolean {
+    const idleMs = this.route.idleTimeoutMs
+    if (idleMs === null) return false
+    const quietMs = performance.now() - this.lastByte
+    if (quietMs >= idleMs) return true
+    this.clientSocket?.setTimeout(Math.max(1, Math.ceil(idleMs - quietMs)))
+    return false
   }
 
   private proxyHeader (version: 'v1' | 'v2'): Buffer {
@@ -801,28 +875,21 @@ function letGo (socket: RelaySocket): void {
 
 function ignoreError (): void {}
 
+/** A SockoptError as the errno-carrying error a close summary logs (`code`: its errno name). */
+function asErrno (error: NodeJS.ErrnoException | SockoptError | null): NodeJS.ErrnoException | null {
+  return error instanceof SockoptError ? Object.assign(new Error(error.message), { code: error.errno }) : error
+}
+
 function hostPortText (host: string | undefined, port: number | undefined): string | null {
   return host === undefined || port === undefined ? null : formatHostPort({ host, port })
 }
 
 
-function onData (this: RelaySocket, chunk: Buffer): void {
-  const connection = this[CONNECTION]
-  const peer = connection.peerOf(this)
-  const now = performance.now()
-  const quietMs = now - connection.lastByte
-  if (quietMs >= SILENCE_MIN_MS) {
-    connection.silenceMs = quietMs
-    connection.silenceEndedAt = now
-  }
-  connection.lastByte = now
-  if (connection.sideOf(this) === 'client') connection.clientBytes += chunk.length
-  else connection.upstreamBytes += chunk.length
-  if (peer !== null && !peer.write(chunk)) this.pause()
-}
-
-function onDrain (this: RelaySocket): void {
-  this[CONNECTION].peerOf(this)?.resume()
+function onChunk (this: RelaySocket, length: number, buffer: Buffer): boolean {
+  const connection = this[CONNECTION] as Connection | undefined
+  // A socket whose connection is gone (an abandoned dial attempt) reads no further.
+  if (connection === undefined || !connection.owns(this)) return false
+  return connection.relayChunk(this, buffer, length)
 }
 
 // Half-close: a FIN from one side becomes a FIN to the other, and the reverse direction keeps flowing.
@@ -878,18 +945,14 @@ function onClientTimeout (this: RelaySocket): void {
   const connection = this[CONNECTION]
   const phase = connection.currentPhase()
   if (phase === 'header') connection.finish('proxy-header-timeout', 'client', null)
-  else if (phase === 'relaying') connection.finish('idle-timeout', null, null)
-}
-
-function onHeaderData (this: RelaySocket, chunk: Buffer): void {
-  this[CONNECTION].headerData(chunk)
+  else if (phase === 'relaying' && connection.idleTimedOut()) connection.finish('idle-timeout', null, null)
 }
 
 /** A connecting socket to `target`; with a socket mark the descriptor is made and marked first. */
 function openUpstream (target: UpstreamTarget, socketMark: number | null): Socket {
-  if (target.kind === 'unix') return net.connect({ path: target.path, allowHalfOpen: true })
-  if (socketMark === null) return net.connect({ host: target.host, port: target.port, allowHalfOpen: true, noDelay: true, lookup: cachedLookup })
-  const socket = markedSocket(target.host, socketMark, { allowHalfOpen: true })
+  if (target.kind === 'unix') return net.connect({ path: target.path, allowHalfOpen: true, onread: ONREAD })
+  if (socketMark === null) return net.connect({ host: target.host, port: target.port, allowHalfOpen: true, noDelay: true, lookup: cachedLookup, onread: ONREAD })
+  const socket = markedSocket(target.host, socketMark, { allowHalfOpen: true, onread: ONREAD })
   socket.connect({ host: target.host, port: target.port })
   socket.setNoDelay(true)
   return socket

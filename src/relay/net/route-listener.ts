@@ -2,7 +2,7 @@ import net, { isIP } from 'node:net'
 import { isDeepStrictEqual } from 'node:util'
 import { formatHostPort } from '../../config/formats.js'
 import type { RouteConfig } from '../../config/types.js'
-import { KaproxyError } from '../../errors.js'
+import { KaproxyError, SockoptError } from '../../errors.js'
 import { closeDescriptor, dataPlaneCalls, duplicateDescriptor } from '../../sockopt/libc.js'
 import { encodeSockaddr } from '../../sockopt/original-dst.js'
 import { probeSocketMark } from '../../sockopt/mark.js'
@@ -13,7 +13,7 @@ import { isDescriptorExhaustion, type CloseReason } from '../close-reason.js'
 import type { CloseSummary, DrainSummary, EngineObserver } from '../engine.js'
 import { nextConnectionId, type SpliceDataPlane, type SpliceStats, type SplicedConnection, type WorkerAcceptor } from '../fast/data-plane.js'
 import type { AcceptPlan, Accepted } from '../fast/protocol.js'
-import { Connection, type ConnectionOwner } from './connection.js'
+import { Connection, readingSocket, type ConnectionOwner } from './connection.js'
 import type { AcceptGate, DescriptorBudget } from './descriptor-budget.js'
 
 /** Every listening route and its bound port: a target on one of them may loop back (see acceptPlan). */
@@ -137,12 +137,24 @@ export class RouteListener implements ConnectionOwner, AcceptGate, WorkerAccepto
     const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true })
     server.on('connection', (socket) => {
       if (this.stopping !== null) { socket.destroy(); return }
-      const connection = new Connection(nextConnectionId(), this.route, socket, this)
+      let client = socket
+      let unreadable: CloseReason | null = null
+      let why: SockoptError | null = null
+      try {
+        client = readingSocket(socket)
+      } catch (err) {
+        // No descriptor for the copy (EMFILE), or the client already left.
+        why = err instanceof SockoptError ? err : null
+        unreadable = why !== null && isDescriptorExhaustion(why.errno) ? 'fd-exhausted' : 'client-error'
+      }
+      const connection = new Connection(nextConnectionId(), this.route, client, this)
       const full = this.route.maxConnections !== null && this.connections.size >= this.route.maxConnections
       this.connections.add(connection)
       // May pause accepting (closing this server) before the connection starts: it still does.
       this.budget.accepted()
-      if (full) connection.reject('limit')
+      if (unreadable === 'fd-exhausted') this.fdExhausted()
+      if (unreadable !== null) connection.reject(unreadable, why)
+      else if (full) connection.reject('limit')
       else connection.start()
     })
     // Accept errors surface here; they must not crash the process. EMFILE/ENFILE here means libuv's
