@@ -217,10 +217,10 @@ function add (start: PairStart): void {
   const failedClient = sys.epollCtl(epfd, EPOLL_CTL_ADD, pair.clientFd, RELAY_INTEREST)
   if (failedClient < 0) { end(pair, 'error', 'client', -failedClient); return }
   registeredIn[pair.clientFd] = turn
-  if (!start.upstreamRegistered) registeredIn[pair.upstreamFd] = turn
   if (!start.upstreamRegistered) {
     const failedUpstream = sys.epollCtl(epfd, EPOLL_CTL_ADD, pair.upstreamFd, RELAY_INTEREST)
     if (failedUpstream < 0) { end(pair, 'error', 'upstream', -failedUpstream); return }
+    registeredIn[pair.upstreamFd] = turn
   }
   if (pair.idleTimeoutMs > 0) {
     idleWatched.add(pair)
@@ -344,8 +344,8 @@ function pumpDirection (pair: Pair, dir: Direction): 'more' | 'idle' | 'failed' 
     let progressed = false
     if (!dir.eof && dir.readable) {
       const outcome = dir.bulk ? readIntoPipe(pair, dir) : dir.pending === 0 && dir.unsent === null ? copyAcross(pair, dir) : 0
-      if (outcome < 0) return 'failed'
       if (outcome === NO_PIPE) return 'more'
+      if (outcome < 0) return 'failed'
       if (outcome > 0) { budget -= outcome; progressed = true }
       if (dir.eof) progressed = true
     }
