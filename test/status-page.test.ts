@@ -77,6 +77,10 @@ describe('status page in Chromium', { skip }, () => {
       clients.push(client)
       await exchange(client, text)
     }
+    // Listed once opened: bytes can pass through a connection the fast engine's worker accepted
+    // a moment before the main thread has read its report.
+    await proxy.log.waitForCount({ event: 'open', route: 'front' }, 3)
+    await proxy.log.waitForCount({ event: 'open', route: 'sidecar' }, 1)
     const first = [...proxy.kaproxy.engine.connections('front')].sort((a, b) => a.id - b.id)[0]
     assert.ok(first !== undefined)
 
