@@ -143,15 +143,16 @@ export function closeWithReset (fd: number): void {
 
 // MSG_NOSIGNAL (Linux, FreeBSD): a closed peer is EPIPE, not a signal. macOS has no such flag;
 // Node ignores SIGPIPE in every case.
-const MSG_NOSIGNAL: Readonly<Record<string, number>> = { linux: 0x4000, darwin: 0, freebsd: 0x20000 }
+const MSG_NOSIGNAL = ({ linux: 0x4000, darwin: 0, freebsd: 0x20000 } as Readonly<Record<string, number>>)[process.platform] ?? 0
 
 /**
- * send(2) the first `length` bytes of `buffer` on a non-blocking socket descriptor now: the bytes
+ * send(2) the first `length` bytes of `buffer` on a non-blocking socket descriptor now (the net
+ * relay's and the fast engine's worker's, whose sockets are all non-blocking): the bytes
  * the kernel took (copied: the buffer is free again when this returns), -EAGAIN when it took
  * none, or minus another errno (EPIPE, ECONNRESET).
  */
 export function sendNow (fd: number, buffer: Buffer, length: number): number {
-  const sent = Number(load().send(fd, buffer, length, MSG_NOSIGNAL[process.platform] ?? 0))
+  const sent = Number(load().send(fd, buffer, length, MSG_NOSIGNAL))
   return sent < 0 ? -koffi.errno() : sent
 }
 
@@ -207,10 +208,6 @@ export interface DataPlaneCalls {
   splice: (fdIn: number, fdOut: number, length: number) => number
   /** recv(fd, buffer, length, MSG_DONTWAIT): bytes copied into `buffer`, 0 at EOF. */
   recv: (fd: number, buffer: Buffer, length: number) => number
-  /** send(fd, buffer, length, MSG_DONTWAIT | MSG_NOSIGNAL): bytes taken (a broken pipe is -EPIPE, never a signal). */
-  send: (fd: number, buffer: Buffer, length: number) => number
-  /** write(2) of a whole buffer (into a pipe). */
-  write: (fd: number, buffer: Buffer) => number
   /** The memory page size: a pipe holds capacity / pageSize buffers (one per packet at least). */
   pageSize: number
   /** pipe2(O_NONBLOCK | O_CLOEXEC) grown to `size` bytes where allowed: [read end, write end, capacity]. */
@@ -284,9 +281,7 @@ export function dataPlaneCalls (): DataPlaneCalls {
   const connect = lib.func('int connect(int fd, const void *addr, uint32_t addrlen)') as (fd: number, addr: Buffer, length: number) => number
   const sysconf = lib.func('long sysconf(int name)') as (name: number) => number | bigint
   const recv = lib.func('intptr_t recv(int fd, void *buf, size_t len, int flags)') as (fd: number, buf: Buffer, len: number, flags: number) => number | bigint
-  const send = lib.func('intptr_t send(int fd, const void *buf, size_t len, int flags)') as (fd: number, buf: Buffer, len: number, flags: number) => number | bigint
   const MSG_DONTWAIT = 0x40
-  const MSG_NOSIGNAL = 0x4000
   const _SC_PAGESIZE = 30
   const failed = (result: number | bigint): number => Number(result) < 0 ? -koffi.errno() : Number(result)
   const on = new Int32Array([1])
@@ -312,8 +307,6 @@ export function dataPlaneCalls (): DataPlaneCalls {
     epollWait: (epfd, events, maxEvents, timeoutMs) => failed(epollWait(epfd, events, maxEvents, timeoutMs)),
     splice: (fdIn, fdOut, length) => failed(splice(fdIn, null, fdOut, null, length, SPLICE_MOVE_NONBLOCK)),
     recv: (fd, buffer, length) => failed(recv(fd, buffer, length, MSG_DONTWAIT)),
-    send: (fd, buffer, length) => failed(send(fd, buffer, length, MSG_DONTWAIT | MSG_NOSIGNAL)),
-    write: (fd, buffer) => failed(write(fd, buffer, buffer.length)),
     pageSize: Number(sysconf(_SC_PAGESIZE)) > 0 ? Number(sysconf(_SC_PAGESIZE)) : 65536,
     pipe: (size) => {
       if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) !== 0) return -koffi.errno()

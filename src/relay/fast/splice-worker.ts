@@ -3,7 +3,7 @@ import { applyKeepaliveFd } from '../../keepalive.js'
 import { sockaddrText } from '../../sockopt/original-dst.js'
 import {
   EAGAIN, EINPROGRESS, EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLL_CTL_ADD, EPOLL_CTL_DEL,
-  EPOLL_EVENT_DATA, EPOLL_EVENT_SIZE, dataPlaneCalls, errnoName
+  EPOLL_EVENT_DATA, EPOLL_EVENT_SIZE, dataPlaneCalls, errnoName, sendNow
 } from '../../sockopt/libc.js'
 import {
   ConnectionIds, SLOTS_PER_BLOCK, STAT_BYTES_FROM_CLIENT, STAT_BYTES_FROM_UPSTREAM, STAT_FIELDS, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT,
@@ -351,7 +351,7 @@ function pumpDirection (pair: Pair, dir: Direction): 'more' | 'idle' | 'failed' 
     }
     if (dir.unsent !== null && dir.writable) {
       const unsent = dir.unsent
-      const n = sys.send(dir.dst, unsent, unsent.length)
+      const n = sendNow(dir.dst, unsent, unsent.length)
       if (n === unsent.length) { dir.unsent = null; pair.lastActivity = now; progressed = true }
       else if (n > 0) { dir.unsent = unsent.subarray(n); dir.writable = false; pair.lastActivity = now; progressed = true }
       else if (n === -EAGAIN) dir.writable = false
@@ -408,7 +408,7 @@ function copyAcross (pair: Pair, dir: Direction): number {
   // may already be in: only a read finds it.
   if (n < COPY_BYTES && !dir.closingSeen) dir.readable = false
   if (n === COPY_BYTES) dir.bulk = true
-  const sent = sys.send(dir.dst, copyBuffer, n)
+  const sent = sendNow(dir.dst, copyBuffer, n)
   if (sent === n) { pair.lastActivity = now; return n }
   if (sent < 0 && sent !== -EAGAIN) { end(pair, 'error', sideOf(pair, dir.dst), -sent); return -1 }
   // The destination is full: keep the rest (a copy: the buffer is the next read's).
