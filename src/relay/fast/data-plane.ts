@@ -219,7 +219,7 @@ export class SpliceDataPlane {
       })
       this.port = port1
       this.worker = worker
-      port1.on('message', (batch: FromWorker) => { this.ended(batch) })
+      port1.on('message', (batch: FromWorker) => { this.received(batch) })
       worker.on('error', (err) => { this.fail(err) })
       worker.on('exit', (code) => { if (this.stopped === null) this.fail(new Error(`splice worker exited with code ${code}`)) })
       // Neither keeps the process alive by itself: live sockets do, and close() stops the worker.
@@ -259,7 +259,8 @@ export class SpliceDataPlane {
     if (this.wakeFd >= 0) dataPlaneCalls().signal(this.wakeFd)
   }
 
-  private ended (batch: FromWorker): void {
+  /** A batch of the worker's reports: ends, accepted connections, statistics blocks, route changes. */
+  private received (batch: FromWorker): void {
     for (const event of batch) {
       switch (event.kind) {
         case 'ended': {
@@ -325,7 +326,7 @@ export class SpliceDataPlane {
     const port = this.port
     if (port === null) return
     for (let message = receiveMessageOnPort(port); message !== undefined; message = receiveMessageOnPort(port)) {
-      this.ended(message.message as FromWorker)
+      this.received(message.message as FromWorker)
     }
   }
 

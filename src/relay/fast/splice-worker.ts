@@ -1,3 +1,4 @@
+import { isDeepStrictEqual } from 'node:util'
 import { receiveMessageOnPort, workerData } from 'node:worker_threads'
 import { applyKeepaliveFd } from '../../keepalive.js'
 import { sockaddrText } from '../../sockopt/original-dst.js'
@@ -498,7 +499,7 @@ function onMessage (message: ToWorker): void {
     case 'plan': {
       const acceptor = acceptors.get(message.route)
       if (acceptor !== undefined) {
-        const retuned = !sameKeepalive(acceptor.plan.clientKeepalive, message.plan.clientKeepalive)
+        const retuned = !isDeepStrictEqual(acceptor.plan.clientKeepalive, message.plan.clientKeepalive)
         acceptor.plan = message.plan
         acceptor.sockaddr = Buffer.from(message.plan.target)
         if (retuned) tuneListener(acceptor)
@@ -578,10 +579,6 @@ function tuneListener (acceptor: Acceptor): void {
     return
   }
   acceptor.inheritFrom = now + INHERIT_AFTER_MS
-}
-
-function sameKeepalive (a: AcceptPlan['clientKeepalive'], b: AcceptPlan['clientKeepalive']): boolean {
-  return a.enabled === b.enabled && a.idleSec === b.idleSec && a.intervalSec === b.intervalSec && a.count === b.count && a.userTimeoutMs === b.userTimeoutMs
 }
 
 /** Whether two more descriptors fit the main thread's descriptor budget (which counts this thread's too). */

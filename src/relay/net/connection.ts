@@ -723,14 +723,9 @@ export class Connection implements ConnectionRecord {
       this.headerData(Buffer.from(buffer.subarray(0, length)))
       return this.phase === 'header'
     }
-    if (phase !== 'relaying') {
-      // Read while the upstream is being dialed (it stops at once): kept for when it connects.
-      if (phase === 'dialing' && socket === this.clientSocket) {
-        const chunk = Buffer.from(buffer.subarray(0, length))
-        this.pendingToUpstream = this.pendingToUpstream === null ? chunk : Buffer.concat([this.pendingToUpstream, chunk])
-      }
-      return false
-    }
+    // Nothing else reads: the client is paused from its creation until the header or the relay,
+    // and the upstream starts reading after its 'connect', where the relay begins.
+    if (phase !== 'relaying') return false
     const now = performance.now()
     const quietMs = now - this.lastByte
     if (quietMs >= SILENCE_MIN_MS) {

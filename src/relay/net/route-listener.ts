@@ -138,22 +138,18 @@ export class RouteListener implements ConnectionOwner, AcceptGate, WorkerAccepto
     server.on('connection', (socket) => {
       if (this.stopping !== null) { socket.destroy(); return }
       let client = socket
-      let unreadable: CloseReason | null = null
-      let why: SockoptError | null = null
+      let unreadable: Error | null = null
       try {
         client = readingSocket(socket)
       } catch (err) {
-        // No descriptor for the copy (EMFILE), or the client already left.
-        why = err instanceof SockoptError ? err : null
-        unreadable = why !== null && isDescriptorExhaustion(why.errno) ? 'fd-exhausted' : 'client-error'
+        unreadable = err as Error
       }
       const connection = new Connection(nextConnectionId(), this.route, client, this)
       const full = this.route.maxConnections !== null && this.connections.size >= this.route.maxConnections
       this.connections.add(connection)
       // May pause accepting (closing this server) before the connection starts: it still does.
       this.budget.accepted()
-      if (unreadable === 'fd-exhausted') this.fdExhausted()
-      if (unreadable !== null) connection.reject(unreadable, why)
+      if (unreadable !== null) this.refuseUnreadable(connection, unreadable)
       else if (full) connection.reject('limit')
       else connection.start()
     })
@@ -164,6 +160,16 @@ export class RouteListener implements ConnectionOwner, AcceptGate, WorkerAccepto
       this.observer.onRouteError?.(this.route, err)
     })
     return server
+  }
+
+  /** The client's descriptor could not be duplicated (readingSocket): none left (EMFILE), or the client already left. */
+  private refuseUnreadable (connection: Connection, err: Error): void {
+    if (err instanceof SockoptError && isDescriptorExhaustion(err.errno)) {
+      this.fdExhausted()
+      connection.reject('fd-exhausted', err)
+    } else {
+      connection.reject('client-error', err instanceof SockoptError ? err : null)
+    }
   }
 
   private createPool (route: RouteConfig, previous?: UpstreamPool): UpstreamPool {
