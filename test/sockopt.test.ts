@@ -3,7 +3,8 @@ import net from 'node:net'
 import { describe, it } from 'node:test'
 import { NoDescriptorError, SockoptError, KaproxyError } from '../src/errors.js'
 import { applyKeepalive, detectionSeconds, keepaliveProblems, readKeepalive, socketFd } from '../src/keepalive.js'
-import { getsockoptInt, setsockoptInt, sockoptConstants } from '../src/sockopt/libc.js'
+import { getsockoptInt, setsockoptInt, socketAddress, sockoptConstants } from '../src/sockopt/libc.js'
+import { encodeSockaddr, sockaddrText } from '../src/sockopt/original-dst.js'
 import { connect, startEchoServer } from './helpers/peers.js'
 
 describe('the koffi sockopt layer', () => {
@@ -65,5 +66,20 @@ describe('the koffi sockopt layer', () => {
     // At least one probe must have gone unanswered.
     assert.equal(detectionSeconds({ enabled: true, idleSec: 30, intervalSec: 5, count: 4, userTimeoutMs: 1000 }), 35)
   })
-})
 
+  it('reads the kernel\'s socket addresses as Node writes them, IPv4 and IPv6', async (t) => {
+    for (const host of ['127.0.0.1', '::1']) {
+      const server = await startEchoServer(host)
+      t.after(server.close)
+      const socket = await connect(server.port, host)
+      t.after(() => socket.destroy())
+      const fd = socketFd(socket)
+      const bracketed = (address: string | undefined): string => host.includes(':') ? `[${address ?? ''}]` : address ?? ''
+      assert.equal(sockaddrText(socketAddress(fd, 'local')), `${bracketed(socket.localAddress)}:${socket.localPort ?? 0}`)
+      assert.equal(sockaddrText(socketAddress(fd, 'peer')), `${bracketed(host)}:${server.port}`)
+    }
+    for (const [address, text] of [['10.1.2.3', '10.1.2.3:443'], ['2001:db8::1', '[2001:db8::1]:443'], ['::ffff:10.0.0.1', '[::ffff:10.0.0.1]:443']]) {
+      assert.equal(sockaddrText(encodeSockaddr(address ?? '', 443)), text)
+    }
+  })
+})
