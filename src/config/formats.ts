@@ -64,5 +64,7 @@ export function parseHostPort (value: unknown, minPort: 0 | 1): HostPort | { rul
 
 /** `host:port`, with brackets around IPv6 addresses. */
 export function formatHostPort (address: HostPort): string {
-  return isIP(address.host) === 6 ? `[${address.host}]:${address.port}` : `${address.host}:${address.port}`
+  // Joined, not concatenated: a flat string, where `${host}:${port}` makes a rope (several heap
+  // objects) that every connection record would keep. Only an IPv6 literal contains ':'.
+  return [address.host.includes(':') ? `[${address.host}]` : address.host, address.port].join(':')
 }

@@ -49,11 +49,40 @@ const ONREAD = { buffer: READ_BUFFER, callback: onChunk }
 const EAGAIN = osConstants.errno.EAGAIN
 
 /**
- * The accepted socket as one that reads through ONREAD (Node offers `onread` only to sockets it
- * makes): a new socket on a duplicate of its descriptor, not reading until resumed; the accepted
- * one is let go of. Throws SockoptError (EMFILE) or NoDescriptorError (the client already left).
+ * Where `new net.Socket({ onread })` keeps the buffer and the callback: found by their values on a
+ * probe socket (Node keeps them under private symbols). Null where Node keeps them otherwise.
+ */
+const ONREAD_KEYS = ((): { buffer: symbol, callback: symbol } | null => {
+  const probe = new net.Socket({ onread: ONREAD } as net.SocketConstructorOpts) as unknown as Record<symbol, unknown>
+  const keys = Object.getOwnPropertySymbols(probe)
+  const buffer = keys.find((key) => probe[key] === READ_BUFFER)
+  const callback = keys.find((key) => probe[key] === onChunk)
+  ;(probe as unknown as Socket).destroy()
+  return buffer === undefined || callback === undefined ? null : { buffer, callback }
+})()
+
+/** Accepted sockets are made to read through ONREAD as they are (see readingSocket), not re-made. */
+export const acceptedReadsInPlace = ONREAD_KEYS !== null
+
+interface UserBufferHandle { useUserBuffer?: (buffer: Buffer) => void }
+
+/**
+ * The accepted socket, reading through ONREAD (Node offers `onread` only to sockets it makes).
+ * Done in place as Node's constructor does it (the two properties, then the handle's
+ * useUserBuffer), while the socket is still paused: no second socket per connection, which was
+ * garbage right after opening. Where that is not possible, a new socket on a duplicate of its
+ * descriptor, not reading until resumed; the accepted one is let go of. Throws SockoptError
+ * (EMFILE) or NoDescriptorError (the client already left) from the duplicate.
  */
 export function readingSocket (accepted: Socket): Socket {
+  const handle = (accepted as unknown as { _handle?: UserBufferHandle | null })._handle
+  if (ONREAD_KEYS !== null && typeof handle?.useUserBuffer === 'function') {
+    const fields = accepted as unknown as Record<symbol, unknown>
+    fields[ONREAD_KEYS.buffer] = READ_BUFFER
+    fields[ONREAD_KEYS.callback] = onChunk
+    handle.useUserBuffer(READ_BUFFER)
+    return accepted
+  }
   const fd = duplicateDescriptor(socketFd(accepted))
   accepted.destroy()
   return new net.Socket({ fd, allowHalfOpen: true, readable: true, writable: true, pauseOnCreate: true, onread: ONREAD } as net.SocketConstructorOpts)
@@ -86,7 +115,8 @@ const upstreamEndpoints = new Map<string, Connection>()
 /** One direction of a TCP 4-tuple, `source>destination`, addresses without the IPv4-mapped prefix. */
 function flowKey (sourceAddress: string | undefined, sourcePort: number | undefined, destinationAddress: string | undefined, destinationPort: number | undefined): string {
   const plain = (address: string | undefined): string => (address ?? '').replace(/^::ffff:/, '')
-  return `${plain(sourceAddress)}|${sourcePort ?? 0}>${plain(destinationAddress)}|${destinationPort ?? 0}`
+  // Joined into a flat string: a long-lived map key (see formatHostPort).
+  return [plain(sourceAddress), '|', sourcePort ?? 0, '>', plain(destinationAddress), '|', destinationPort ?? 0].join('')
 }
 
 /** The flow of a dialing upstream socket: its local end from the handle (Node's getter is empty while connecting). */
@@ -119,6 +149,10 @@ function ownUpstream (sourceAddress: string | undefined, sourcePort: number | un
 
 /** The connection's upstream is no longer being dialed (connected, failed or closing). */
 function stopDialing (connection: Connection): void {
+  if (connection.connectTimer !== null) {
+    clearTimeout(connection.connectTimer)
+    connection.connectTimer = null
+  }
   dialingUnindexed.delete(connection)
   if (connection.dialingFlow !== null) {
     dialingFlows.delete(connection.dialingFlow)
@@ -187,6 +221,8 @@ export class Connection implements ConnectionRecord {
   private ownEndpoint: string | null = null
   /** The flow key of the upstream being dialed, once known (loop guard index). */
   dialingFlow: string | null = null
+  /** The current dial attempt's connect timeout (its own timer: a socket's would stay referenced after it is cleared). */
+  connectTimer: NodeJS.Timeout | null = null
   /** Routes this connection came through when it is one of kaproxy's own upstream connections; else null. */
   private chain: readonly string[] | null = null
   private tried: Set<UpstreamMember> | null = null
@@ -533,8 +569,7 @@ export class Connection implements ConnectionRecord {
     upstream.on('error', onError)
     upstream.on('end', onEnd)
     upstream.on('close', onClose)
-    upstream.on('timeout', onUpstreamTimeout)
-    upstream.setTimeout(this.route.connectTimeoutMs)
+    this.connectTimer = setTimeout(connectTimedOut, this.route.connectTimeoutMs, this).unref()
     if (target.kind === 'tcp') dialingUnindexed.add(this)
   }
 
@@ -583,7 +618,6 @@ export class Connection implements ConnectionRecord {
     const member = this.member
     const target = member?.target ?? this.originalTarget
     if (upstream === null || target === null) return
-    upstream.setTimeout(0)
     stopDialing(this)
     this.tried = null
     this.connectMs = Date.now() - this.openedAt
@@ -601,6 +635,9 @@ export class Connection implements ConnectionRecord {
     this.owner.opened(this)
     // A PROXY header goes first, written by Node on either engine.
     const header = this.route.proxyProtocol === null ? null : this.proxyHeader(this.route.proxyProtocol)
+    const client = this.clientSocket
+    if (client !== null) forgetAddresses(client)
+    forgetAddresses(upstream)
     if (this.route.engine === 'fast' && this.pendingToUpstream === null) {
       // The worker takes over once the header left.
       if (header === null) this.handOver()
@@ -862,7 +899,6 @@ function letGo (socket: RelaySocket): void {
   socket.removeListener('end', onEnd)
   socket.removeListener('close', onClose)
   socket.removeListener('timeout', onClientTimeout)
-  socket.removeListener('timeout', onUpstreamTimeout)
   socket.removeListener('connect', onUpstreamConnect)
   socket.on('error', ignoreError)
   socket.destroy()
@@ -873,6 +909,17 @@ function ignoreError (): void {}
 /** A SockoptError as the errno-carrying error a close summary logs (`code`: its errno name). */
 function asErrno (error: NodeJS.ErrnoException | SockoptError | null): NodeJS.ErrnoException | null {
   return error instanceof SockoptError ? Object.assign(new Error(error.message), { code: error.errno }) : error
+}
+
+/**
+ * Node keeps a socket's addresses, once read, as two objects with their strings (four per
+ * connection): let go of once the connection has what it keeps of them (Node reads them again
+ * from the kernel if asked, as the admin API does).
+ */
+function forgetAddresses (socket: Socket): void {
+  const cached = socket as unknown as { _peername?: unknown, _sockname?: unknown }
+  cached._peername = null
+  cached._sockname = null
 }
 
 function hostPortText (host: string | undefined, port: number | undefined): string | null {
@@ -931,9 +978,8 @@ function onUpstreamConnect (this: RelaySocket): void {
   if (connection.owns(this)) connection.connectedUpstream()
 }
 
-function onUpstreamTimeout (this: RelaySocket): void {
-  const connection = this[CONNECTION]
-  if (connection.owns(this) && connection.currentPhase() === 'dialing') connection.dialFailed('connect-timeout', null)
+function connectTimedOut (connection: Connection): void {
+  if (connection.currentPhase() === 'dialing') connection.dialFailed('connect-timeout', null)
 }
 
 function onClientTimeout (this: RelaySocket): void {
