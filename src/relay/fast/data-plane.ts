@@ -1,7 +1,7 @@
 import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads'
 import { closeDescriptor, dataPlaneCalls } from '../../sockopt/libc.js'
 import {
-  ConnectionIds, SLOTS_PER_BLOCK, STAT_BYTES_FROM_CLIENT, STAT_BYTES_FROM_UPSTREAM, STAT_FIELDS, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT,
+  batchEvents, ConnectionIds, SLOTS_PER_BLOCK, STAT_BYTES_FROM_CLIENT, STAT_BYTES_FROM_UPSTREAM, STAT_FIELDS, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT,
   STAT_LAST_SILENCE_MS, type AcceptPlan, type Accepted, type FromWorker, type PairEnded, type ToWorker
 } from './protocol.js'
 
@@ -261,7 +261,7 @@ export class SpliceDataPlane {
 
   /** A batch of the worker's reports: ends, accepted connections, statistics blocks, route changes. */
   private received (batch: FromWorker): void {
-    for (const event of batch) {
+    for (const event of batchEvents(batch)) {
       switch (event.kind) {
         case 'ended': {
           const entry = this.live.get(event.id)

@@ -7,8 +7,8 @@ import {
   EPOLL_EVENT_DATA, EPOLL_EVENT_SIZE, dataPlaneCalls, errnoName, sendNow
 } from '../../sockopt/libc.js'
 import {
-  ConnectionIds, SLOTS_PER_BLOCK, STAT_BYTES_FROM_CLIENT, STAT_BYTES_FROM_UPSTREAM, STAT_FIELDS, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT,
-  STAT_LAST_SILENCE_MS, type AcceptFailure, type AcceptPlan, type AddPair, type PairEnded, type ToWorker, type WorkerEvent, type WorkerStart
+  ConnectionIds, EventBatcher, SLOTS_PER_BLOCK, STAT_BYTES_FROM_CLIENT, STAT_BYTES_FROM_UPSTREAM, STAT_FIELDS, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT,
+  STAT_LAST_SILENCE_MS, type AcceptFailure, type AcceptPlan, type AddPair, type PairEnded, type ToWorker, type WorkerStart
 } from './protocol.js'
 
 // The fast engine's data plane: one thread, one epoll set, splice(2) through pooled pipes. Bytes
@@ -137,7 +137,7 @@ let ready: Pair[] = []
 const idleWatched = new Set<Pair>()
 let sweepEveryMs = 1000
 let nextSweepAt = Infinity
-let outbox: WorkerEvent[] = []
+const outbox = new EventBatcher()
 /**
  * When the events gathered go to the main thread: each post wakes it, so under load a post carries
  * the events of several rounds, at most FLUSH_AFTER_MS late (or FLUSH_EVENTS of them).
@@ -774,9 +774,9 @@ function timeout (): number {
 
 function flush (): void {
   flushAt = Infinity
-  if (outbox.length === 0) return
-  port.postMessage(outbox)
-  outbox = []
+  const batch = outbox.take()
+  if (batch === null) return
+  port.postMessage(batch, [batch.numbers.buffer as ArrayBuffer])
 }
 
 try {
@@ -807,8 +807,8 @@ try {
     if (now >= nextSweepAt) sweepIdle()
     if (now >= nextDialSweepAt) sweepDials()
     if (closing.length > 0) { for (const fd of closing) sys.close(fd); closing = [] }
-    if (outbox.length >= FLUSH_EVENTS || now >= flushAt) flush()
-    else if (outbox.length > 0 && flushAt === Infinity) flushAt = now + FLUSH_AFTER_MS
+    if (outbox.size >= FLUSH_EVENTS || now >= flushAt) flush()
+    else if (outbox.size > 0 && flushAt === Infinity) flushAt = now + FLUSH_AFTER_MS
   }
   // Stop: let go of every pair (the main thread closes their sockets); connections still being
   // dialed were never reported, so they are this thread's to close.
