@@ -28,7 +28,7 @@ const { values: opts } = parseArgs({
     clients: { type: 'string', default: '32' },
     targets: { type: 'string', default: 'direct,kaproxy-fast,kaproxy-net,kaproxy-net-opt-size,haproxy,haproxy-splice,nginx,socat' },
     scenarios: { type: 'string', default: SCENARIOS.join(',') },
-    // Extra kaproxy builds to compare: NAME=PATH/TO/cli.js[,NODE_FLAG...] (repeatable; engine auto).
+    // Extra kaproxy builds to compare: NAME=PATH/TO/cli.js[,NODE_FLAG...][,engine=fast|net] (repeatable; engine auto by default).
     kaproxy: { type: 'string', multiple: true, default: [] },
     'log-level': { type: 'string', default: 'warn' },
     out: { type: 'string', default: join(ROOT, 'bench/results') },
@@ -40,7 +40,7 @@ const { values: opts } = parseArgs({
 if (opts.help) {
   console.log(`npm run bench -- [--install] [--reps 3] [--seconds 5] [--idle-conns 9000] [--idle-sec 15]
   [--clients 32] [--targets ${opts.targets}] [--scenarios ${SCENARIOS.join(',')}]
-  [--kaproxy NAME=PATH/cli.js[,NODE_FLAG...]]... [--log-level warn] [--out bench/results] [--label NAME]
+  [--kaproxy NAME=PATH/cli.js[,NODE_FLAG...][,engine=fast|net]]... [--log-level warn] [--out bench/results] [--label NAME]
 --install  apt-get install what is missing of haproxy, nginx-light + libnginx-mod-stream, socat (Debian)`)
   process.exit(0)
 }
@@ -126,8 +126,11 @@ function makeTargets (): Target[] {
     const name = at < 0 ? undefined : spec.slice(0, at)
     const rest = at < 0 ? undefined : spec.slice(at + 1)
     if (name === undefined || rest === undefined) throw new Error(`--kaproxy wants NAME=PATH[,FLAG...], got ${spec}`)
-    const [path, ...flags] = rest.split(',')
-    all.set(name, kaproxy(name, resolve(path ?? ''), flags, logLevel, 'auto'))
+    const [path, ...parts] = rest.split(',')
+    // `engine=fast|net` among the flags picks the engine (auto otherwise); the rest go to node.
+    const engine = parts.find((part) => part.startsWith('engine='))?.slice('engine='.length) ?? 'auto'
+    if (engine !== 'auto' && engine !== 'fast' && engine !== 'net') throw new Error(`--kaproxy ${spec}: engine must be auto, fast or net`)
+    all.set(name, kaproxy(name, resolve(path ?? ''), parts.filter((part) => !part.startsWith('engine=')), logLevel, engine))
   }
   return opts.targets.split(',').map((name) => {
     const target = all.get(name)
