@@ -2,7 +2,8 @@ import type { MessagePort } from 'node:worker_threads'
 import type { KeepaliveSettings } from '../../keepalive.js'
 
 // The messages between the main thread (control plane) and the splice worker (data plane).
-// Plain data only: they cross a MessageChannel by structured clone.
+// Plain data, across a MessageChannel: structured clones towards the worker; the worker's events
+// come back as numbers (see FromWorker).
 
 /** Float64 fields per connection in the shared statistics (see STAT_*). */
 export const STAT_FIELDS = 5
