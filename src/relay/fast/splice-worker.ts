@@ -134,6 +134,7 @@ const byId = new Map<number, Pair>()
 const spare: Pipe[] = []
 /** Pairs with work left after their turn, or waiting for a pipe. */
 let ready: Pair[] = []
+let readyNext: Pair[] = []
 const idleWatched = new Set<Pair>()
 let sweepEveryMs = 1000
 let nextSweepAt = Infinity
@@ -763,7 +764,7 @@ function sweepIdle (): void {
 
 function timeout (): number {
   // Starved pairs wait a little for descriptors instead of spinning; others go on at once.
-  if (ready.some((pair) => !pair.toUpstream.starved && !pair.toClient.starved)) return 0
+  for (const pair of ready) if (!pair.toUpstream.starved && !pair.toClient.starved) return 0
   const next = Math.min(nextSweepAt, nextDialSweepAt, flushAt)
   if (ready.length > 0) return Math.min(PIPE_RETRY_MS, next === Infinity ? PIPE_RETRY_MS : Math.max(0, Math.ceil(next - now)))
   // Never blocked for long: a thread inside epoll_wait cannot be terminated, and a process whose
@@ -786,9 +787,12 @@ try {
     turn++
     // Pairs with work left from the last turn go first (a starved one retries for its pipe), then
     // whatever woke us.
+    // Two lists swapped each turn: no allocation per turn (a young collection is a pause for every pair).
     const again = ready
-    ready = []
+    ready = readyNext
+    readyNext = again
     for (const pair of again) pump(pair)
+    again.length = 0
     // Messages first: a new plan (a reload, an ejected target) applies to this turn's accepts.
     for (let i = 0; i < count; i++) {
       if (events.readUInt32LE(i * EPOLL_EVENT_SIZE + EPOLL_EVENT_DATA) === wakeFd) readMessages()
