@@ -53,11 +53,12 @@ const EAGAIN = osConstants.errno.EAGAIN
  * probe socket (Node keeps them under private symbols). Null where Node keeps them otherwise.
  */
 const ONREAD_KEYS = ((): { buffer: symbol, callback: symbol } | null => {
-  const probe = new net.Socket({ onread: ONREAD } as net.SocketConstructorOpts) as unknown as Record<symbol, unknown>
-  const keys = Object.getOwnPropertySymbols(probe)
-  const buffer = keys.find((key) => probe[key] === READ_BUFFER)
-  const callback = keys.find((key) => probe[key] === onChunk)
-  ;(probe as unknown as Socket).destroy()
+  const probe = new net.Socket({ onread: ONREAD } as net.SocketConstructorOpts)
+  const fields = probe as unknown as Record<symbol, unknown>
+  const keys = Object.getOwnPropertySymbols(fields)
+  const buffer = keys.find((key) => fields[key] === READ_BUFFER)
+  const callback = keys.find((key) => fields[key] === onChunk)
+  probe.destroy()
   return buffer === undefined || callback === undefined ? null : { buffer, callback }
 })()
 
@@ -159,6 +160,8 @@ function stopDialing (connection: Connection): void {
     connection.dialingFlow = null
   }
 }
+
+const NOTHING_TRIED: ReadonlySet<UpstreamMember> = new Set()
 
 function addressOf (host: string | undefined, port: number | undefined): string {
   return hostPortText(host, port) ?? 'unknown'
@@ -540,10 +543,8 @@ export class Connection implements ConnectionRecord {
       if (this.attempts > 0) { this.giveUp(); return }
       target = this.originalTarget
     } else {
-      this.tried ??= new Set()
-      const member = this.owner.pool.pick(this.tried)
+      const member = this.owner.pool.pick(this.tried ?? NOTHING_TRIED)
       if (member === null) { this.giveUp(); return }
-      this.tried.add(member)
       member.active++
       this.member = member
       target = member.target
@@ -595,6 +596,9 @@ export class Connection implements ConnectionRecord {
     if (member !== null) {
       member.active--
       this.owner.pool.connectFailed(member, error?.code ?? reason)
+      // Only a failed target needs remembering (most connections never make one).
+      this.tried ??= new Set()
+      this.tried.add(member)
     }
     this.lastFailure = { reason, error }
     if (this.attempts <= this.route.retries) this.dial()
