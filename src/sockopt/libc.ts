@@ -284,6 +284,7 @@ export function dataPlaneCalls (): DataPlaneCalls {
   const MSG_DONTWAIT = 0x40
   const _SC_PAGESIZE = 30
   const failed = (result: number | bigint): number => Number(result) < 0 ? -koffi.errno() : Number(result)
+  const pageSize = Number(sysconf(_SC_PAGESIZE))
   const on = new Int32Array([1])
   const { IPPROTO_TCP } = SOCKOPT_CONSTANTS.linux
   const TCP_NODELAY = 1
@@ -307,7 +308,7 @@ export function dataPlaneCalls (): DataPlaneCalls {
     epollWait: (epfd, events, maxEvents, timeoutMs) => failed(epollWait(epfd, events, maxEvents, timeoutMs)),
     splice: (fdIn, fdOut, length) => failed(splice(fdIn, null, fdOut, null, length, SPLICE_MOVE_NONBLOCK)),
     recv: (fd, buffer, length) => failed(recv(fd, buffer, length, MSG_DONTWAIT)),
-    pageSize: Number(sysconf(_SC_PAGESIZE)) > 0 ? Number(sysconf(_SC_PAGESIZE)) : 65536,
+    pageSize: pageSize > 0 ? pageSize : 65536,
     pipe: (size) => {
       if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) !== 0) return -koffi.errno()
       const [readEnd = -1, writeEnd = -1] = fds

@@ -54,10 +54,7 @@ export function decodeSockaddr (bytes: Buffer): { address: string, port: number 
 
 /** `host:port` (IPv6 in brackets) of raw `struct sockaddr` bytes; null for none or another family. */
 export function sockaddrText (bytes: Buffer | null): string | null {
-  if (bytes === null) return null
-  // IPv4, the common case on every accept, straight to text.
-  if (bytes.length >= SOCKADDR_IN_SIZE && bytes.readUInt16LE(0) === AF_INET) return `${ipv4Text(bytes, 4)}:${bytes.readUInt16BE(2)}`
-  const decoded = decodeSockaddr(bytes)
+  const decoded = bytes === null ? null : decodeSockaddr(bytes)
   return decoded === null ? null : formatHostPort({ host: decoded.address, port: decoded.port })
 }
 
