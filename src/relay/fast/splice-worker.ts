@@ -36,7 +36,7 @@ const MAX_EVENTS = 512
 const RELAY_INTEREST = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
 /** Largest read copied across rather than spliced (see pumpDirection). */
 const COPY_BYTES = 64 << 10
-/** Retry after this many ms when no pipe could be made (descriptors ran out). */
+/** After a pipe could not be made (descriptors ran out), no new one is tried for this many ms. */
 const PIPE_RETRY_MS = 20
 
 /** `buffers`: how many pipe buffers it has; a splice into it fills at least one per packet. */
@@ -63,8 +63,6 @@ interface Direction {
   closingSeen: boolean
   /** The FIN was passed on: shutdown(dst, SHUT_WR). */
   done: boolean
-  /** Waiting for a pipe (descriptors ran out). */
-  starved: boolean
 }
 
 /** A route whose connections this thread accepts and dials itself. */
@@ -174,7 +172,7 @@ const registeredIn: number[] = []
 let now = performance.timeOrigin + performance.now()
 
 function direction (src: number, dst: number, fromClient: boolean, ended: boolean): Direction {
-  return { src, dst, fromClient, pipe: null, pending: 0, unsent: null, bulk: false, readable: !ended, writable: true, eof: ended, closingSeen: false, done: false, starved: false }
+  return { src, dst, fromClient, pipe: null, pending: 0, unsent: null, bulk: false, readable: !ended, writable: true, eof: ended, closingSeen: false, done: false }
 }
 
 interface PairStart {
@@ -288,11 +286,15 @@ function end (pair: Pair, how: PairEnded['how'], side: PairEnded['side'], errno:
   if (pair.ownSlot >= 0) ownFreeSlots.push(pair.ownSlot)
 }
 
+/** When a pipe may be made again after one could not be. */
+let pipeRetryAt = 0
+
 function takePipe (): Pipe | null {
   const reused = spare.pop()
   if (reused !== undefined) return reused
+  if (now < pipeRetryAt) return null
   const made = sys.pipe(PIPE_SIZE)
-  if (typeof made === 'number') return null
+  if (typeof made === 'number') { pipeRetryAt = now + PIPE_RETRY_MS; return null }
   Atomics.add(heldDescriptors, 0, 2)
   return { readEnd: made[0], writeEnd: made[1], capacity: made[2], buffers: Math.max(1, Math.floor(made[2] / sys.pageSize)) }
 }
@@ -346,7 +348,6 @@ function pumpDirection (pair: Pair, dir: Direction): 'more' | 'idle' | 'failed' 
     let progressed = false
     if (!dir.eof && dir.readable) {
       const outcome = dir.bulk ? readIntoPipe(pair, dir) : dir.pending === 0 && dir.unsent === null ? copyAcross(pair, dir) : 0
-      if (outcome === NO_PIPE) return 'more'
       if (outcome < 0) return 'failed'
       if (outcome > 0) { budget -= outcome; progressed = true }
       if (dir.eof) progressed = true
@@ -387,9 +388,6 @@ function pumpDirection (pair: Pair, dir: Direction): 'more' | 'idle' | 'failed' 
   }
 }
 
-/** readIntoPipe found no pipe (descriptors ran out): the direction waits on the ready list. */
-const NO_PIPE = -(2 ** 31)
-
 /**
  * The end of src's stream: its FIN. A reset after the FIN reads as the end too; the kernel
  * reports it with EPOLLERR, which onSocketEvent reads before anything else.
@@ -421,12 +419,18 @@ function copyAcross (pair: Pair, dir: Direction): number {
   return n
 }
 
-/** One splice from src into the direction's pipe. Bytes read, -1 when the pair ended, NO_PIPE. */
+/**
+ * One splice from src into the direction's pipe. Bytes read, -1 when the pair ended. Without a
+ * pipe (descriptors ran out) the direction copies instead: a pair never waits for a descriptor,
+ * which a connection closing elsewhere (or another worker's spare pipe) might never free.
+ */
 function readIntoPipe (pair: Pair, dir: Direction): number {
   if (dir.pipe === null) {
     dir.pipe = takePipe()
-    dir.starved = dir.pipe === null
-    if (dir.pipe === null) return NO_PIPE
+    if (dir.pipe === null) {
+      dir.bulk = false
+      return dir.unsent === null ? copyAcross(pair, dir) : 0
+    }
   }
   const room = dir.pipe.capacity - dir.pending
   if (room <= 0) return 0
@@ -763,10 +767,8 @@ function sweepIdle (): void {
 }
 
 function timeout (): number {
-  // Starved pairs wait a little for descriptors instead of spinning; others go on at once.
-  for (const pair of ready) if (!pair.toUpstream.starved && !pair.toClient.starved) return 0
+  if (ready.length > 0) return 0
   const next = Math.min(nextSweepAt, nextDialSweepAt, flushAt)
-  if (ready.length > 0) return Math.min(PIPE_RETRY_MS, next === Infinity ? PIPE_RETRY_MS : Math.max(0, Math.ceil(next - now)))
   // Never blocked for long: a thread inside epoll_wait cannot be terminated, and a process whose
   // data plane was never told to stop (its start failed half-way) must still be able to exit.
   if (next === Infinity) return MAX_WAIT_MS
@@ -785,8 +787,7 @@ try {
     const count = sys.epollWait(epfd, events, MAX_EVENTS, timeout())
     now = performance.timeOrigin + performance.now()
     turn++
-    // Pairs with work left from the last turn go first (a starved one retries for its pipe), then
-    // whatever woke us.
+    // Pairs with work left from the last turn go first, then whatever woke us.
     // Two lists swapped each turn: no allocation per turn (a young collection is a pause for every pair).
     const again = ready
     ready = readyNext
