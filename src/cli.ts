@@ -20,7 +20,7 @@ import { kaproxyVersion } from './version.js'
 // The only file that exits the process: parse arguments, load config, start, wait for signals.
 
 const USAGE = `usage:
-  kaproxy [--config FILE] [--log-level LEVEL] [--admin-listen ADDR|""] [--engine auto|fast|net]
+  kaproxy [--config FILE] [--log-level LEVEL] [--admin-listen ADDR|""] [--engine auto|fast|net] [--workers auto|N]
   kaproxy --listen HOST:PORT --upstream HOST:PORT [--name NAME]
           [--client-keepalive IDLE,INTERVAL,COUNT[,USERTIMEOUT]|off]
           [--upstream-keepalive IDLE,INTERVAL,COUNT[,USERTIMEOUT]|off]
@@ -36,7 +36,8 @@ const USAGE = `usage:
   ${STATUS_USAGE.replace(/\n/g, '\n  ')}
   ${ADVISE_USAGE.replace(/\n/g, '\n  ')}
 
-environment: KAPROXY_CONFIG (config file), KAPROXY_LOG_LEVEL, KAPROXY_ADMIN_LISTEN, KAPROXY_ADMIN_TOKEN, KAPROXY_ENGINE
+environment: KAPROXY_CONFIG (config file), KAPROXY_LOG_LEVEL, KAPROXY_ADMIN_LISTEN, KAPROXY_ADMIN_TOKEN, KAPROXY_ENGINE,
+  KAPROXY_WORKERS
 admin API (default 127.0.0.1:9901): /healthz /readyz /metrics /routes /connections /stats, and a status page at /
 durations: 500ms, 30s, 5m, 2h or a bare number of seconds
 IDLE may be auto: half the smallest timeout of the side's middleboxes

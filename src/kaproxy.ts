@@ -45,6 +45,8 @@ export class Kaproxy {
   /** Reloads since start, for metrics: `ok` put a configuration in force, `failed` did not (or only partly). */
   readonly reloads = { ok: 0, failed: 0 }
   private current: KaproxyConfig
+  /** The fast engine's worker count, fixed at start. */
+  private readonly workers: number
   private readonly log: Logger
   private readonly load: () => KaproxyConfig
   private started = false
@@ -55,6 +57,7 @@ export class Kaproxy {
 
   constructor (config: KaproxyConfig, log: Logger, options: KaproxyOptions = {}) {
     this.current = config
+    this.workers = config.dataPlane.workers
     this.log = log
     this.load = options.load ?? (() => this.current)
     this.metrics = new Metrics({
@@ -62,9 +65,9 @@ export class Kaproxy {
       routes: () => this.current.routes,
       upstreams: (route) => this.engine.upstreams(route),
       ready: () => this.ready,
-      dataPlane: () => ({ connections: engine.dataPlane.size, descriptors: engine.dataPlane.descriptors() })
+      dataPlane: () => ({ connections: engine.dataPlane.size, descriptors: engine.dataPlane.descriptors(), perWorker: engine.dataPlane.sizes() })
     }, kaproxyVersion())
-    const engine = new NetEngine(composeObservers(loggingObserver(log), this.metrics.observer))
+    const engine = new NetEngine(composeObservers(loggingObserver(log), this.metrics.observer), { workers: config.dataPlane.workers })
     this.engine = engine
     this.admin = config.admin.listen === null
       ? null
@@ -142,9 +145,13 @@ export class Kaproxy {
     logRoutePlan(this.log, next.routes.filter((route) => changed.has(route.name)))
     logBudget(this.log, next.routes.filter((route) => changed.has(route.name)))
     const fields = { event: 'reload', trigger, added: result.added, removed: result.removed, updated: result.updated, unchanged: result.unchanged, retunedSockets: result.retunedSockets }
-    const restartNeeded = isDeepStrictEqual(next.admin.listen, previous.admin.listen) ? [] : ['admin.listen']
+    const restartNeeded = [
+      ...isDeepStrictEqual(next.admin.listen, previous.admin.listen) ? [] : ['admin.listen'],
+      // Compared with the workers running, not the last file: every reload says it until a restart.
+      ...next.dataPlane.workers === this.workers ? [] : ['dataPlane.workers']
+    ]
     if (restartNeeded.length > 0) {
-      this.log.warn({ event: 'restart-needed', settings: restartNeeded }, `reload does not move the admin API: restart to apply ${restartNeeded.join(', ')}`)
+      this.log.warn({ event: 'restart-needed', settings: restartNeeded }, `reload does not move the admin API or start and stop workers: restart to apply ${restartNeeded.join(', ')}`)
     }
     if (result.failed.length > 0) {
       this.reloads.failed++

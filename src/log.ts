@@ -4,7 +4,7 @@ import { formatHostPort } from './config/formats.js'
 import type { LogLevel, RouteConfig, Side } from './config/types.js'
 import type { KeepaliveSettings } from './keepalive.js'
 import type { CloseReason } from './relay/close-reason.js'
-import type { AcceptBurst, AcceptPause, CloseSummary, ConnectionRecord, DrainSummary, EngineObserver } from './relay/engine.js'
+import type { AcceptBurst, AcceptPause, CloseSummary, ConnectionRecord, DrainSummary, EngineObserver, WorkerFailure } from './relay/engine.js'
 import type { UpstreamState } from './upstream/pool.js'
 import { targetsLabel, type UpstreamTarget } from './upstream/target.js'
 
@@ -77,8 +77,9 @@ export function loggingObserver (log: Logger): Required<EngineObserver> {
     onRouteError (route: RouteConfig, err: Error) {
       log.warn({ event: 'route-error', route: route.name, err }, `route ${route.name}: ${err.message}`)
     },
-    onDataPlaneFailed (err: Error) {
-      log.error({ event: 'data-plane-failed', err }, `the fast engine's worker failed (${err.message}): its connections were closed; new connections relay on the net engine`)
+    onDataPlaneFailed (err: Error, failure: WorkerFailure) {
+      const after = failure.workersLeft > 0 ? `${failure.workersLeft} worker(s) go on` : 'new connections relay on the net engine'
+      log.error({ event: 'data-plane-failed', err, ...failure }, `the fast engine's worker ${failure.worker} failed (${err.message}): its connections were closed; ${after}`)
     },
     onRouteDrained (route: RouteConfig, summary: DrainSummary) {
       log.info({ event: 'route-drained', route: route.name, ...summary },

@@ -79,7 +79,7 @@ describe('config', () => {
 
   it('rejects unknown keys at every level', () => {
     assert.deepEqual(issuesOf({ listen: 1, defaults: { keepalive: { idel: 3 } }, routes: [{ ...ok, upstreams: [], keepalive: { server: {}, client: { intervall: 1 } } }] }), [
-      'listen: unknown key (allowed: log, admin, reload, defaults, routes)',
+      'listen: unknown key (allowed: log, admin, reload, dataPlane, defaults, routes)',
       'defaults.keepalive.idel: unknown key',
       'routes[0].upstreams: unknown key (allowed: name, listen, upstream, balance, retries, connectTimeout, drainTimeout, keepalive, healthCheck, proxyProtocol, acceptProxyProtocol, proxyHeaderTimeout, maxConnections, idleTimeout, allow, destinations, socketMark, engine)',
       'routes[0].keepalive.server: unknown key (allowed: client, upstream, applyToExisting)',

@@ -213,7 +213,7 @@ describe('choosing the engine', () => {
 })
 
 describe('when the fast engine cannot run', () => {
-  it('a worker that fails to start is logged once, and connections relay on net instead', { skip: FAST ? false : 'fast needs Linux' }, async (t) => {
+  it('workers that fail to start are logged once each, and connections relay on net instead', { skip: FAST ? false : 'fast needs Linux' }, async (t) => {
     // A copy of the build without the worker's file, inside the checkout so packages resolve.
     const dist = fileURLToPath(new URL('../../dist', import.meta.url))
     const broken = mkdtempSync(join(dirname(dist), 'build', 'no-worker-'))
@@ -225,7 +225,7 @@ describe('when the fast engine cannot run', () => {
     const recorder = await startServer(() => {})
     t.after(recorder.close)
     const file = join(broken, 'routes.json')
-    writeFileSync(file, JSON.stringify({ defaults: { engine: 'fast' }, routes: [
+    writeFileSync(file, JSON.stringify({ dataPlane: { workers: 2 }, defaults: { engine: 'fast' }, routes: [
       { name: 'echo', listen: '127.0.0.1:0', upstream: echo.address },
       { name: 'proxied', listen: '127.0.0.1:0', upstream: recorder.address, proxyProtocol: 'v1' }
     ] }))
@@ -239,10 +239,13 @@ describe('when the fast engine cannot run', () => {
     const first = await connect(port)
     first.on('error', () => {})
     first.destroy()
-    const failed = await run.stdout.waitFor({ event: 'data-plane-failed' })
-    assert.equal(failed.level, 50)
+    const failed = await run.stdout.waitForCount({ event: 'data-plane-failed' }, 2)
+    assert.deepEqual(failed.map((line) => line.level), [50, 50])
+    assert.deepEqual(failed.map((line) => line.worker).sort(), [0, 1])
+    assert.deepEqual(failed.map((line) => line.workersLeft), [1, 0])
+    assert.match(String(failed[1]?.msg), /new connections relay on the net engine/)
     for (const text of ['one', 'two', 'three']) assert.equal(await echoThrough(port, text), text)
-    assert.equal(run.stdout.find({ event: 'data-plane-failed' }).length, 1, 'logged once')
+    assert.equal(run.stdout.find({ event: 'data-plane-failed' }).length, 2, 'logged once per worker')
 
     // A PROXY header written before the hand-over was refused is not written again by Node.
     const client = await connect(await portOf('proxied'))

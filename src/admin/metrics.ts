@@ -14,8 +14,8 @@ export interface MetricsSource {
   /** Each configured target of a route with its state (up/down). */
   upstreams: Engine['upstreams']
   ready: () => boolean
-  /** The fast engine's worker: connections it relays and descriptors it holds besides their sockets (pipes, epoll). */
-  dataPlane: () => { connections: number, descriptors: number }
+  /** The fast engine's workers: connections they relay (in all and each) and descriptors they hold besides their sockets (pipes, epoll). */
+  dataPlane: () => { connections: number, descriptors: number, perWorker: number[] }
 }
 
 /** The side label of a close: the side that caused it, or `none` (e.g. `shutdown`). */
@@ -133,6 +133,7 @@ export class Metrics {
   private readonly readyGauge: Gauge
   private readonly dataPlaneConnections: Gauge
   private readonly dataPlaneDescriptors: Gauge
+  private readonly workerConnections: Gauge<'worker'>
 
   constructor (source: MetricsSource, version: string) {
     this.source = source
@@ -160,7 +161,8 @@ export class Metrics {
     this.upstreamUp = new Gauge({ name: 'kaproxy_upstream_up', help: '1 when a configured upstream target is up (health checks and passive ejection), 0 when down', labelNames: ['route', 'upstream'], registers })
     this.reloadsTotal = new Counter({ name: 'kaproxy_config_reloads_total', help: 'Configuration reloads by result (ok, failed)', labelNames: ['result'], registers })
     this.readyGauge = new Gauge({ name: 'kaproxy_ready', help: '1 when every route listens and kaproxy is not shutting down', registers })
-    this.dataPlaneConnections = new Gauge({ name: 'kaproxy_fast_engine_connections', help: 'Connections the fast engine\'s splice worker relays now', registers })
+    this.dataPlaneConnections = new Gauge({ name: 'kaproxy_fast_engine_connections', help: 'Connections the fast engine\'s splice workers relay now', registers })
+    this.workerConnections = new Gauge({ name: 'kaproxy_fast_engine_worker_connections', help: 'Connections each of the fast engine\'s workers (dataPlane.workers) relays now', labelNames: ['worker'], registers })
     this.dataPlaneDescriptors = new Gauge({ name: 'kaproxy_fast_engine_descriptors', help: 'Descriptors the fast engine holds besides the connections\' sockets: its pipes (two each, pooled), epoll set, eventfd and thread', registers })
     new Gauge({ name: 'kaproxy_build_info', help: 'Always 1; labels carry the kaproxy and Node.js versions', labelNames: ['version', 'node'], registers })
       .set({ version, node: process.version }, 1)
@@ -227,6 +229,7 @@ export class Metrics {
     const dataPlane = this.source.dataPlane()
     this.dataPlaneConnections.set(dataPlane.connections)
     this.dataPlaneDescriptors.set(dataPlane.descriptors)
+    for (const [worker, connections] of dataPlane.perWorker.entries()) this.workerConnections.set({ worker: String(worker) }, connections)
     const registry = Registry.merge([this.registry, processMetrics()])
     return { contentType: registry.contentType, text: await registry.metrics() }
   }

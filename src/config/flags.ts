@@ -15,7 +15,8 @@ export const CONFIG_OPTIONS = {
   'connect-timeout': { type: 'string' },
   'log-level': { type: 'string' },
   'admin-listen': { type: 'string' },
-  engine: { type: 'string' }
+  engine: { type: 'string' },
+  workers: { type: 'string' }
 } as const
 
 export type ConfigFlags = ReturnType<typeof parseConfigFlags>
@@ -87,5 +88,6 @@ export function overridesFromFlags (flags: ConfigFlags): Record<string, unknown>
   if (flags['log-level'] !== undefined) overrides['log.level'] = flags['log-level']
   if (flags['admin-listen'] !== undefined) overrides['admin.listen'] = flags['admin-listen']
   if (flags.engine !== undefined) overrides['defaults.engine'] = flags.engine
+  if (flags.workers !== undefined) overrides['dataPlane.workers'] = flags.workers
   return overrides
 }

@@ -1,11 +1,12 @@
 import { readFileSync } from 'node:fs'
+import { availableParallelism } from 'node:os'
 import { extname } from 'node:path'
 import YAML from 'yaml'
 import { ConfigError, type ConfigIssue } from '../errors.js'
 import { adminConfigIssues } from './admin.js'
 import { parseDurationMs, parseHostPort } from './formats.js'
 import { checkRoutes, resolveKeepaliveDefaults, type RawKeepaliveDefaults } from './routes.js'
-import { createSchema } from './schema.js'
+import { createSchema, parseWorkers } from './schema.js'
 import type { EngineChoice, KaproxyConfig, LogLevel } from './types.js'
 
 export interface LoadOptions {
@@ -80,7 +81,13 @@ function withoutNonListMiddleboxes (raw: object, issues: ConfigIssue[]): object 
 
 // The sections convict describes. convict reads a section given as a scalar or a list as a leaf
 // ("param 'log.level' missing from config", "'log': unknown key"): report it by path instead.
-const SECTIONS = ['log', 'admin', 'reload', 'defaults'] as const
+const SECTIONS = ['log', 'admin', 'reload', 'dataPlane', 'defaults'] as const
+
+/**
+ * `dataPlane.workers: auto`: one worker per CPU, at most 4 (a sidecar limited by a CPU quota
+ * still sees every CPU of its node: beyond 4, set the count).
+ */
+const AUTO_WORKERS = Math.min(4, availableParallelism())
 
 const TOP_LEVEL_KEYS = new Set<string>([...SECTIONS, 'routes'])
 
@@ -181,6 +188,7 @@ export function buildConfig (raw: unknown, options: LoadOptions = {}): KaproxyCo
     log: { level: schema.get('log.level') as LogLevel },
     admin,
     reload: { watch: schema.get('reload.watch') },
+    dataPlane: { workers: parseWorkers(schema.get('dataPlane.workers')) ?? AUTO_WORKERS },
     defaults: { keepalive: keepalive.settings, idleAuto: keepalive.idleAuto, middleboxes: keepalive.middleboxes, connectTimeoutMs, drainTimeoutMs, engine },
     routes
   }

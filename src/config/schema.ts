@@ -26,6 +26,13 @@ export const COUNT_RULE = 'must be an integer 1..127'
 export const USER_TIMEOUT_RULE = 'must be a duration 0..2147483647ms (e.g. 30s, 500ms)'
 export const CONNECT_TIMEOUT_RULE = 'must be a duration 1ms..1h (e.g. 5s)'
 export const DRAIN_TIMEOUT_RULE = 'must be a duration 0ms..1h (e.g. 30s; 0 closes at once)'
+export const MAX_WORKERS = 64
+export const WORKERS_RULE = `must be auto or an integer 1..${MAX_WORKERS}`
+/** `dataPlane.workers` as written (a number, or digits from the environment) to a count; undefined for auto or an invalid value. */
+export function parseWorkers (value: unknown): number | undefined {
+  const count = typeof value === 'string' && /^[0-9]+$/.test(value) ? Number(value) : value
+  return Number.isInteger(count) && (count as number) >= 1 && (count as number) <= MAX_WORKERS ? count as number : undefined
+}
 
 export const isKeepaliveSeconds = (ms: number): boolean => ms % 1000 === 0 && ms >= 1000 && ms <= 32767_000
 /** `idle: auto`: resolved per side from its middleboxes (src/budget/middleboxes.ts). */
@@ -42,6 +49,7 @@ const formats = {
     const parsed = parseHostPort(value, 0)
     if ('rule' in parsed) throw new Error(`${parsed.rule}, or "" to disable (got ${show(value)})`)
   },
+  workers: (value: unknown): void => check(value === AUTO || parseWorkers(value) !== undefined, WORKERS_RULE, value),
   engine: (value: unknown): void => check(typeof value === 'string' && (ENGINE_CHOICES as readonly string[]).includes(value), `must be one of ${ENGINE_CHOICES.join(', ')}`, value),
   boolean: (value: unknown): void => check(typeof value === 'boolean', 'must be true or false', value),
   string: (value: unknown): void => check(typeof value === 'string', 'must be a string', value),
@@ -78,6 +86,9 @@ export function createSchema (env: NodeJS.ProcessEnv) {
     },
     reload: {
       watch: { doc: 'reload when the config file changes; SIGHUP (and the admin API) reload either way', format: 'kaproxy-boolean', default: true }
+    },
+    dataPlane: {
+      workers: { doc: 'threads of the fast engine; auto: one per CPU, at most 4', format: formats.workers, default: 'auto' as string | number, env: 'KAPROXY_WORKERS' }
     },
     defaults: {
       engine: { doc: 'data plane: fast (splice in a worker thread, Linux), net (Node streams, portable), auto (fast where available)', format: formats.engine, default: 'auto', env: 'KAPROXY_ENGINE' },

@@ -107,6 +107,8 @@ export interface KaproxyConfig {
   admin: AdminConfig
   /** `reload.watch`: reload when the config file changes (default true). SIGHUP reloads either way. */
   reload: { watch: boolean }
+  /** `dataPlane.workers` resolved: the fast engine's worker threads (auto: one per CPU, at most 4). */
+  dataPlane: { workers: number }
   /**
    * `defaults.keepalive` as validated. When `idleAuto` is true, `keepalive.idleSec` is a placeholder
    * (the built-in 60 s) that no socket receives: each side resolves `auto` against its own middleboxes.

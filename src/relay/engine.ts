@@ -3,6 +3,12 @@ import type { UpstreamState } from '../upstream/pool.js'
 import type { UpstreamTarget } from '../upstream/target.js'
 import type { CloseReason } from './close-reason.js'
 
+/** Which of the fast engine's workers failed (numbered from 0), and how many still relay. */
+export interface WorkerFailure {
+  worker: number
+  workersLeft: number
+}
+
 /** A live connection as the engine exposes it to logs, metrics and the admin API. */
 export interface ConnectionRecord {
   /** Process-wide, increasing. */
@@ -71,8 +77,8 @@ export interface EngineObserver {
   onDialFailed?: (connection: ConnectionRecord, target: UpstreamTarget, reason: CloseReason, error: NodeJS.ErrnoException | null) => void
   /** A target of a route went up or down (health checks or passive ejection). */
   onUpstreamState?: (route: RouteConfig, target: UpstreamTarget, state: UpstreamState, reason: string) => void
-  /** The fast engine's worker failed: its connections closed, new ones relay on `net` from now on. */
-  onDataPlaneFailed?: (err: Error) => void
+  /** A fast engine worker failed: its connections closed; new ones go to the other workers, or relay on `net` once none is left. */
+  onDataPlaneFailed?: (err: Error, failure: WorkerFailure) => void
   /** A run-time problem that closed no connection (e.g. accept failed with EMFILE). */
   onRouteError?: (route: RouteConfig, err: Error) => void
   /**

@@ -241,6 +241,8 @@ export const EPOLLOUT = 0x4
 export const EPOLLERR = 0x8
 export const EPOLLHUP = 0x10
 export const EPOLLRDHUP = 0x2000
+/** Wake one of the epoll sets waiting on the descriptor, not all (Linux 4.5). */
+export const EPOLLEXCLUSIVE = 0x10000000
 export const EPOLLET = 0x80000000
 /**
  * struct epoll_event { uint32_t events; uint64_t data; }: packed (12 bytes, data at 4) on x86 only;

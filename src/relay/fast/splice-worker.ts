@@ -3,7 +3,7 @@ import { receiveMessageOnPort, workerData } from 'node:worker_threads'
 import { applyKeepaliveFd } from '../../keepalive.js'
 import { sockaddrText } from '../../sockopt/original-dst.js'
 import {
-  EAGAIN, EINPROGRESS, EPOLLERR, EPOLLET, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLL_CTL_ADD, EPOLL_CTL_DEL,
+  EAGAIN, EINPROGRESS, EPOLLERR, EPOLLET, EPOLLEXCLUSIVE, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLL_CTL_ADD, EPOLL_CTL_DEL,
   EPOLL_EVENT_DATA, EPOLL_EVENT_SIZE, dataPlaneCalls, errnoName, sendNow
 } from '../../sockopt/libc.js'
 import {
@@ -558,11 +558,14 @@ function unlistenedWhenDone (acceptor: Acceptor): void {
   }
 }
 
-/** Put a listening descriptor in the epoll set (level-triggered: what is left is reported again) or take it out. */
+/**
+ * Put a listening descriptor in the epoll set (level-triggered: what is left is reported again) or
+ * take it out. Every worker polls the listening socket: a connection wakes one of them.
+ */
 function poll (acceptor: Acceptor, on: boolean): void {
   if (acceptor.polling === on) return
   acceptor.polling = on
-  sys.epollCtl(epfd, on ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, acceptor.fd, EPOLLIN)
+  sys.epollCtl(epfd, on ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, acceptor.fd, EPOLLIN | EPOLLEXCLUSIVE)
 }
 
 /**

@@ -6,7 +6,8 @@ import { NoDescriptorError, SockoptError } from '../../errors.js'
 import { applyKeepalive, applyKeepaliveFd, pendingSocketError, socketFd, type KeepaliveSettings } from '../../keepalive.js'
 import { closeDescriptor, closeWithReset, duplicateDescriptor, errnoName, sendNow, socketAddress } from '../../sockopt/libc.js'
 import { sockaddrText } from '../../sockopt/original-dst.js'
-import type { SpliceDataPlane, SpliceStats } from '../fast/data-plane.js'
+import type { SpliceStats } from '../fast/data-plane.js'
+import type { SpliceWorkers } from '../fast/worker-pool.js'
 import {
   STAT_BYTES_FROM_CLIENT, STAT_BYTES_FROM_UPSTREAM, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT, STAT_LAST_SILENCE_MS, type Accepted, type PairEnded
 } from '../fast/protocol.js'
@@ -23,7 +24,7 @@ import { encodeV1, encodeV2, parseProxyHeader, type ProxiedAddresses } from '../
 export interface ConnectionOwner {
   readonly pool: UpstreamPool
   /** The fast engine's worker, for routes on `fast`. */
-  readonly dataPlane: SpliceDataPlane
+  readonly dataPlane: SpliceWorkers
   opened: (connection: Connection) => void
   closed: (connection: Connection, summary: CloseSummary) => void
   dialFailed: (connection: Connection, target: UpstreamTarget, reason: CloseReason, error: NodeJS.ErrnoException | null) => void

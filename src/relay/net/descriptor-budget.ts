@@ -33,7 +33,7 @@ export interface DescriptorBudgetOptions {
   extra?: () => number
   /**
    * Told the estimate without `extra` and `high` whenever either changes: the fast engine's worker
-   * accepts by itself and checks the budget before each accept (see SpliceDataPlane.publishBudget).
+   * accepts by itself and checks the budget before each accept (see SpliceWorkers.publishBudget).
    */
   publish?: (estimateWithoutExtra: number, high: number) => void
 }

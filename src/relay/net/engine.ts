@@ -5,7 +5,7 @@ import { KaproxyError } from '../../errors.js'
 import type { ApplyResult, ConnectionRecord, Engine, EngineObserver } from '../engine.js'
 import type { UpstreamState } from '../../upstream/pool.js'
 import type { UpstreamTarget } from '../../upstream/target.js'
-import { SpliceDataPlane } from '../fast/data-plane.js'
+import { SpliceWorkers } from '../fast/worker-pool.js'
 import { DescriptorBudget } from './descriptor-budget.js'
 import { probeRouteSocketMark, RouteListener } from './route-listener.js'
 
@@ -32,8 +32,8 @@ export class NetEngine implements Engine {
   private readonly observer: EngineObserver
   /** Descriptors, shared by every route: accepting pauses for all when they run short. */
   readonly budget: DescriptorBudget
-  /** The splice worker shared by every route on `fast`; started by the first such connection. */
-  readonly dataPlane: SpliceDataPlane
+  /** The splice workers shared by every route on `fast`; started by the first route or connection that needs them. */
+  readonly dataPlane: SpliceWorkers
   /** The configured routes' listeners, in config order. */
   private listeners = new Map<string, RouteListener>()
   /** Listeners of removed routes whose connections are still draining. */
@@ -42,9 +42,9 @@ export class NetEngine implements Engine {
   private draining: Promise<void> | null = null
   private closing: Promise<void> | null = null
 
-  constructor (observer: EngineObserver = {}) {
+  constructor (observer: EngineObserver = {}, options: { workers?: number } = {}) {
     this.observer = observer
-    this.dataPlane = new SpliceDataPlane((err) => { observer.onDataPlaneFailed?.(err) })
+    this.dataPlane = new SpliceWorkers(options.workers ?? 1, (err, failure) => { observer.onDataPlaneFailed?.(err, failure) })
     this.budget = new DescriptorBudget(observer, {
       extra: () => this.dataPlane.descriptors(),
       publish: (estimate, high) => { this.dataPlane.publishBudget(estimate, high) }

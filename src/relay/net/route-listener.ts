@@ -11,7 +11,8 @@ import { UpstreamPool } from '../../upstream/pool.js'
 import type { UpstreamTarget } from '../../upstream/target.js'
 import { isDescriptorExhaustion, type CloseReason } from '../close-reason.js'
 import type { CloseSummary, DrainSummary, EngineObserver } from '../engine.js'
-import { nextConnectionId, type SpliceDataPlane, type SpliceStats, type SplicedConnection, type WorkerAcceptor } from '../fast/data-plane.js'
+import { nextConnectionId, type SpliceStats, type SplicedConnection, type WorkerAcceptor } from '../fast/data-plane.js'
+import type { SpliceWorkers } from '../fast/worker-pool.js'
 import type { AcceptPlan, Accepted } from '../fast/protocol.js'
 import { Connection, readingSocket, type ConnectionOwner } from './connection.js'
 import type { AcceptGate, DescriptorBudget } from './descriptor-budget.js'
@@ -102,7 +103,7 @@ export class RouteListener implements ConnectionOwner, AcceptGate, WorkerAccepto
   private server: net.Server
   private readonly observer: EngineObserver
   readonly budget: DescriptorBudget
-  readonly dataPlane: SpliceDataPlane
+  readonly dataPlane: SpliceWorkers
   private stopping: Stopping | null = null
   /**
    * A second descriptor of the listening socket (see pauseAccepting): while it is open the socket
@@ -121,7 +122,7 @@ export class RouteListener implements ConnectionOwner, AcceptGate, WorkerAccepto
   /** Settles once the worker took the route's latest settings (see settingsTaken). */
   private planned: Promise<void> = Promise.resolve()
 
-  constructor (route: RouteConfig, observer: EngineObserver, budget: DescriptorBudget, dataPlane: SpliceDataPlane) {
+  constructor (route: RouteConfig, observer: EngineObserver, budget: DescriptorBudget, dataPlane: SpliceWorkers) {
     this.route = route
     this.observer = observer
     this.budget = budget

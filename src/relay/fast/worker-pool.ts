@@ -1,0 +1,173 @@
+import { closeDescriptor, duplicateDescriptor } from '../../sockopt/libc.js'
+import { SpliceDataPlane, type RelayOptions, type SpliceStats, type SplicedConnection, type WorkerAcceptor } from './data-plane.js'
+import type { WorkerFailure } from '../engine.js'
+import type { AcceptPlan, Accepted } from './protocol.js'
+
+/** One worker's share of a route's accepting: its key there and its descriptor of the listening socket. */
+interface Member {
+  readonly plane: SpliceDataPlane
+  key: number
+  readonly fd: number
+  /** The descriptor is a duplicate this pool made (the first worker uses the caller's). */
+  readonly duplicate: boolean
+}
+
+/** A route that every worker accepts for; its acceptor hears once when all of them let go. */
+interface SharedListener {
+  readonly acceptor: WorkerAcceptor
+  readonly members: Set<Member>
+  /** A worker died: the others were told to let go, and the route accepts by itself again after. */
+  lost: boolean
+}
+
+/**
+ * The fast engine's data plane: `count` splice workers, each a thread with its own epoll set.
+ * Every worker polls each accepting route's listening socket (EPOLLEXCLUSIVE: one of those
+ * waiting is woken per connection, so a busy worker leaves new clients to an idle one); pairs
+ * the main thread hands over go to the worker relaying the fewest. Connection ids come from one
+ * counter, so a drop can be sent to every worker: only the one holding the id answers.
+ * Workers start with the first connection or route that needs them.
+ */
+export class SpliceWorkers {
+  private readonly planes: SpliceDataPlane[]
+  private readonly listeners = new Map<number, SharedListener>()
+  private nextKey = 1
+  /** Duplicates of listening sockets held for workers beyond the first. */
+  private duplicates = 0
+
+  constructor (count: number, onFailure: (err: Error, failure: WorkerFailure) => void) {
+    if (!Number.isInteger(count) || count < 1) throw new RangeError(`worker count must be a positive integer, got ${count}`)
+    let workersLeft = count
+    this.planes = Array.from({ length: count }, (_, worker) => new SpliceDataPlane((err) => {
+      workersLeft--
+      onFailure(err, { worker, workersLeft })
+    }))
+  }
+
+  /** How many workers there are (started or not). */
+  get workers (): number {
+    return this.planes.length
+  }
+
+  /** Connections relayed now, per worker. */
+  sizes (): number[] {
+    return this.planes.map((plane) => plane.size)
+  }
+
+  /** Connections relayed now by all workers. */
+  get size (): number {
+    let total = 0
+    for (const plane of this.planes) total += plane.size
+    return total
+  }
+
+  /** Descriptors the workers hold besides the sockets (see SpliceDataPlane.descriptors). */
+  descriptors (): number {
+    let total = this.duplicates
+    for (const plane of this.planes) total += plane.descriptors()
+    return total
+  }
+
+  /** Each worker checks the budget against the estimate plus what the other workers hold. */
+  publishBudget (estimateWithoutExtra: number, high: number): void {
+    const all = this.descriptors()
+    for (const plane of this.planes) plane.publishBudget(estimateWithoutExtra + all - plane.descriptors(), high)
+  }
+
+  /** Hand a connected pair to the worker relaying the fewest; null when none can take it. */
+  relay (connection: SplicedConnection, clientFd: number, upstreamFd: number, options: RelayOptions): SpliceStats | null {
+    const byLoad = this.planes.length === 1 ? this.planes : [...this.planes].sort((a, b) => a.size - b.size)
+    for (const plane of byLoad) {
+      const stats = plane.relay(connection, clientFd, upstreamFd, options)
+      if (stats !== null) return stats
+    }
+    return null
+  }
+
+  /**
+   * Have every worker accept the route's connections: the first on `fd` (the caller's, closed by
+   * it after `unlistened`), the others on duplicates of it. Null when no worker could take it.
+   */
+  listen (acceptor: WorkerAcceptor, fd: number, plan: AcceptPlan): number | null {
+    const shared: SharedListener = { acceptor, members: new Set(), lost: false }
+    for (const plane of this.planes) {
+      const duplicate = shared.members.size > 0
+      let memberFd = fd
+      if (duplicate) {
+        try {
+          memberFd = duplicateDescriptor(fd)
+        } catch {
+          // No descriptor left: the workers listening already will do.
+          break
+        }
+        this.duplicates++
+      }
+      const member: Member = { plane, key: 0, fd: memberFd, duplicate }
+      const key = plane.listen(this.memberAcceptor(shared, member), memberFd, plan)
+      if (key === null) { this.closeMember(member); continue }
+      member.key = key
+      shared.members.add(member)
+    }
+    if (shared.members.size === 0) return null
+    const key = this.nextKey++
+    this.listeners.set(key, shared)
+    return key
+  }
+
+  /** New connections of the route get `plan`; resolves once every worker has it. */
+  async replan (key: number, plan: AcceptPlan): Promise<void> {
+    const shared = this.listeners.get(key)
+    if (shared === undefined) return
+    await Promise.all([...shared.members].map(async (member) => { await member.plane.replan(member.key, plan) }))
+  }
+
+  pauseAccepting (key: number, paused: boolean): void {
+    for (const member of this.listeners.get(key)?.members ?? []) member.plane.pauseAccepting(member.key, paused)
+  }
+
+  /** Stop every worker accepting for the route; its `unlistened` follows once all let go. */
+  unlisten (key: number): void {
+    for (const member of this.listeners.get(key)?.members ?? []) member.plane.unlisten(member.key)
+  }
+
+  /** Ask the worker holding the connection to let go of it now (see SpliceDataPlane.drop). */
+  drop (id: number): void {
+    for (const plane of this.planes) plane.drop(id)
+  }
+
+  /** Stop every worker once it let go of its connections. Idempotent. */
+  async close (): Promise<void> {
+    await Promise.all(this.planes.map(async (plane) => { await plane.close() }))
+  }
+
+  private closeMember (member: Member): void {
+    if (!member.duplicate) return
+    closeDescriptor(member.fd)
+    this.duplicates--
+  }
+
+  /** What one worker says about a shared route, gathered for the route's own acceptor. */
+  private memberAcceptor (shared: SharedListener, member: Member): WorkerAcceptor {
+    const left = (): void => {
+      if (!shared.members.delete(member)) return
+      this.closeMember(member)
+      if (shared.members.size > 0) return
+      for (const [key, value] of this.listeners) if (value === shared) this.listeners.delete(key)
+      if (shared.lost) shared.acceptor.lost()
+      else shared.acceptor.unlistened()
+    }
+    return {
+      accepted: (event: Accepted, stats: SpliceStats | null) => shared.acceptor.accepted(event, stats),
+      exhausted: (code: string) => { shared.acceptor.exhausted(code) },
+      unlistened: left,
+      lost: () => {
+        // The route goes back to accepting by itself once the other workers let go too.
+        if (!shared.lost) {
+          shared.lost = true
+          for (const other of shared.members) if (other !== member) other.plane.unlisten(other.key)
+        }
+        left()
+      }
+    }
+  }
+}

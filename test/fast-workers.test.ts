@@ -1,0 +1,130 @@
+import assert from 'node:assert/strict'
+import net from 'node:net'
+import { availableParallelism } from 'node:os'
+import { describe, it } from 'node:test'
+import { buildConfig } from '../src/config/load.js'
+import { overridesFromFlags, parseConfigFlags } from '../src/config/flags.js'
+import { ConfigError } from '../src/errors.js'
+import type { NetEngine } from '../src/relay/net/engine.js'
+import { ENGINES } from './helpers/engines.js'
+import { connect, echoThrough, startEchoServer } from './helpers/peers.js'
+import { startProxy } from './helpers/proxy.js'
+
+const FAST = ENGINES[0] === 'fast'
+
+function workers (raw: Record<string, unknown>, env: NodeJS.ProcessEnv = {}): number {
+  return buildConfig({ admin: { listen: '' }, routes: [], ...raw }, { env }).dataPlane.workers
+}
+
+function issues (raw: Record<string, unknown>, env: NodeJS.ProcessEnv = {}): string[] {
+  try {
+    buildConfig({ admin: { listen: '' }, routes: [], ...raw }, { env })
+  } catch (err) {
+    if (err instanceof ConfigError) return err.issues.map((issue) => `${issue.path}: ${issue.message}`)
+    throw err
+  }
+  return []
+}
+
+/** Echo `count` connections' worth of text through `port` at once, each kept open until all answered. */
+async function holdEchoed (port: number, count: number): Promise<net.Socket[]> {
+  return await Promise.all(Array.from({ length: count }, async (_, i) => {
+    const socket = await connect(port)
+    const text = `connection ${i}`
+    const answer = await new Promise<string>((resolve, reject) => {
+      let seen = ''
+      socket.on('data', (chunk: Buffer) => { seen += chunk.toString(); if (seen.length >= text.length) resolve(seen) })
+      socket.on('error', reject)
+      socket.write(text)
+    })
+    assert.equal(answer, text)
+    return socket
+  }))
+}
+
+describe('the fast engine\'s workers', () => {
+  it('dataPlane.workers: auto is one per CPU (at most 4); a count from the file, KAPROXY_WORKERS or --workers; a bad value names field, value and rule', () => {
+    assert.equal(workers({}), Math.min(4, availableParallelism()))
+    assert.equal(workers({ dataPlane: { workers: 'auto' } }), Math.min(4, availableParallelism()))
+    assert.equal(workers({ dataPlane: { workers: 3 } }), 3)
+    assert.equal(workers({}, { KAPROXY_WORKERS: '5' }), 5)
+    const flags = overridesFromFlags(parseConfigFlags(['--workers', '6']))
+    assert.deepEqual(flags, { 'dataPlane.workers': '6' })
+    assert.equal(buildConfig({ admin: { listen: '' }, routes: [] }, { env: {}, overrides: flags }).dataPlane.workers, 6)
+    for (const bad of [0, 65, 1.5, 'many', '-1', true]) {
+      assert.deepEqual(issues({ dataPlane: { workers: bad } }), [`dataPlane.workers: must be auto or an integer 1..64 (got ${JSON.stringify(bad)})`])
+    }
+    assert.deepEqual(issues({}, { KAPROXY_WORKERS: 'lots' }), ['dataPlane.workers: must be auto or an integer 1..64 (got "lots")'])
+    assert.deepEqual(issues({ dataPlane: { threads: 2 } }), ['dataPlane.threads: unknown key'])
+  })
+
+  it('three workers share a route\'s listening socket, hand-overs go to the least busy, a drain lets every worker go, and close stops them all', { skip: FAST ? false : 'fast needs Linux' }, async (t) => {
+    const echo = await startEchoServer()
+    t.after(echo.close)
+    const routes = [
+      // Accepted by the workers themselves.
+      { name: 'accepted', listen: '127.0.0.1:0', upstream: echo.address },
+      // Accepted by Node (a PROXY header is written first), then handed over.
+      { name: 'handed', listen: '127.0.0.1:0', upstream: echo.address, proxyProtocol: 'v1' }
+    ]
+    const proxy = await startProxy({ dataPlane: { workers: 3 }, defaults: { engine: 'fast' }, routes })
+    t.after(proxy.close)
+    const dataPlane = (proxy.kaproxy.engine as NetEngine).dataPlane
+    assert.equal(dataPlane.workers, 3)
+    assert.equal(proxy.kaproxy.engine.acceptedBy('accepted'), 'worker')
+    assert.equal(proxy.kaproxy.engine.acceptedBy('handed'), 'main')
+
+    // Nine hand-overs, one at a time: each goes to the worker relaying the fewest.
+    const handed: net.Socket[] = []
+    t.after(() => { for (const socket of handed) socket.destroy() })
+    for (let i = 0; i < 9; i++) {
+      const socket = await connect(proxy.port('handed'))
+      handed.push(socket)
+      await proxy.log.waitForCount({ event: 'open', route: 'handed' }, i + 1)
+    }
+    assert.deepEqual(dataPlane.sizes(), [3, 3, 3])
+
+    // Thirty clients at once on the workers' route: every one relayed byte-exact, whichever worker took it.
+    const accepted = await holdEchoed(proxy.port('accepted'), 30)
+    t.after(() => { for (const socket of accepted) socket.destroy() })
+    // The workers report accepted connections in batches: relayed before the main thread counts them.
+    await proxy.log.waitForCount({ event: 'open', route: 'accepted' }, 30)
+    assert.equal(dataPlane.size, 39)
+    assert.equal(dataPlane.sizes().reduce((a, b) => a + b, 0), 39)
+    const metrics = await proxy.kaproxy.metrics.prometheus()
+    for (const worker of ['0', '1', '2']) assert.match(metrics.text, new RegExp(`kaproxy_fast_engine_worker_connections\\{worker="${worker}"\\} \\d+`))
+
+    // The route is removed: every worker stops accepting, its connections finish, its port is free.
+    const port = proxy.port('accepted')
+    const removed = proxy.reload({ defaults: { engine: 'fast' }, dataPlane: { workers: 3 }, routes: [routes[1]] })
+    for (const socket of accepted) socket.end()
+    await removed
+    const drained = await proxy.log.waitFor({ event: 'route-drained', route: 'accepted' })
+    assert.equal(drained.finished, 30)
+    const rebound = net.createServer().listen(port, '127.0.0.1')
+    t.after(() => { rebound.close() })
+    await new Promise<void>((resolve, reject) => { rebound.once('listening', resolve).once('error', reject) })
+    assert.match(await echoThrough(proxy.port('handed'), 'still relayed'), /^PROXY TCP4 .*\r\nstill relayed$/)
+
+    await proxy.close()
+    assert.equal(dataPlane.size, 0)
+    assert.equal(dataPlane.descriptors(), 0, 'every worker stopped, its descriptors and the listening duplicates closed')
+  })
+
+  it('a reload cannot change the worker count: it says a restart is needed, on every reload until then', async (t) => {
+    const echo = await startEchoServer()
+    t.after(echo.close)
+    const route = { name: 'r', listen: '127.0.0.1:0', upstream: echo.address }
+    const proxy = await startProxy({ dataPlane: { workers: 2 }, routes: [route] })
+    t.after(proxy.close)
+    for (let i = 1; i <= 2; i++) {
+      const result = await proxy.reload({ dataPlane: { workers: 3 }, routes: [route] })
+      assert.equal(result.ok, true)
+      const warnings = await proxy.log.waitForCount({ event: 'restart-needed' }, i)
+      assert.deepEqual(warnings[i - 1]?.settings, ['dataPlane.workers'])
+    }
+    await proxy.reload({ dataPlane: { workers: 2 }, routes: [route] })
+    assert.equal(proxy.log.find({ event: 'restart-needed' }).length, 2)
+    assert.equal(await echoThrough(proxy.port('r'), 'unchanged'), 'unchanged')
+  })
+})
