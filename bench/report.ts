@@ -157,7 +157,8 @@ export function toMarkdown (r: Results): string {
   const idleChecks = r.targets.map((t) => [t, r.summary[t]?.aliveAfterIdle ?? null] as const).filter(([, a]) => a !== null)
   if (idleChecks.length > 0) lines.push('', `Idle connections still relaying after the idle period (median): ${idleChecks.map(([t, a]) => `${t} ${a ?? ''}`).join(', ')} of ${s.idleConns}.`)
   lines.push('')
-  lines.push(`Settings: ${s.seconds} s per upload, download, ping-pong and connect-echo-close run; ${s.idleConns} idle connections held ${s.idleSec} s; kaproxy --log-level ${s.logLevel}; whole run ${s.durationSec} s.`)
+  const warmUp = s.warmUpSec === undefined ? '' : `, each after ${s.warmUpSec} s of the same load unmeasured`
+  lines.push(`Settings: ${s.seconds} s per upload, download, ping-pong and connect-echo-close run${warmUp}; ${s.idleConns} idle connections held ${s.idleSec} s; kaproxy --log-level ${s.logLevel}; whole run ${s.durationSec} s.`)
   lines.push('')
   lines.push('Versions: ' + Object.entries(r.versions).map(([k, v]) => `${k} ${v}`).join('; ') + '.')
   lines.push('')

@@ -28,7 +28,7 @@ const { values: opts } = parseArgs({
     clients: { type: 'string', default: '32' },
     targets: { type: 'string', default: 'direct,kaproxy-fast,kaproxy-net,kaproxy-net-opt-size,haproxy,haproxy-splice,nginx,socat' },
     scenarios: { type: 'string', default: SCENARIOS.join(',') },
-    // Extra kaproxy builds to compare: NAME=PATH/TO/cli.js[,NODE_FLAG...][,engine=fast|net] (repeatable; engine auto by default).
+    // Extra kaproxy builds to compare: NAME=PATH/TO/cli.js[,NODE_FLAG...][,engine=fast|net][,workers=N] (repeatable; engine and workers auto by default).
     kaproxy: { type: 'string', multiple: true, default: [] },
     'log-level': { type: 'string', default: 'warn' },
     out: { type: 'string', default: join(ROOT, 'bench/results') },
@@ -40,7 +40,7 @@ const { values: opts } = parseArgs({
 if (opts.help) {
   console.log(`npm run bench -- [--install] [--reps 3] [--seconds 5] [--idle-conns 9000] [--idle-sec 15]
   [--clients 32] [--targets ${opts.targets}] [--scenarios ${SCENARIOS.join(',')}]
-  [--kaproxy NAME=PATH/cli.js[,NODE_FLAG...][,engine=fast|net]]... [--log-level warn] [--out bench/results] [--label NAME]
+  [--kaproxy NAME=PATH/cli.js[,NODE_FLAG...][,engine=fast|net][,workers=N]]... [--log-level warn] [--out bench/results] [--label NAME]
 --install  apt-get install what is missing of haproxy, nginx-light + libnginx-mod-stream, socat (Debian)`)
   process.exit(0)
 }
@@ -111,6 +111,7 @@ function makeTargets (): Target[] {
     ['direct', direct],
     // As shipped: the bin, `npm start` and the Dockerfile run node with --max-semi-space-size=1.
     ['kaproxy-fast', kaproxy('kaproxy-fast', cli, [SHIPPED_NODE_FLAG], logLevel, 'fast')],
+    ['kaproxy-fast-1worker', kaproxy('kaproxy-fast-1worker', cli, [SHIPPED_NODE_FLAG], logLevel, 'fast', 1)],
     ['kaproxy-fast-opt-size', kaproxy('kaproxy-fast-opt-size', cli, [SHIPPED_NODE_FLAG, '--optimize-for-size'], logLevel, 'fast')],
     ['kaproxy-fast-semi16', kaproxy('kaproxy-fast-semi16', cli, [], logLevel, 'fast')],
     ['kaproxy-net', kaproxy('kaproxy-net', cli, [SHIPPED_NODE_FLAG], logLevel, 'net')],
@@ -130,7 +131,11 @@ function makeTargets (): Target[] {
     // `engine=fast|net` among the flags picks the engine (auto otherwise); the rest go to node.
     const engine = parts.find((part) => part.startsWith('engine='))?.slice('engine='.length) ?? 'auto'
     if (engine !== 'auto' && engine !== 'fast' && engine !== 'net') throw new Error(`--kaproxy ${spec}: engine must be auto, fast or net`)
-    all.set(name, kaproxy(name, resolve(path ?? ''), parts.filter((part) => !part.startsWith('engine=')), logLevel, engine))
+    // `workers=N` sets dataPlane.workers (auto otherwise).
+    const workers = parts.find((part) => part.startsWith('workers='))?.slice('workers='.length)
+    if (workers !== undefined && !/^[1-9][0-9]*$/.test(workers)) throw new Error(`--kaproxy ${spec}: workers must be a positive integer`)
+    const nodeFlags = parts.filter((part) => !part.startsWith('engine=') && !part.startsWith('workers='))
+    all.set(name, kaproxy(name, resolve(path ?? ''), nodeFlags, logLevel, engine, workers === undefined ? null : Number(workers)))
   }
   return opts.targets.split(',').map((name) => {
     const target = all.get(name)
@@ -170,7 +175,29 @@ function cpuOf (pid: number | null): number | null {
   return pid === null ? null : treeCpuSec(pid)
 }
 
+/** The load generator's arguments for a timed scenario (all but idle). */
+function loadArgs (scenario: Exclude<Scenario, 'idle'>, port: number, runSeconds: number): string[] {
+  switch (scenario) {
+    case 'bulk1':
+    case 'bulk8':
+    case 'down1':
+    case 'down8':
+      // bulk: client to upstream (upload); down: upstream to client (download).
+      return ['bulk', String(port), scenario.endsWith('1') ? '1' : '8', String(runSeconds), scenario.startsWith('down') ? 'down' : 'up']
+    case 'pingpong':
+      return ['pingpong', String(port), '64', String(runSeconds)]
+    case 'cec':
+      return ['cec', String(port), String(clients), String(runSeconds)]
+  }
+}
+
+/** Seconds of the same load every target gets, unmeasured, before a timed scenario (see runScenario). */
+const WARM_UP_SECONDS = 1
+
 async function runScenario (scenario: Scenario, loadgen: string, port: number, pid: number | null): Promise<Record<string, number | null>> {
+  // Steady state is measured, as a long-running relay sees it: every target, HAProxy included,
+  // first gets a second of the same load (kaproxy compiles its hot paths, in each worker, then).
+  if (scenario !== 'idle') await runJson(loadgen, loadArgs(scenario, port, WARM_UP_SECONDS))
   const cpu0 = cpuOf(pid)
   const targetCpu = (): number | null => { const c = cpuOf(pid); return c === null || cpu0 === null ? null : c - cpu0 }
   switch (scenario) {
@@ -178,19 +205,17 @@ async function runScenario (scenario: Scenario, loadgen: string, port: number, p
     case 'bulk8':
     case 'down1':
     case 'down8': {
-      // bulk: client to upstream (upload); down: upstream to client (download).
-      const streams = scenario.endsWith('1') ? '1' : '8'
-      const r = await runJson(loadgen, ['bulk', String(port), streams, String(seconds), scenario.startsWith('down') ? 'down' : 'up'])
+      const r = await runJson(loadgen, loadArgs(scenario, port, seconds))
       const cpu = targetCpu()
       const gb = (r.bytes ?? 0) / 1e9
       return { gbps: r.gbps ?? null, bytes: r.bytes ?? null, seconds: r.seconds ?? null, genCpuSec: r.genCpuSec ?? null, targetCpuSec: cpu, cpuSecPerGB: cpu === null ? null : cpu / gb }
     }
     case 'pingpong': {
-      const r = await runJson(loadgen, ['pingpong', String(port), '64', String(seconds)])
+      const r = await runJson(loadgen, loadArgs(scenario, port, seconds))
       return { p50us: r.p50us ?? null, seconds: r.seconds ?? null, p99us: r.p99us ?? null, p999us: r.p999us ?? null, rounds: r.rounds ?? null, genCpuSec: r.genCpuSec ?? null, targetCpuSec: targetCpu() }
     }
     case 'cec': {
-      const r = await runJson(loadgen, ['cec', String(port), String(clients), String(seconds)])
+      const r = await runJson(loadgen, loadArgs(scenario, port, seconds))
       const cpu = targetCpu()
       const conns = r.connections ?? 0
       return { perSec: r.perSec ?? null, seconds: r.seconds ?? null, connections: conns, failed: r.failed ?? null, genCpuSec: r.genCpuSec ?? null, targetCpuSec: cpu, cpuUsPerConn: cpu === null || conns === 0 ? null : cpu / conns * 1e6 }
@@ -270,7 +295,7 @@ async function main (): Promise<void> {
     date: new Date().toISOString(),
     command: `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim(),
     versions: v,
-    settings: { reps, seconds, idleConns, idleSec, clients, logLevel: opts['log-level'], durationSec: Math.round((Date.now() - started) / 1000) },
+    settings: { reps, seconds, warmUpSec: WARM_UP_SECONDS, idleConns, idleSec, clients, logLevel: opts['log-level'], durationSec: Math.round((Date.now() - started) / 1000) },
     targets: targets.map((t) => t.name),
     samples,
     summary: summarize(samples, targets.map((t) => t.name))

@@ -81,15 +81,16 @@ export const direct: Target = {
   start: async (_port, upstreamPort) => ({ port: upstreamPort, pid: null, stop: async () => {} })
 }
 
-/** kaproxy with one engine through its CLI, as users run it (one-route mode, admin API off). */
-export function kaproxy (name: string, cli: string, nodeFlags: string[], logLevel: string, engine: 'fast' | 'net' | 'auto'): Target {
+/** kaproxy with one engine through its CLI, as users run it (one-route mode, admin API off); `workers` null: auto. */
+export function kaproxy (name: string, cli: string, nodeFlags: string[], logLevel: string, engine: 'fast' | 'net' | 'auto', workers: number | null = null): Target {
   const ka = `${KA.idleSec}s,${KA.intervalSec}s,${KA.count}`
   return {
     name,
     skip: () => null,
     start: async (port, upstreamPort, dir) => await launch(name, process.execPath, [
       ...nodeFlags, cli, '--name', 'r', '--listen', `127.0.0.1:${port}`, '--upstream', `127.0.0.1:${upstreamPort}`,
-      '--client-keepalive', ka, '--upstream-keepalive', ka, '--log-level', logLevel, '--admin-listen', '', '--engine', engine
+      '--client-keepalive', ka, '--upstream-keepalive', ka, '--log-level', logLevel, '--admin-listen', '', '--engine', engine,
+      ...workers === null ? [] : ['--workers', String(workers)]
     ], port, dir)
   }
 }
