@@ -111,6 +111,28 @@ describe('the fast engine\'s workers', () => {
     assert.equal(dataPlane.descriptors(), 0, 'every worker stopped, its descriptors and the listening duplicates closed')
   })
 
+  it('maxConnections counts the route\'s connections in every worker: a burst of 150 clients gets three relayed, the rest refused with limit', { skip: FAST ? false : 'fast needs Linux' }, async (t) => {
+    const echo = await startEchoServer()
+    t.after(echo.close)
+    const proxy = await startProxy({ dataPlane: { workers: 3 }, defaults: { engine: 'fast' }, routes: [{ name: 'limited', listen: '127.0.0.1:0', upstream: echo.address, maxConnections: 3 }] })
+    t.after(proxy.close)
+    assert.equal(proxy.kaproxy.engine.acceptedBy('limited'), 'worker')
+    // All at once: a worker takes at most 64 per turn, and a worker busy accepting leaves the next to another.
+    const clients = await Promise.all(Array.from({ length: 150 }, async () => {
+      const socket = await connect(proxy.port('limited'))
+      socket.on('error', () => {})
+      return socket
+    }))
+    t.after(() => { for (const socket of clients) socket.destroy() })
+    const refused = await proxy.log.waitForCount({ event: 'close', route: 'limited', reason: 'limit' }, 147)
+    assert.equal(refused.length, 147)
+    // A refused client is logged by its close alone.
+    await proxy.log.waitForCount({ event: 'open', route: 'limited' }, 3)
+    assert.equal(proxy.log.find({ event: 'open', route: 'limited' }).length, 3, 'three relayed')
+    assert.equal(proxy.log.find({ event: 'close', route: 'limited' }).length, 147, 'nothing but the refusals closed')
+    assert.equal((proxy.kaproxy.engine as NetEngine).dataPlane.size, 3)
+  })
+
   it('a reload cannot change the worker count: it says a restart is needed, on every reload until then', async (t) => {
     const echo = await startEchoServer()
     t.after(echo.close)

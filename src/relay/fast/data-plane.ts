@@ -159,16 +159,17 @@ export class SpliceDataPlane {
 
   /**
    * Have the worker accept and dial the route's connections on `fd` (a duplicate of its listening
-   * socket, closed by the caller after `unlistened`). Returns the key for the calls below, or null
+   * socket, closed by the caller after `unlistened`), counting its connections in `live` (shared with
+   * the other workers accepting for it). Returns the key for the calls below, or null
    * when the data plane is unavailable (the route accepts by itself).
    */
-  listen (acceptor: WorkerAcceptor, fd: number, plan: AcceptPlan): number | null {
+  listen (acceptor: WorkerAcceptor, fd: number, plan: AcceptPlan, live: SharedArrayBuffer): number | null {
     if (this.failure !== null || this.stopped !== null) return null
     if (this.worker === null && !this.startWorker()) return null
     const key = this.nextAcceptorKey++
     this.acceptors.set(key, acceptor)
     this.updateRef()
-    this.send({ type: 'listen', route: key, fd, plan })
+    this.send({ type: 'listen', route: key, fd, plan, live })
     return key
   }
 

@@ -58,7 +58,14 @@ export interface AcceptPlan {
 }
 
 /** Accept on `fd` (a duplicate of the route's listening socket; the main thread closes it after `unlistened`). */
-export interface Listen { type: 'listen', route: number, fd: number, plan: AcceptPlan }
+export interface Listen {
+  type: 'listen'
+  route: number
+  fd: number
+  plan: AcceptPlan
+  /** One Int32: the route's connections dialing or relaying, counted by every worker accepting for it (maxConnections). */
+  live: SharedArrayBuffer
+}
 /** New connections of the route get `plan` (a reload changed the route). */
 export interface Replan { type: 'plan', route: number, plan: AcceptPlan }
 /** Stop or go on polling the route's listening socket (descriptors ran short, or are back). */

@@ -71,8 +71,8 @@ interface Acceptor {
   readonly fd: number
   plan: AcceptPlan
   sockaddr: Buffer
-  /** Its connections dialing or relaying here (maxConnections). */
-  live: number
+  /** Its connections dialing or relaying, in every worker accepting for it (maxConnections; Atomics). */
+  readonly live: Int32Array
   /** In the epoll set: not while the main thread has it paused, or while descriptors ran out (until it resumes it). */
   polling: boolean
   /** Its connections being dialed (not reported yet). */
@@ -282,7 +282,7 @@ function end (pair: Pair, how: PairEnded['how'], side: PairEnded['side'], errno:
     lastSilenceMs: stats[base + STAT_LAST_SILENCE_MS] ?? 0,
     lastSilenceEndedAt: stats[base + STAT_LAST_SILENCE_ENDED_AT] ?? 0
   })
-  if (pair.acceptor !== null) pair.acceptor.live--
+  if (pair.acceptor !== null) Atomics.sub(pair.acceptor.live, 0, 1)
   if (pair.ownSlot >= 0) ownFreeSlots.push(pair.ownSlot)
 }
 
@@ -494,7 +494,7 @@ function onMessage (message: ToWorker): void {
       addHandedOver(message)
       break
     case 'listen': {
-      const acceptor: Acceptor = { route: message.route, fd: message.fd, plan: message.plan, sockaddr: Buffer.from(message.plan.target), live: 0, polling: false, dialing: 0, closing: false, inheritFrom: NaN, inherits: false }
+      const acceptor: Acceptor = { route: message.route, fd: message.fd, plan: message.plan, sockaddr: Buffer.from(message.plan.target), live: new Int32Array(message.live), polling: false, dialing: 0, closing: false, inheritFrom: NaN, inherits: false }
       tuneListener(acceptor)
       acceptors.set(acceptor.route, acceptor)
       acceptorByFd[acceptor.fd] = acceptor
@@ -633,7 +633,9 @@ function peerText (): string {
   return sockaddrText(peer.subarray(0, peerLength[0])) ?? ''
 }
 
+/** Report a client that will not be relayed; its place in the route's count is given back (a `limit` never had one). */
 function acceptFailed (acceptor: Acceptor, id: number, clientFd: number, client: string, acceptedAt: number, failure: AcceptFailure, side: 'client' | 'upstream' | null, code: string): void {
+  if (failure !== 'limit') Atomics.sub(acceptor.live, 0, 1)
   outbox.push({ kind: 'accepted', route: acceptor.route, id, clientFd, client, upstreamFd: -1, acceptedAt, connectMs: 0, failure, side, code, block: -1, base: 0 })
 }
 
@@ -645,7 +647,11 @@ function acceptOne (acceptor: Acceptor, clientFd: number, client: string): void 
   const id = ids.next()
   const acceptedAt = now
   const plan = acceptor.plan
-  if (plan.maxConnections !== null && acceptor.live >= plan.maxConnections) {
+  // Taken before anything else, as other workers count the same route: released by acceptFailed
+  // or the pair's end.
+  const before = Atomics.add(acceptor.live, 0, 1)
+  if (plan.maxConnections !== null && before >= plan.maxConnections) {
+    Atomics.sub(acceptor.live, 0, 1)
     acceptFailed(acceptor, id, clientFd, client, acceptedAt, 'limit', null, '')
     return
   }
@@ -682,7 +688,6 @@ function acceptOne (acceptor: Acceptor, clientFd: number, client: string): void 
     acceptFailed(acceptor, id, clientFd, client, acceptedAt, 'dial', 'upstream', errnoName(-started))
     return
   }
-  acceptor.live++
   acceptor.dialing++
   const dial: Dial = { id, acceptor, clientFd, client, upstreamFd, acceptedAt, deadline: now + plan.connectTimeoutMs }
   dialByFd[upstreamFd] = dial
@@ -700,7 +705,6 @@ function dialEnded (dial: Dial, failure: AcceptFailure | null, code: string): vo
   dial.acceptor.dialing--
   if (dialByFd[dial.upstreamFd] === dial) dialByFd[dial.upstreamFd] = undefined
   if (failure === null) return
-  dial.acceptor.live--
   sys.epollCtl(epfd, EPOLL_CTL_DEL, dial.upstreamFd, 0)
   closeAfterTurn(dial.upstreamFd)
   acceptFailed(dial.acceptor, dial.id, dial.clientFd, dial.client, dial.acceptedAt, failure, 'upstream', code)
