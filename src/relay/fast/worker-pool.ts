@@ -76,10 +76,15 @@ export class SpliceWorkers {
 
   /** Hand a connected pair to the worker relaying the fewest; null when none can take it. */
   relay (connection: SplicedConnection, clientFd: number, upstreamFd: number, options: RelayOptions): SpliceStats | null {
-    const byLoad = this.planes.length === 1 ? this.planes : [...this.planes].sort((a, b) => a.size - b.size)
-    for (const plane of byLoad) {
-      const stats = plane.relay(connection, clientFd, upstreamFd, options)
-      if (stats !== null) return stats
+    let least = this.planes[0] as SpliceDataPlane
+    for (const plane of this.planes) if (plane.size < least.size) least = plane
+    const stats = least.relay(connection, clientFd, upstreamFd, options)
+    if (stats !== null) return stats
+    // That worker failed or is stopping: any other that can take it.
+    for (const plane of this.planes) {
+      if (plane === least) continue
+      const taken = plane.relay(connection, clientFd, upstreamFd, options)
+      if (taken !== null) return taken
     }
     return null
   }
@@ -90,6 +95,8 @@ export class SpliceWorkers {
    */
   listen (acceptor: WorkerAcceptor, fd: number, plan: AcceptPlan): number | null {
     const shared: SharedListener = { acceptor, members: new Set(), lost: false }
+    // maxConnections counts the route's connections in every worker.
+    const live = new SharedArrayBuffer(Int32Array.BYTES_PER_ELEMENT)
     for (const plane of this.planes) {
       const duplicate = shared.members.size > 0
       let memberFd = fd
@@ -103,7 +110,7 @@ export class SpliceWorkers {
         this.duplicates++
       }
       const member: Member = { plane, key: 0, fd: memberFd, duplicate }
-      const key = plane.listen(this.memberAcceptor(shared, member), memberFd, plan)
+      const key = plane.listen(this.memberAcceptor(shared, member), memberFd, plan, live)
       if (key === null) { this.closeMember(member); continue }
       member.key = key
       shared.members.add(member)
