@@ -13,8 +13,9 @@ import { demoBanner, startEchoServer } from './demo.js'
 import { ConfigError, KaproxyError } from './errors.js'
 import { iptablesCommand } from './iptables.js'
 import { Kaproxy } from './kaproxy.js'
-import { createLogger } from './log.js'
+import { createLogger, flushLogSync } from './log.js'
 import { startReloadTriggers } from './reload.js'
+import { exitNow } from './sockopt/libc.js'
 import { kaproxyVersion } from './version.js'
 
 // The only file that exits the process: parse arguments, load config, start, wait for signals.
@@ -82,10 +83,11 @@ async function run (args: string[]): Promise<number> {
     process.once('SIGINT', resolve)
     process.once('SIGTERM', resolve)
   })
-  // A second signal while draining exits at once; pino's exit hook writes what is buffered.
+  // A second signal while draining exits at once, its line written first.
   const force = (second: NodeJS.Signals): void => {
     log.warn({ event: 'forced-exit', signal: second }, `${second} while draining: exiting now`)
-    process.exit(1)
+    flushLogSync(log)
+    exitNow(1)
   }
   process.once('SIGINT', force)
   process.once('SIGTERM', force)
