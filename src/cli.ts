@@ -13,9 +13,8 @@ import { demoBanner, startEchoServer } from './demo.js'
 import { ConfigError, KaproxyError } from './errors.js'
 import { iptablesCommand } from './iptables.js'
 import { Kaproxy } from './kaproxy.js'
-import { createLogger, flushLogSync } from './log.js'
+import { createLogger } from './log.js'
 import { startReloadTriggers } from './reload.js'
-import { exitNow } from './sockopt/libc.js'
 import { kaproxyVersion } from './version.js'
 
 // The only file that exits the process: parse arguments, load config, start, wait for signals.
@@ -83,11 +82,10 @@ async function run (args: string[]): Promise<number> {
     process.once('SIGINT', resolve)
     process.once('SIGTERM', resolve)
   })
-  // A second signal while draining exits at once, its line written first.
+  // A second signal while draining exits at once; pino's exit hook writes what is buffered.
   const force = (second: NodeJS.Signals): void => {
     log.warn({ event: 'forced-exit', signal: second }, `${second} while draining: exiting now`)
-    flushLogSync(log)
-    exitNow(1)
+    process.exit(1)
   }
   process.once('SIGINT', force)
   process.once('SIGTERM', force)

@@ -8,16 +8,6 @@ import type { AcceptBurst, AcceptPause, CloseSummary, ConnectionRecord, DrainSum
 import type { UpstreamState } from './upstream/pool.js'
 import { targetsLabel, type UpstreamTarget } from './upstream/target.js'
 
-/** Write what the logger still buffers now (pino's stdout stream is asynchronous), before an exit that skips exit handlers. */
-export function flushLogSync (log: Logger): void {
-  const stream = (log as unknown as Record<symbol, unknown>)[pino.symbols.streamSym] as { flushSync?: () => void } | undefined
-  try {
-    stream?.flushSync?.()
-  } catch {
-    // A closed or broken stdout: nothing more can be written anyway.
-  }
-}
-
 /** The process logger: pino JSON lines on stdout (or `destination`, e.g. a test sink). */
 export function createLogger (level: LogLevel, destination?: DestinationStream): Logger {
   const options = { level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime, serializers: { err: serializeError } }

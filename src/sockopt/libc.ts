@@ -27,7 +27,6 @@ interface Libc {
   getsockname: RawSockname
   getpeername: RawSockname
   send: RawSend
-  exitImmediately: (status: number) => void
 }
 
 let libc: Libc | undefined
@@ -50,24 +49,9 @@ function load (): Libc {
     fcntl: lib.func('int fcntl(int fd, int cmd, int arg)') as RawFcntl,
     getsockname: lib.func('getsockname', 'int', ['int', 'void *', koffi.inout(koffi.pointer('uint32_t'))]) as RawSockname,
     getpeername: lib.func('getpeername', 'int', ['int', 'void *', koffi.inout(koffi.pointer('uint32_t'))]) as RawSockname,
-    send: lib.func('intptr_t send(int fd, const void *buf, size_t len, int flags)') as RawSend,
-    exitImmediately: lib.func('void _exit(int status)') as (status: number) => void
+    send: lib.func('intptr_t send(int fd, const void *buf, size_t len, int flags)') as RawSend
   }
   return libc
-}
-
-/**
- * End the process now with `code` (libc `_exit`): no exit handlers, no teardown. A forced exit
- * uses it: process.exit() tears the runtime down while the fast engine's workers may be coming
- * back from a blocking call into it, which can crash the process instead of exiting. Falls back
- * to process.exit() where libc cannot be loaded.
- */
-export function exitNow (code: number): never {
-  try {
-    const { exitImmediately } = load()
-    exitImmediately(code)
-  } catch {}
-  process.exit(code)
 }
 
 /** The option numbers of the running platform. Throws KAPROXY_ERR_PLATFORM elsewhere. */
