@@ -737,6 +737,9 @@ function onDialEvent (dial: Dial, flags: number): void {
     ownSlot: slot,
     upstreamRegistered: true
   })
+  // The upstream's FIN may have come with this event (a late turn): its edge is spent, so the
+  // relay must know now that a short read is not the end of what there is to read.
+  if ((flags & EPOLLRDHUP) !== 0) onSocketEvent(dial.upstreamFd, flags)
   unlistenedWhenDone(dial.acceptor)
 }
 
