@@ -633,9 +633,9 @@ function peerText (): string {
   return sockaddrText(peer.subarray(0, peerLength[0])) ?? ''
 }
 
-/** Report a client that will not be relayed; its place in the route's count is given back (a `limit` never had one). */
+/** Report a client that will not be relayed, and give back its place in the route's count. */
 function acceptFailed (acceptor: Acceptor, id: number, clientFd: number, client: string, acceptedAt: number, failure: AcceptFailure, side: 'client' | 'upstream' | null, code: string): void {
-  if (failure !== 'limit') Atomics.sub(acceptor.live, 0, 1)
+  Atomics.sub(acceptor.live, 0, 1)
   outbox.push({ kind: 'accepted', route: acceptor.route, id, clientFd, client, upstreamFd: -1, acceptedAt, connectMs: 0, failure, side, code, block: -1, base: 0 })
 }
 
@@ -647,11 +647,10 @@ function acceptOne (acceptor: Acceptor, clientFd: number, client: string): void 
   const id = ids.next()
   const acceptedAt = now
   const plan = acceptor.plan
-  // Taken before anything else, as other workers count the same route: released by acceptFailed
-  // or the pair's end.
+  // Taken before anything else, as other workers count the same route: given back by
+  // acceptFailed or the pair's end.
   const before = Atomics.add(acceptor.live, 0, 1)
   if (plan.maxConnections !== null && before >= plan.maxConnections) {
-    Atomics.sub(acceptor.live, 0, 1)
     acceptFailed(acceptor, id, clientFd, client, acceptedAt, 'limit', null, '')
     return
   }

@@ -14,6 +14,8 @@ interface Member {
 
 /** A route that every worker accepts for; its acceptor hears once when all of them let go. */
 interface SharedListener {
+  /** Its key in `listeners` (0 until every worker was asked). */
+  key: number
   readonly acceptor: WorkerAcceptor
   readonly members: Set<Member>
   /** A worker died: the others were told to let go, and the route accepts by itself again after. */
@@ -94,7 +96,7 @@ export class SpliceWorkers {
    * it after `unlistened`), the others on duplicates of it. Null when no worker could take it.
    */
   listen (acceptor: WorkerAcceptor, fd: number, plan: AcceptPlan): number | null {
-    const shared: SharedListener = { acceptor, members: new Set(), lost: false }
+    const shared: SharedListener = { key: 0, acceptor, members: new Set(), lost: false }
     // maxConnections counts the route's connections in every worker.
     const live = new SharedArrayBuffer(Int32Array.BYTES_PER_ELEMENT)
     for (const plane of this.planes) {
@@ -116,9 +118,9 @@ export class SpliceWorkers {
       shared.members.add(member)
     }
     if (shared.members.size === 0) return null
-    const key = this.nextKey++
-    this.listeners.set(key, shared)
-    return key
+    shared.key = this.nextKey++
+    this.listeners.set(shared.key, shared)
+    return shared.key
   }
 
   /** New connections of the route get `plan`; resolves once every worker has it. */
@@ -159,7 +161,7 @@ export class SpliceWorkers {
       if (!shared.members.delete(member)) return
       this.closeMember(member)
       if (shared.members.size > 0) return
-      for (const [key, value] of this.listeners) if (value === shared) this.listeners.delete(key)
+      this.listeners.delete(shared.key)
       if (shared.lost) shared.acceptor.lost()
       else shared.acceptor.unlistened()
     }
