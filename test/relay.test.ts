@@ -6,7 +6,7 @@ import { closed, closedPort, connect, drainToHash, sendRandom, startEchoServer, 
 import { fullBacklogListener } from './helpers/full-backlog.js'
 import { startProxy } from './helpers/proxy.js'
 import { describeEachEngine } from './helpers/engines.js'
-import { acceptedReadsInPlace } from '../src/relay/net/connection.js'
+import { acceptedReadsInPlace, endListenedInPlace } from '../src/relay/net/connection.js'
 
 const MiB = 1024 * 1024
 
@@ -222,4 +222,10 @@ it("reads accepted clients through the shared buffer in place on this Node, with
   // The fallback (a socket re-made on a duplicate descriptor) works anywhere but costs memory;
   // this fails when Node's internals move, so that it is noticed.
   assert.equal(acceptedReadsInPlace, true)
+})
+
+it("replaces Node's own 'end' listener of a relayed socket on this Node, instead of adding a second one", () => {
+  // The fallback (a second listener) works anywhere but costs an array per socket; this fails
+  // when Node's internals move, so that it is noticed.
+  assert.equal(endListenedInPlace, true)
 })

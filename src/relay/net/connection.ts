@@ -168,6 +168,32 @@ function addressOf (host: string | undefined, port: number | undefined): string 
   return hostPortText(host, port) ?? 'unknown'
 }
 
+/** EventEmitter's listener storage: one function per event, an array once there are two. */
+function listenersOf (socket: Socket): Record<string | symbol, unknown> | undefined {
+  return (socket as unknown as { _events?: Record<string | symbol, unknown> })._events
+}
+
+/**
+ * onEnd, in place of Node's own 'end' listener where that one has nothing to do: it only stops
+ * writes after the peer's FIN on a socket without allowHalfOpen, and every relayed socket allows
+ * half-open. One function per socket instead of an array of two: about 250 bytes less per
+ * connection at 9,000 idle ones. Replaced in place: removing Node's listener first (`delete`)
+ * turns the socket's listener object into a dictionary, which costs more than the array.
+ */
+function listenForEnd (socket: Socket): void {
+  const listeners = listenersOf(socket)
+  if (socket.allowHalfOpen && socket.listenerCount('end') === 1 && listeners !== undefined && typeof listeners.end === 'function') listeners.end = onEnd
+  else socket.on('end', onEnd)
+}
+
+/** Whether this Node keeps a new half-open socket's one 'end' listener where listenForEnd replaces it. */
+export const endListenedInPlace = ((): boolean => {
+  const probe = new net.Socket({ allowHalfOpen: true })
+  const found = probe.listenerCount('end') === 1 && typeof listenersOf(probe)?.end === 'function'
+  probe.destroy()
+  return found
+})()
+
 /**
  * One client connection and its upstream, from accept to the single close summary.
  * The data path, top to bottom: accept -> client keepalive -> [PROXY header in] -> dial a target
@@ -356,7 +382,7 @@ export class Connection implements ConnectionRecord {
     const client = this.clientSocket
     if (client === null) return
     client.on('error', onError)
-    client.on('end', onEnd)
+    listenForEnd(client)
     client.on('close', onClose)
     client.on('timeout', onClientTimeout)
     if (this.route.originalDst === null && this.loopsBack(client.localAddress ?? '', client.localPort ?? 0)) return
@@ -569,7 +595,7 @@ export class Connection implements ConnectionRecord {
     this.openSockets++
     upstream.on('connect', onUpstreamConnect)
     upstream.on('error', onError)
-    upstream.on('end', onEnd)
+    listenForEnd(upstream)
     upstream.on('close', onClose)
     this.connectTimer = setTimeout(connectTimedOut, this.route.connectTimeoutMs, this).unref()
     if (target.kind === 'tcp') dialingUnindexed.add(this)
@@ -630,7 +656,9 @@ export class Connection implements ConnectionRecord {
     if (target.kind === 'tcp') {
       this.ownEndpoint = flowKey(upstream.localAddress, upstream.localPort, upstream.remoteAddress, upstream.remotePort)
       upstreamEndpoints.set(this.ownEndpoint, this)
-      this.upstream = addressOf(upstream.remoteAddress, upstream.remotePort)
+      // The target's own label when it says the same (a numeric target): one string for every connection.
+      const address = addressOf(upstream.remoteAddress, upstream.remotePort)
+      this.upstream = address === target.label ? target.label : address
       // Node's setKeepAlive() is never called: libuv would force interval 1 s and count 10.
       if (!this.applySideKeepalive('upstream')) return
     }
