@@ -9,6 +9,7 @@ import type { ApplyResult, Engine } from './relay/engine.js'
 import { NetEngine } from './relay/net/engine.js'
 import { composeObservers } from './relay/observers.js'
 import { readSystemKeepalive } from './system-keepalive.js'
+import { BurstReclaimer } from './memory-reclaim.js'
 import { kaproxyVersion } from './version.js'
 
 export interface KaproxyOptions {
@@ -48,6 +49,8 @@ export class Kaproxy {
   /** The fast engine's worker count, fixed at start. */
   private readonly workers: number
   private readonly log: Logger
+  /** Returns a burst's heap once it is over (see BurstReclaimer). */
+  private readonly reclaimer: BurstReclaimer
   private readonly load: () => KaproxyConfig
   private started = false
   private stopping = false
@@ -67,7 +70,8 @@ export class Kaproxy {
       ready: () => this.ready,
       dataPlane: () => ({ connections: engine.dataPlane.size, descriptors: engine.dataPlane.descriptors(), perWorker: engine.dataPlane.sizes() })
     }, kaproxyVersion())
-    const engine = new NetEngine(composeObservers(loggingObserver(log), this.metrics.observer), { workers: config.dataPlane.workers })
+    this.reclaimer = new BurstReclaimer(log)
+    const engine = new NetEngine(composeObservers(loggingObserver(log), this.metrics.observer, this.reclaimer.observer), { workers: config.dataPlane.workers })
     this.engine = engine
     this.admin = config.admin.listen === null
       ? null
@@ -203,6 +207,7 @@ export class Kaproxy {
   async close (): Promise<void> {
     this.stopping = true
     this.closing ??= (async () => {
+      this.reclaimer.close()
       await this.engine.close()
       await this.admin?.close()
     })()
