@@ -91,7 +91,7 @@ export function createSchema (env: NodeJS.ProcessEnv) {
       workers: { doc: 'threads of the fast engine; auto: one per CPU, at most 4', format: formats.workers, default: 'auto' as string | number, env: 'KAPROXY_WORKERS' }
     },
     defaults: {
-      engine: { doc: 'data plane: fast (splice in a worker thread, Linux), net (Node streams, portable), auto (fast where available)', format: formats.engine, default: 'auto', env: 'KAPROXY_ENGINE' },
+      engine: { doc: 'data plane: fast (splice in worker threads, dataPlane.workers; Linux), net (Node streams, portable), auto (fast where available)', format: formats.engine, default: 'auto', env: 'KAPROXY_ENGINE' },
       connectTimeout: { doc: 'upstream connect timeout', format: formats['connect-timeout'], default: '5s' as string | number },
       drainTimeout: {
         doc: 'how long live connections may go on once their route stops accepting (removed by a reload, or shutdown); then they are closed',

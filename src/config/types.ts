@@ -66,7 +66,7 @@ export interface RouteConfig {
 /** `engine` as configured: `auto` is `fast` where the platform has it (Linux), else `net`. */
 export const ENGINE_CHOICES = ['auto', 'fast', 'net'] as const
 export type EngineChoice = typeof ENGINE_CHOICES[number]
-/** The data plane a route's connections relay through: `fast` splices in a worker thread, `net` uses Node's streams. */
+/** The data plane a route's connections relay through: `fast` splices in worker threads (dataPlane.workers), `net` uses Node's streams. */
 export type EngineName = 'fast' | 'net'
 
 export interface OriginalDstConfig {
