@@ -111,6 +111,28 @@ describe('the fast engine\'s workers', () => {
     assert.equal(dataPlane.descriptors(), 0, 'every worker stopped, its descriptors and the listening duplicates closed')
   })
 
+  it('long-lived connections opened one at a time spread over the workers, as a burst does', { skip: FAST ? false : 'fast needs Linux' }, async (t) => {
+    const echo = await startEchoServer()
+    t.after(echo.close)
+    const proxy = await startProxy({ dataPlane: { workers: 3 }, defaults: { engine: 'fast' }, routes: [{ name: 'long', listen: '127.0.0.1:0', upstream: echo.address }] })
+    t.after(proxy.close)
+    const dataPlane = (proxy.kaproxy.engine as NetEngine).dataPlane
+    // The workers start in parallel with the route: until one polls, the others take every client.
+    await dataPlane.listening()
+    // One at a time, each relaying before the next: EPOLLEXCLUSIVE alone wakes the same idle worker
+    // for every one of them, and all nine would share one core.
+    const held: net.Socket[] = []
+    t.after(() => { for (const socket of held) socket.destroy() })
+    for (let i = 0; i < 9; i++) {
+      held.push(...await holdEchoed(proxy.port('long'), 1))
+      await proxy.log.waitForCount({ event: 'open', route: 'long' }, i + 1)
+    }
+    const sizes = dataPlane.sizes()
+    assert.equal(sizes.reduce((a, b) => a + b, 0), 9)
+    // A worker stops taking clients once it holds two more than the least busy one.
+    assert.ok(Math.max(...sizes) - Math.min(...sizes) <= 2, `spread over the workers: ${sizes.join('/')}`)
+  })
+
   it('maxConnections counts the route\'s connections in every worker: a burst of 150 clients gets three relayed, the rest refused with limit', { skip: FAST ? false : 'fast needs Linux' }, async (t) => {
     const echo = await startEchoServer()
     t.after(echo.close)

@@ -33,6 +33,10 @@ export interface WorkerAcceptor {
   exhausted: (code: string) => void
   /** The worker is gone: the route must accept by itself again. */
   lost: () => void
+  /** The worker holds more than its share of the route's connections (see Crowded); the pool pokes the others. */
+  crowded?: () => void
+  /** The worker polls the route's listening socket from now on. */
+  listening?: () => void
 }
 
 /**
@@ -57,6 +61,15 @@ export class SpliceStats {
     const absolute = this.block[this.base + field] ?? 0
     return absolute === 0 ? 0 : absolute - performance.timeOrigin
   }
+}
+
+/** What the workers accepting for one route share (see Listen): its connection count and each worker's load. */
+export interface RouteShares {
+  live: SharedArrayBuffer
+  loads: SharedArrayBuffer
+  /** This worker's index in `loads`. */
+  worker: number
+  pollers: SharedArrayBuffer
 }
 
 export interface RelayOptions {
@@ -159,17 +172,17 @@ export class SpliceDataPlane {
 
   /**
    * Have the worker accept and dial the route's connections on `fd` (a duplicate of its listening
-   * socket, closed by the caller after `unlistened`), counting its connections in `live` (shared with
-   * the other workers accepting for it). Returns the key for the calls below, or null
-   * when the data plane is unavailable (the route accepts by itself).
+   * socket, closed by the caller after `unlistened`), sharing the route's counts with the other
+   * workers accepting for it (`shared`). Returns the key for the calls below, or null when the data
+   * plane is unavailable (the route accepts by itself).
    */
-  listen (acceptor: WorkerAcceptor, fd: number, plan: AcceptPlan, live: SharedArrayBuffer): number | null {
+  listen (acceptor: WorkerAcceptor, fd: number, plan: AcceptPlan, shared: RouteShares): number | null {
     if (this.failure !== null || this.stopped !== null) return null
     if (this.worker === null && !this.startWorker()) return null
     const key = this.nextAcceptorKey++
     this.acceptors.set(key, acceptor)
     this.updateRef()
-    this.send({ type: 'listen', route: key, fd, plan, live })
+    this.send({ type: 'listen', route: key, fd, plan, ...shared })
     return key
   }
 
@@ -180,6 +193,11 @@ export class SpliceDataPlane {
       this.planWaiters.push(resolve)
       this.send({ type: 'plan', route: key, plan })
     })
+  }
+
+  /** Have the worker accept the route's waiting clients now, if it polls the route (see Poke). */
+  poke (key: number): void {
+    if (this.acceptors.has(key)) this.send({ type: 'poke', route: key })
   }
 
   pauseAccepting (key: number, paused: boolean): void {
@@ -302,6 +320,12 @@ export class SpliceDataPlane {
         }
         case 'exhausted':
           this.acceptors.get(event.route)?.exhausted(event.code)
+          break
+        case 'listening':
+          this.acceptors.get(event.route)?.listening?.()
+          break
+        case 'crowded':
+          this.acceptors.get(event.route)?.crowded?.()
           break
         case 'planned':
           this.planWaiters.shift()?.()

@@ -65,7 +65,19 @@ export interface Listen {
   plan: AcceptPlan
   /** One Int32: the route's connections dialing or relaying, counted by every worker accepting for it (maxConnections). */
   live: SharedArrayBuffer
+  /**
+   * One Int32 per worker of the pool: the route's connections each holds (dialing or relaying),
+   * NOT_ACCEPTING for a worker that does not accept for it (gone, stopping, or never asked).
+   * This worker writes `loads[worker]`; see the worker's balance().
+   */
+  loads: SharedArrayBuffer
+  worker: number
+  /** One Int32: how many workers poll the route's listening socket now; a worker yields only while another polls. */
+  pollers: SharedArrayBuffer
 }
+
+/** A route's per-worker load (Listen.loads) of a worker that does not accept its connections. */
+export const NOT_ACCEPTING = 0x7fffffff
 /** New connections of the route get `plan` (a reload changed the route). */
 export interface Replan { type: 'plan', route: number, plan: AcceptPlan }
 /** Stop or go on polling the route's listening socket (descriptors ran short, or are back). */
@@ -75,7 +87,9 @@ export interface PauseAccepting { type: 'pause', route: number, paused: boolean 
  * and every connection it accepted for the route was reported.
  */
 export interface Unlisten { type: 'unlisten', route: number }
-export type ToWorker = AddPair | DropPair | AddBlock | Stop | Listen | Replan | PauseAccepting | Unlisten
+/** Another worker is crowded (see Crowded): look at the route's loads again now, and accept what waits if polling. */
+export interface Poke { type: 'poke', route: number }
+export type ToWorker = AddPair | DropPair | AddBlock | Stop | Listen | Replan | PauseAccepting | Unlisten | Poke
 
 /**
  * How the worker let go of a pair (it no longer touches either descriptor):
@@ -141,7 +155,15 @@ export interface Unlistened { kind: 'unlistened', route: number }
 export interface AcceptExhausted { kind: 'exhausted', route: number, code: string }
 /** The worker took a `plan` message: what it accepts from now on gets it. */
 export interface Planned { kind: 'planned', route: number }
-export type WorkerEvent = PairEnded | Accepted | WorkerBlock | Unlistened | AcceptExhausted | Planned
+/**
+ * The worker holds more of the route's connections than its share (see the worker's balance): it
+ * stopped polling the route, maybe leaving clients in the queue, or could not as no other worker
+ * polled. The others must look again: accept what waits, poll again if they hold fewer.
+ */
+export interface Crowded { kind: 'crowded', route: number }
+/** The worker polls the route's listening socket from now on (its answer to Listen). */
+export interface Listening { kind: 'listening', route: number }
+export type WorkerEvent = PairEnded | Accepted | WorkerBlock | Unlistened | AcceptExhausted | Planned | Crowded | Listening
 
 /**
  * The worker's batch of events, in order, posted at most once per turn of its loop. The two that

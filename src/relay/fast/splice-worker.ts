@@ -7,7 +7,7 @@ import {
   EPOLL_EVENT_DATA, EPOLL_EVENT_SIZE, dataPlaneCalls, errnoName, sendNow
 } from '../../sockopt/libc.js'
 import {
-  ConnectionIds, EventBatcher, SLOTS_PER_BLOCK, STAT_BYTES_FROM_CLIENT, STAT_BYTES_FROM_UPSTREAM, STAT_FIELDS, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT,
+  ConnectionIds, EventBatcher, NOT_ACCEPTING, SLOTS_PER_BLOCK, STAT_BYTES_FROM_CLIENT, STAT_BYTES_FROM_UPSTREAM, STAT_FIELDS, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT,
   STAT_LAST_SILENCE_MS, type AcceptFailure, type AcceptPlan, type AddPair, type PairEnded, type ToWorker, type WorkerStart
 } from './protocol.js'
 
@@ -73,8 +73,22 @@ interface Acceptor {
   sockaddr: Buffer
   /** Its connections dialing or relaying, in every worker accepting for it (maxConnections; Atomics). */
   readonly live: Int32Array
-  /** In the epoll set: not while the main thread has it paused, or while descriptors ran out (until it resumes it). */
+  /** To be polled: not while the main thread has it paused, or while descriptors ran out (until it resumes it). */
+  wanted: boolean
+  /** Its new clients left to a less busy worker (see balance). */
+  yielded: boolean
+  /** In the epoll set: wanted and not yielded. */
   polling: boolean
+  /** Each worker's count of the route's connections (see Listen.loads); this one's at `worker`. */
+  readonly loads: Int32Array
+  readonly worker: number
+  /** How many workers poll the route now (see balanceRoute). */
+  readonly pollers: Int32Array
+  /** The route's connections this thread holds, dialing or relaying; and what it last wrote to `loads`. */
+  mine: number
+  published: number
+  /** When it last asked the others to look again without yielding itself (see askOthers). */
+  askedAt: number
   /** Its connections being dialed (not reported yet). */
   dialing: number
   /** Told to stop: `unlistened` goes out once none is being dialed. */
@@ -157,6 +171,9 @@ const ACCEPTS_PER_TURN = 64
 const DIAL_SWEEP_MS = 50
 /** How long after tuning a listener its accepted sockets are still tuned one by one (see tuneListener). */
 const INHERIT_AFTER_MS = 50
+/** How often the routes' loads are compared at most (see balance), and when next. */
+const BALANCE_EVERY_MS = 10
+let balanceAt = 0
 /** Longest epoll_wait: one wake-up a second at most while idle. */
 const MAX_WAIT_MS = 1000
 let stopping = false
@@ -282,7 +299,7 @@ function end (pair: Pair, how: PairEnded['how'], side: PairEnded['side'], errno:
     lastSilenceMs: stats[base + STAT_LAST_SILENCE_MS] ?? 0,
     lastSilenceEndedAt: stats[base + STAT_LAST_SILENCE_ENDED_AT] ?? 0
   })
-  if (pair.acceptor !== null) Atomics.sub(pair.acceptor.live, 0, 1)
+  if (pair.acceptor !== null) { Atomics.sub(pair.acceptor.live, 0, 1); holding(pair.acceptor, -1) }
   if (pair.ownSlot >= 0) ownFreeSlots.push(pair.ownSlot)
 }
 
@@ -494,11 +511,31 @@ function onMessage (message: ToWorker): void {
       addHandedOver(message)
       break
     case 'listen': {
-      const acceptor: Acceptor = { route: message.route, fd: message.fd, plan: message.plan, sockaddr: Buffer.from(message.plan.target), live: new Int32Array(message.live), polling: false, dialing: 0, closing: false, inheritFrom: NaN, inherits: false }
+      const acceptor: Acceptor = {
+        route: message.route,
+        fd: message.fd,
+        plan: message.plan,
+        sockaddr: Buffer.from(message.plan.target),
+        live: new Int32Array(message.live),
+        wanted: false,
+        yielded: false,
+        polling: false,
+        loads: new Int32Array(message.loads),
+        worker: message.worker,
+        pollers: new Int32Array(message.pollers),
+        mine: 0,
+        published: NOT_ACCEPTING,
+        askedAt: -Infinity,
+        dialing: 0,
+        closing: false,
+        inheritFrom: NaN,
+        inherits: false
+      }
       tuneListener(acceptor)
       acceptors.set(acceptor.route, acceptor)
       acceptorByFd[acceptor.fd] = acceptor
       poll(acceptor, true)
+      outbox.push({ kind: 'listening', route: acceptor.route })
       break
     }
     case 'plan': {
@@ -520,11 +557,18 @@ function onMessage (message: ToWorker): void {
     case 'unlisten': {
       const acceptor = acceptors.get(message.route)
       if (acceptor === undefined) break
-      poll(acceptor, false)
       acceptors.delete(acceptor.route)
+      poll(acceptor, false)
       if (acceptorByFd[acceptor.fd] === acceptor) acceptorByFd[acceptor.fd] = undefined
       acceptor.closing = true
       unlistenedWhenDone(acceptor)
+      break
+    }
+    case 'poke': {
+      const acceptor = acceptors.get(message.route)
+      if (acceptor === undefined) break
+      balanceRoute(acceptor)
+      if (acceptor.polling) onListenerEvent(acceptor)
       break
     }
     case 'drop': {
@@ -558,14 +602,117 @@ function unlistenedWhenDone (acceptor: Acceptor): void {
   }
 }
 
+/** Whether the main thread wants the route's listening socket polled (see applyPolling). */
+function poll (acceptor: Acceptor, on: boolean): void {
+  acceptor.wanted = on
+  publishLoad(acceptor)
+  applyPolling(acceptor)
+}
+
 /**
  * Put a listening descriptor in the epoll set (level-triggered: what is left is reported again) or
- * take it out. Every worker polls the listening socket: a connection wakes one of them.
+ * take it out. Every worker polls the listening socket, unless it yielded: a connection wakes one
+ * of those waiting, or is reported to one busy relaying once it waits again.
  */
-function poll (acceptor: Acceptor, on: boolean): void {
+function applyPolling (acceptor: Acceptor): void {
+  const on = acceptor.wanted && !acceptor.yielded
   if (acceptor.polling === on) return
   acceptor.polling = on
+  // A yield took itself off the count already (see balanceRoute).
+  if (on) Atomics.add(acceptor.pollers, 0, 1)
+  else if (!acceptor.yielded) Atomics.sub(acceptor.pollers, 0, 1)
   sys.epollCtl(epfd, on ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, acceptor.fd, EPOLLIN | EPOLLEXCLUSIVE)
+}
+
+/** The route's connections held here went up or down by `change`: the other workers see it at once. */
+function holding (acceptor: Acceptor, change: number): void {
+  acceptor.mine += change
+  publishLoad(acceptor)
+  // Looked at again at the end of this turn, not a period later: a worker that now holds more than
+  // another (connections arriving one at a time, a turn each), or a yielded one whose connections end.
+  if (acceptor.yielded ? change < 0 : change > 0 && excessOver(acceptor) > 0) balanceAt = 0
+}
+
+/** Write what the other workers compare with (see balance): NOT_ACCEPTING while the route is not to be polled, or no longer listened to. */
+function publishLoad (acceptor: Acceptor): void {
+  const load = acceptor.wanted && acceptors.get(acceptor.route) === acceptor ? acceptor.mine : NOT_ACCEPTING
+  if (acceptor.published === load) return
+  acceptor.published = load
+  Atomics.store(acceptor.loads, acceptor.worker, load)
+}
+
+/**
+ * Spread each route's connections over the workers, as HAProxy spreads them over its threads.
+ * EPOLLEXCLUSIVE wakes the first worker waiting: at a low rate that is always the same one, and
+ * long-lived connections (a few bulk streams, thousands of idle ones) would all land on it while
+ * the other cores idle. Each worker writes how many of the route's connections it holds as that
+ * changes (NOT_ACCEPTING while it does not accept for the route: paused, out of descriptors,
+ * stopping, gone), and stops polling the route once it holds more than the least busy other one
+ * by over 1 + 1/8 of that one's; it polls again once it holds no more than that. Never the last
+ * one polling (the `pollers` count): a client always finds a worker. A worker that yields, or
+ * holds more than one that yielded, has the others poked through the main thread: they look again
+ * at once. Otherwise at most every BALANCE_EVERY_MS: under a high connection rate counts swing by
+ * several at every turn, and EPOLLEXCLUSIVE spreads clients by itself then.
+ */
+function balance (): void {
+  for (const acceptor of acceptors.values()) balanceRoute(acceptor)
+  balanceAt = now + BALANCE_EVERY_MS
+}
+
+function balanceRoute (acceptor: Acceptor): void {
+  const excess = excessOver(acceptor)
+  // Holding more than another that yielded on older counts: have it look again (it may poll again).
+  if (!acceptor.yielded && excess > 0 && Atomics.load(acceptor.pollers, 0) < accepting(acceptor)) askOthers(acceptor)
+  // Back to polling only once it holds no more than the least busy (plus its eighth): connection
+  // counts that move by one around the mark do not turn polling on and off at every turn.
+  const crowded = acceptor.yielded ? excess > 0 : excess > 1
+  if (crowded === acceptor.yielded) return
+  // Never the last one polling: the others may have yielded on counts older than this one's.
+  if (crowded && acceptor.polling && !leavePollers(acceptor)) return
+  acceptor.yielded = crowded
+  applyPolling(acceptor)
+  if (crowded) sayCrowded(acceptor)
+}
+
+/** Workers accepting for the route, this one included. */
+function accepting (acceptor: Acceptor): number {
+  let count = 0
+  for (let worker = 0; worker < acceptor.loads.length; worker++) if (Atomics.load(acceptor.loads, worker) !== NOT_ACCEPTING) count++
+  return count
+}
+
+/** sayCrowded, at most once per BALANCE_EVERY_MS. */
+function askOthers (acceptor: Acceptor): void {
+  if (now < acceptor.askedAt + BALANCE_EVERY_MS) return
+  acceptor.askedAt = now
+  sayCrowded(acceptor)
+}
+
+/** Tell the main thread at the end of this turn, not a batch later: the others wait for its poke. */
+function sayCrowded (acceptor: Acceptor): void {
+  outbox.push({ kind: 'crowded', route: acceptor.route })
+  flushAt = now
+}
+
+/** Take this worker off the route's pollers, unless it is the only one left. */
+function leavePollers (acceptor: Acceptor): boolean {
+  for (;;) {
+    const pollers = Atomics.load(acceptor.pollers, 0)
+    if (pollers <= 1) return false
+    if (Atomics.compareExchange(acceptor.pollers, 0, pollers, pollers - 1) === pollers) return true
+  }
+}
+
+/** How many of the route's connections this worker holds beyond the least busy other one accepting for it, plus an eighth of that one's. */
+function excessOver (acceptor: Acceptor): number {
+  const loads = acceptor.loads
+  let least = NOT_ACCEPTING
+  for (let worker = 0; worker < loads.length; worker++) {
+    if (worker === acceptor.worker) continue
+    const load = Atomics.load(loads, worker)
+    if (load < least) least = load
+  }
+  return acceptor.mine - least - (least >> 3)
 }
 
 /**
@@ -603,6 +750,12 @@ function onListenerEvent (acceptor: Acceptor): void {
       return
     }
     peerLength[0] = peer.length
+    // Clients arriving together wake one worker: it takes its share, then leaves the rest to the
+    // others (it yields and has them poked), unless no other polls.
+    if (i > 0 && excessOver(acceptor) > 1) {
+      balanceRoute(acceptor)
+      if (acceptor.yielded) return
+    }
     const fd = sys.accept(acceptor.fd, peer, peerLength)
     if (fd >= 0) { acceptOne(acceptor, fd, peerText()); continue }
     if (fd === -EAGAIN) {
@@ -636,6 +789,7 @@ function peerText (): string {
 /** Report a client that will not be relayed, and give back its place in the route's count. */
 function acceptFailed (acceptor: Acceptor, id: number, clientFd: number, client: string, acceptedAt: number, failure: AcceptFailure, side: 'client' | 'upstream' | null, code: string): void {
   Atomics.sub(acceptor.live, 0, 1)
+  holding(acceptor, -1)
   outbox.push({ kind: 'accepted', route: acceptor.route, id, clientFd, client, upstreamFd: -1, acceptedAt, connectMs: 0, failure, side, code, block: -1, base: 0 })
 }
 
@@ -650,6 +804,7 @@ function acceptOne (acceptor: Acceptor, clientFd: number, client: string): void 
   // Taken before anything else, as other workers count the same route: given back by
   // acceptFailed or the pair's end.
   const before = Atomics.add(acceptor.live, 0, 1)
+  holding(acceptor, 1)
   if (plan.maxConnections !== null && before >= plan.maxConnections) {
     acceptFailed(acceptor, id, clientFd, client, acceptedAt, 'limit', null, '')
     return
@@ -821,6 +976,7 @@ try {
     if (now >= nextSweepAt) sweepIdle()
     if (now >= nextDialSweepAt) sweepDials()
     if (closing.length > 0) { for (const fd of closing) sys.close(fd); closing = [] }
+    if (now >= balanceAt) balance()
     if (outbox.size >= FLUSH_EVENTS || now >= flushAt) flush()
     else if (outbox.size > 0 && flushAt === Infinity) flushAt = now + FLUSH_AFTER_MS
   }

@@ -1,11 +1,13 @@
 import { closeDescriptor, duplicateDescriptor } from '../../sockopt/libc.js'
 import { SpliceDataPlane, type RelayOptions, type SpliceStats, type SplicedConnection, type WorkerAcceptor } from './data-plane.js'
 import type { WorkerFailure } from '../engine.js'
-import type { AcceptPlan, Accepted } from './protocol.js'
+import { NOT_ACCEPTING, type AcceptPlan, type Accepted } from './protocol.js'
 
 /** One worker's share of a route's accepting: its key there and its descriptor of the listening socket. */
 interface Member {
   readonly plane: SpliceDataPlane
+  /** The worker's index in the pool (and in the route's loads). */
+  readonly worker: number
   key: number
   readonly fd: number
   /** The descriptor is a duplicate this pool made (the first worker uses the caller's). */
@@ -18,6 +20,12 @@ interface SharedListener {
   key: number
   readonly acceptor: WorkerAcceptor
   readonly members: Set<Member>
+  /** Each worker's load for the route (see Listen.loads). */
+  readonly loads: Int32Array
+  /** Members that said they poll the listening socket; `polled` resolves once all of them did (or let go). */
+  listening: number
+  readonly polled: Promise<void>
+  allPolling: () => void
   /** A worker died: the others were told to let go, and the route accepts by itself again after. */
   lost: boolean
 }
@@ -96,10 +104,16 @@ export class SpliceWorkers {
    * it after `unlistened`), the others on duplicates of it. Null when no worker could take it.
    */
   listen (acceptor: WorkerAcceptor, fd: number, plan: AcceptPlan): number | null {
-    const shared: SharedListener = { key: 0, acceptor, members: new Set(), lost: false }
+    // Until a worker says otherwise, it does not accept for the route: one that never got to
+    // (it failed, or no descriptor was left for its duplicate) never counts as the least busy.
+    const loads = new Int32Array(new SharedArrayBuffer(this.planes.length * Int32Array.BYTES_PER_ELEMENT)).fill(NOT_ACCEPTING)
+    let allPolling = (): void => {}
+    const polled = new Promise<void>((resolve) => { allPolling = resolve })
+    const shared: SharedListener = { key: 0, acceptor, members: new Set(), loads, listening: 0, polled, allPolling, lost: false }
     // maxConnections counts the route's connections in every worker.
     const live = new SharedArrayBuffer(Int32Array.BYTES_PER_ELEMENT)
-    for (const plane of this.planes) {
+    const pollers = new SharedArrayBuffer(Int32Array.BYTES_PER_ELEMENT)
+    for (const [worker, plane] of this.planes.entries()) {
       const duplicate = shared.members.size > 0
       let memberFd = fd
       if (duplicate) {
@@ -111,8 +125,8 @@ export class SpliceWorkers {
         }
         this.duplicates++
       }
-      const member: Member = { plane, key: 0, fd: memberFd, duplicate }
-      const key = plane.listen(this.memberAcceptor(shared, member), memberFd, plan, live)
+      const member: Member = { plane, worker, key: 0, fd: memberFd, duplicate }
+      const key = plane.listen(this.memberAcceptor(shared, member), memberFd, plan, { live, loads: loads.buffer as SharedArrayBuffer, worker, pollers })
       if (key === null) { this.closeMember(member); continue }
       member.key = key
       shared.members.add(member)
@@ -121,6 +135,11 @@ export class SpliceWorkers {
     shared.key = this.nextKey++
     this.listeners.set(shared.key, shared)
     return shared.key
+  }
+
+  /** Resolves once every worker accepting for a route polls its listening socket (they start in parallel, a moment after listen). */
+  async listening (): Promise<void> {
+    await Promise.all([...this.listeners.values()].map(async (shared) => { await shared.polled }))
   }
 
   /** New connections of the route get `plan`; resolves once every worker has it. */
@@ -157,8 +176,15 @@ export class SpliceWorkers {
 
   /** What one worker says about a shared route, gathered for the route's own acceptor. */
   private memberAcceptor (shared: SharedListener, member: Member): WorkerAcceptor {
+    const pokeOthers = (): void => { for (const other of shared.members) if (other !== member) other.plane.poke(other.key) }
+    let polling = false
+    const settled = (): void => { if (shared.listening >= shared.members.size) shared.allPolling() }
     const left = (): void => {
       if (!shared.members.delete(member)) return
+      if (polling) shared.listening--
+      settled()
+      // A worker that died wrote nothing more: the others must not wait for it to take clients.
+      Atomics.store(shared.loads, member.worker, NOT_ACCEPTING)
       this.closeMember(member)
       if (shared.members.size > 0) return
       this.listeners.delete(shared.key)
@@ -167,7 +193,15 @@ export class SpliceWorkers {
     }
     return {
       accepted: (event: Accepted, stats: SpliceStats | null) => shared.acceptor.accepted(event, stats),
-      exhausted: (code: string) => { shared.acceptor.exhausted(code) },
+      // A worker that stopped polling may leave clients waiting that no other was woken for.
+      exhausted: (code: string) => { shared.acceptor.exhausted(code); pokeOthers() },
+      crowded: pokeOthers,
+      listening: () => {
+        if (polling || !shared.members.has(member)) return
+        polling = true
+        shared.listening++
+        settled()
+      },
       unlistened: left,
       lost: () => {
         // The route goes back to accepting by itself once the other workers let go too.
