@@ -5,11 +5,11 @@ import { Metrics } from './admin/metrics.js'
 import type { KaproxyConfig } from './config/types.js'
 import { ConfigError, type ConfigIssue, KaproxyError } from './errors.js'
 import { logBudget, logRoutePlan, loggingObserver } from './log.js'
+import { BurstReclaimer } from './memory-reclaim.js'
 import type { ApplyResult, Engine } from './relay/engine.js'
 import { NetEngine } from './relay/net/engine.js'
 import { composeObservers } from './relay/observers.js'
 import { readSystemKeepalive } from './system-keepalive.js'
-import { BurstReclaimer } from './memory-reclaim.js'
 import { kaproxyVersion } from './version.js'
 
 export interface KaproxyOptions {

@@ -195,7 +195,7 @@ export class SpliceDataPlane {
     })
   }
 
-  /** Have the worker accept the route's waiting clients now, if it polls the route (see Poke). */
+  /** Have the worker look at the route's loads again now, and accept its waiting clients if it polls the route (see Poke). */
   poke (key: number): void {
     if (this.acceptors.has(key)) this.send({ type: 'poke', route: key })
   }
