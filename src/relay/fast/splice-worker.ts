@@ -557,8 +557,8 @@ function onMessage (message: ToWorker): void {
     case 'unlisten': {
       const acceptor = acceptors.get(message.route)
       if (acceptor === undefined) break
-      acceptors.delete(acceptor.route)
       poll(acceptor, false)
+      acceptors.delete(acceptor.route)
       if (acceptorByFd[acceptor.fd] === acceptor) acceptorByFd[acceptor.fd] = undefined
       acceptor.closing = true
       unlistenedWhenDone(acceptor)
@@ -633,9 +633,9 @@ function holding (acceptor: Acceptor, change: number): void {
   if (acceptor.yielded ? change < 0 : change > 0 && excessOver(acceptor) > 0) balanceAt = 0
 }
 
-/** Write what the other workers compare with (see balance): NOT_ACCEPTING while the route is not to be polled, or no longer listened to. */
+/** Write what the other workers compare with (see balance): NOT_ACCEPTING while the route is not to be polled (paused, exhausted, unlistened, stopping). */
 function publishLoad (acceptor: Acceptor): void {
-  const load = acceptor.wanted && acceptors.get(acceptor.route) === acceptor ? acceptor.mine : NOT_ACCEPTING
+  const load = acceptor.wanted ? acceptor.mine : NOT_ACCEPTING
   if (acceptor.published === load) return
   acceptor.published = load
   Atomics.store(acceptor.loads, acceptor.worker, load)
