@@ -84,9 +84,8 @@ interface Acceptor {
   readonly worker: number
   /** How many workers poll the route now (see balanceRoute). */
   readonly pollers: Int32Array
-  /** The route's connections this thread holds, dialing or relaying; and what it last wrote to `loads`. */
+  /** The route's connections this thread holds, dialing or relaying. */
   mine: number
-  published: number
   /** When it last asked the others to look again without yielding itself (see askOthers). */
   askedAt: number
   /** Its connections being dialed (not reported yet). */
@@ -299,7 +298,7 @@ function end (pair: Pair, how: PairEnded['how'], side: PairEnded['side'], errno:
     lastSilenceMs: stats[base + STAT_LAST_SILENCE_MS] ?? 0,
     lastSilenceEndedAt: stats[base + STAT_LAST_SILENCE_ENDED_AT] ?? 0
   })
-  if (pair.acceptor !== null) { Atomics.sub(pair.acceptor.live, 0, 1); holding(pair.acceptor, -1) }
+  if (pair.acceptor !== null) holding(pair.acceptor, -1)
   if (pair.ownSlot >= 0) ownFreeSlots.push(pair.ownSlot)
 }
 
@@ -524,7 +523,6 @@ function onMessage (message: ToWorker): void {
         worker: message.worker,
         pollers: new Int32Array(message.pollers),
         mine: 0,
-        published: NOT_ACCEPTING,
         askedAt: -Infinity,
         dialing: 0,
         closing: false,
@@ -624,21 +622,24 @@ function applyPolling (acceptor: Acceptor): void {
   sys.epollCtl(epfd, on ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, acceptor.fd, EPOLLIN | EPOLLEXCLUSIVE)
 }
 
-/** The route's connections held here went up or down by `change`: the other workers see it at once. */
-function holding (acceptor: Acceptor, change: number): void {
+/**
+ * The route's connections held here went up or down by `change`: its count in every worker
+ * (`live`, maxConnections) and this worker's (`mine`, balance), which the others see at once.
+ * Returns the route's count before the change.
+ */
+function holding (acceptor: Acceptor, change: number): number {
+  const before = Atomics.add(acceptor.live, 0, change)
   acceptor.mine += change
   publishLoad(acceptor)
   // Looked at again at the end of this turn, not a period later: a worker that now holds more than
   // another (connections arriving one at a time, a turn each), or a yielded one whose connections end.
   if (acceptor.yielded ? change < 0 : change > 0 && excessOver(acceptor) > 0) balanceAt = 0
+  return before
 }
 
 /** Write what the other workers compare with (see balance): NOT_ACCEPTING while the route is not to be polled (paused, exhausted, unlistened, stopping). */
 function publishLoad (acceptor: Acceptor): void {
-  const load = acceptor.wanted ? acceptor.mine : NOT_ACCEPTING
-  if (acceptor.published === load) return
-  acceptor.published = load
-  Atomics.store(acceptor.loads, acceptor.worker, load)
+  Atomics.store(acceptor.loads, acceptor.worker, acceptor.wanted ? acceptor.mine : NOT_ACCEPTING)
 }
 
 /**
@@ -788,7 +789,6 @@ function peerText (): string {
 
 /** Report a client that will not be relayed, and give back its place in the route's count. */
 function acceptFailed (acceptor: Acceptor, id: number, clientFd: number, client: string, acceptedAt: number, failure: AcceptFailure, side: 'client' | 'upstream' | null, code: string): void {
-  Atomics.sub(acceptor.live, 0, 1)
   holding(acceptor, -1)
   outbox.push({ kind: 'accepted', route: acceptor.route, id, clientFd, client, upstreamFd: -1, acceptedAt, connectMs: 0, failure, side, code, block: -1, base: 0 })
 }
@@ -803,8 +803,7 @@ function acceptOne (acceptor: Acceptor, clientFd: number, client: string): void 
   const plan = acceptor.plan
   // Taken before anything else, as other workers count the same route: given back by
   // acceptFailed or the pair's end.
-  const before = Atomics.add(acceptor.live, 0, 1)
-  holding(acceptor, 1)
+  const before = holding(acceptor, 1)
   if (plan.maxConnections !== null && before >= plan.maxConnections) {
     acceptFailed(acceptor, id, clientFd, client, acceptedAt, 'limit', null, '')
     return
