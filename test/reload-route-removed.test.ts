@@ -26,8 +26,13 @@ describeEachEngine('a route removed by a reload', () => {
     const idleClosed = closed(idle)
     const idleEnded = once(idle, 'end')
     await proxy.log.waitUntil((line) => line.event === 'open' && proxy.log.find({ event: 'open', route: 'old' }).length === 2)
-    const ids = [...proxy.kaproxy.engine.connections('old')].map((connection) => connection.id)
-    assert.equal(ids.length, 2)
+    // Found by client address: the listing's order follows the workers, not the accepts.
+    const records = [...proxy.kaproxy.engine.connections('old')]
+    assert.equal(records.length, 2)
+    const idOf = (port: number | undefined): number | undefined => records.find((record) => record.client === `127.0.0.1:${port ?? 0}`)?.id
+    const finishingId = idOf(finishing.localPort)
+    const idleId = idOf(idle.localPort)
+    assert.ok(finishingId !== undefined && idleId !== undefined, 'both connections are listed by their client address')
 
     const removedAt = Date.now()
     const result = await proxy.reload({ routes: [{ name: 'stay', listen: '127.0.0.1:0', upstream: upstream.address }] })
@@ -41,7 +46,7 @@ describeEachEngine('a route removed by a reload', () => {
     finishing.on('data', (chunk: Buffer) => echoed.push(chunk))
     await once(finishing, 'end')
     assert.equal(Buffer.concat(echoed).toString(), 'last words')
-    const finished = await proxy.log.waitFor({ event: 'close', conn: ids[0] })
+    const finished = await proxy.log.waitFor({ event: 'close', conn: finishingId })
     assert.equal(finished.reason, 'client-closed')
 
     // The idle one is closed when drainTimeout runs out, with a FIN (not a reset).
@@ -49,7 +54,7 @@ describeEachEngine('a route removed by a reload', () => {
     await idleEnded
     const elapsed = Date.now() - removedAt
     assert.ok(elapsed >= 550 && elapsed < 5000, `closed after the 600 ms drainTimeout, took ${elapsed} ms`)
-    const cut = await proxy.log.waitFor({ event: 'close', conn: ids[1] })
+    const cut = await proxy.log.waitFor({ event: 'close', conn: idleId })
     assert.equal(cut.reason, 'route-removed')
     assert.equal(cut.route, 'old')
     const drained = await proxy.log.waitFor({ event: 'route-drained', route: 'old' })
