@@ -46,8 +46,8 @@ export class Kaproxy {
   /** Reloads since start, for metrics: `ok` put a configuration in force, `failed` did not (or only partly). */
   readonly reloads = { ok: 0, failed: 0 }
   private current: KaproxyConfig
-  /** The fast engine's worker count, fixed at start. */
-  private readonly workers: number
+  /** The fast engine's workers and their bulk buffers, fixed at start. */
+  private readonly dataPlane: KaproxyConfig['dataPlane']
   private readonly log: Logger
   /** Returns a burst's heap once it is over (see BurstReclaimer). */
   private readonly reclaimer: BurstReclaimer
@@ -60,7 +60,7 @@ export class Kaproxy {
 
   constructor (config: KaproxyConfig, log: Logger, options: KaproxyOptions = {}) {
     this.current = config
-    this.workers = config.dataPlane.workers
+    this.dataPlane = config.dataPlane
     this.log = log
     this.load = options.load ?? (() => this.current)
     this.metrics = new Metrics({
@@ -71,7 +71,7 @@ export class Kaproxy {
       dataPlane: () => ({ connections: engine.dataPlane.size, descriptors: engine.dataPlane.descriptors(), perWorker: engine.dataPlane.sizes() })
     }, kaproxyVersion())
     this.reclaimer = new BurstReclaimer(log)
-    const engine = new NetEngine(composeObservers(loggingObserver(log), this.metrics.observer, this.reclaimer.observer), { workers: config.dataPlane.workers })
+    const engine = new NetEngine(composeObservers(loggingObserver(log), this.metrics.observer, this.reclaimer.observer), config.dataPlane)
     this.engine = engine
     this.admin = config.admin.listen === null
       ? null
@@ -152,7 +152,8 @@ export class Kaproxy {
     const restartNeeded = [
       ...isDeepStrictEqual(next.admin.listen, previous.admin.listen) ? [] : ['admin.listen'],
       // Compared with the workers running, not the last file: every reload says it until a restart.
-      ...next.dataPlane.workers === this.workers ? [] : ['dataPlane.workers']
+      ...next.dataPlane.workers === this.dataPlane.workers ? [] : ['dataPlane.workers'],
+      ...next.dataPlane.bulkBuffers === this.dataPlane.bulkBuffers ? [] : ['dataPlane.bulkBuffers']
     ]
     if (restartNeeded.length > 0) {
       this.log.warn({ event: 'restart-needed', settings: restartNeeded }, `reload does not move the admin API or start and stop workers: restart to apply ${restartNeeded.join(', ')}`)

@@ -58,6 +58,19 @@ describe('the fast engine\'s workers', () => {
     assert.deepEqual(issues({ dataPlane: { threads: 2 } }), ['dataPlane.threads: unknown key'])
   })
 
+  it('dataPlane.bulkBuffers: 4 by default, 0 allowed; from the file, KAPROXY_BULK_BUFFERS or --bulk-buffers; a bad value names field, value and rule', () => {
+    const bulkBuffers = (raw: Record<string, unknown>, env: NodeJS.ProcessEnv = {}): number => buildConfig({ admin: { listen: '' }, routes: [], ...raw }, { env }).dataPlane.bulkBuffers
+    assert.equal(bulkBuffers({}), 4)
+    assert.equal(bulkBuffers({ dataPlane: { bulkBuffers: 0 } }), 0)
+    assert.equal(bulkBuffers({}, { KAPROXY_BULK_BUFFERS: '16' }), 16)
+    const flags = overridesFromFlags(parseConfigFlags(['--bulk-buffers', '2']))
+    assert.deepEqual(flags, { 'dataPlane.bulkBuffers': '2' })
+    assert.equal(buildConfig({ admin: { listen: '' }, routes: [] }, { env: {}, overrides: flags }).dataPlane.bulkBuffers, 2)
+    for (const bad of [-1, 1025, 2.5, 'some', true]) {
+      assert.deepEqual(issues({ dataPlane: { bulkBuffers: bad } }), [`dataPlane.bulkBuffers: must be an integer 0..1024 (got ${JSON.stringify(bad)})`])
+    }
+  })
+
   it('three workers share a route\'s listening socket, hand-overs go to the least busy, a drain lets every worker go, and close stops them all', { skip: FAST ? false : 'fast needs Linux' }, async (t) => {
     const echo = await startEchoServer()
     t.after(echo.close)
@@ -155,7 +168,7 @@ describe('the fast engine\'s workers', () => {
     assert.equal((proxy.kaproxy.engine as NetEngine).dataPlane.size, 3)
   })
 
-  it('a reload cannot change the worker count: it says a restart is needed, on every reload until then', async (t) => {
+  it('a reload cannot change the worker count or bulk buffers: it says a restart is needed, on every reload until then', async (t) => {
     const echo = await startEchoServer()
     t.after(echo.close)
     const route = { name: 'r', listen: '127.0.0.1:0', upstream: echo.address }
@@ -167,8 +180,11 @@ describe('the fast engine\'s workers', () => {
       const warnings = await proxy.log.waitForCount({ event: 'restart-needed' }, i)
       assert.deepEqual(warnings[i - 1]?.settings, ['dataPlane.workers'])
     }
+    const result = await proxy.reload({ dataPlane: { workers: 2, bulkBuffers: 0 }, routes: [route] })
+    assert.equal(result.ok, true)
+    assert.deepEqual((await proxy.log.waitForCount({ event: 'restart-needed' }, 3))[2]?.settings, ['dataPlane.bulkBuffers'])
     await proxy.reload({ dataPlane: { workers: 2 }, routes: [route] })
-    assert.equal(proxy.log.find({ event: 'restart-needed' }).length, 2)
+    assert.equal(proxy.log.find({ event: 'restart-needed' }).length, 3)
     assert.equal(await echoThrough(proxy.port('r'), 'unchanged'), 'unchanged')
   })
 })

@@ -7,6 +7,7 @@ import { fullBacklogListener } from './helpers/full-backlog.js'
 import { startProxy } from './helpers/proxy.js'
 import { describeEachEngine } from './helpers/engines.js'
 import { acceptedReadsInPlace, endListenedInPlace } from '../src/relay/net/connection.js'
+import type { NetEngine } from '../src/relay/net/engine.js'
 
 const MiB = 1024 * 1024
 
@@ -14,16 +15,29 @@ function route (name: string, upstream: string, extra: Record<string, unknown> =
   return { name, listen: '127.0.0.1:0', upstream, ...extra }
 }
 
-describeEachEngine('relay', () => {
-  it('carries 64 MiB each way at once, byte-exact, and logs the byte counts', async (t) => {
+describeEachEngine('relay', (engine) => {
+  // The fast engine copies bulk flows through its bulk buffers, or splices them through pipes once
+  // none is free (dataPlane.bulkBuffers: 0, always): both ways are carried here.
+  for (const bulkBuffers of engine === 'fast' ? [undefined, 0] : [undefined]) {
+    const how = bulkBuffers === undefined ? '' : ' through pipes (bulkBuffers 0)'
+    it(`carries 64 MiB each way at once${how}, byte-exact, and logs the byte counts`, async (t) => {
+      await carriesBothWays(t, bulkBuffers)
+    })
+  }
+
+  async function carriesBothWays (t: { after: (fn: () => unknown) => void }, bulkBuffers: number | undefined): Promise<void> {
     const size = 64 * MiB
     const upstreamResult: Array<Promise<unknown>> = []
     const upstream = await startServer((socket) => {
       upstreamResult.push(Promise.all([drainToHash(socket), sendRandom(socket, size)]))
     })
     t.after(upstream.close)
-    const proxy = await startProxy({ routes: [route('bulk', upstream.address)] })
+    const proxy = await startProxy({ ...bulkBuffers === undefined ? {} : { dataPlane: { bulkBuffers } }, routes: [route('bulk', upstream.address)] })
     t.after(proxy.close)
+    const dataPlane = (proxy.kaproxy.engine as NetEngine).dataPlane
+    // Counted once every worker polls the route (each made its epoll set and listener duplicate).
+    await dataPlane.listening()
+    const descriptorsBefore = dataPlane.descriptors()
 
     const client = await connect(proxy.port('bulk'), '127.0.0.1', { allowHalfOpen: true })
     t.after(() => client.destroy())
@@ -39,7 +53,13 @@ describeEachEngine('relay', () => {
     assert.equal(close.bytesFromClient, size)
     assert.equal(close.bytesFromUpstream, size)
     assert.ok(close.reason === 'client-closed' || close.reason === 'upstream-closed', `orderly close, got ${String(close.reason)}`)
-  })
+    if (engine === 'fast') {
+      // A pipe holds two descriptors, kept for reuse once made; a bulk buffer none.
+      const pipes = (dataPlane.descriptors() - descriptorsBefore) / 2
+      if (bulkBuffers === 0) assert.ok(pipes >= 1, `the flows went through pipes (${pipes})`)
+      else assert.equal(pipes, 0, 'the flows went through bulk buffers, not pipes')
+    }
+  }
 
   it("propagates half-close: the client's FIN reaches the upstream and the reply still flows back", async (t) => {
     const upstream = await startServer((socket) => {

@@ -16,7 +16,8 @@ export const CONFIG_OPTIONS = {
   'log-level': { type: 'string' },
   'admin-listen': { type: 'string' },
   engine: { type: 'string' },
-  workers: { type: 'string' }
+  workers: { type: 'string' },
+  'bulk-buffers': { type: 'string' }
 } as const
 
 export type ConfigFlags = ReturnType<typeof parseConfigFlags>
@@ -89,5 +90,6 @@ export function overridesFromFlags (flags: ConfigFlags): Record<string, unknown>
   if (flags['admin-listen'] !== undefined) overrides['admin.listen'] = flags['admin-listen']
   if (flags.engine !== undefined) overrides['defaults.engine'] = flags.engine
   if (flags.workers !== undefined) overrides['dataPlane.workers'] = flags.workers
+  if (flags['bulk-buffers'] !== undefined) overrides['dataPlane.bulkBuffers'] = flags['bulk-buffers']
   return overrides
 }

@@ -6,7 +6,7 @@ import { ConfigError, type ConfigIssue } from '../errors.js'
 import { adminConfigIssues } from './admin.js'
 import { parseDurationMs, parseHostPort } from './formats.js'
 import { checkRoutes, resolveKeepaliveDefaults, type RawKeepaliveDefaults } from './routes.js'
-import { createSchema, parseWorkers } from './schema.js'
+import { DEFAULT_BULK_BUFFERS, createSchema, parseBulkBuffers, parseWorkers } from './schema.js'
 import type { EngineChoice, KaproxyConfig, LogLevel } from './types.js'
 
 export interface LoadOptions {
@@ -188,7 +188,7 @@ export function buildConfig (raw: unknown, options: LoadOptions = {}): KaproxyCo
     log: { level: schema.get('log.level') as LogLevel },
     admin,
     reload: { watch: schema.get('reload.watch') },
-    dataPlane: { workers: parseWorkers(schema.get('dataPlane.workers')) ?? AUTO_WORKERS },
+    dataPlane: { workers: parseWorkers(schema.get('dataPlane.workers')) ?? AUTO_WORKERS, bulkBuffers: parseBulkBuffers(schema.get('dataPlane.bulkBuffers')) ?? DEFAULT_BULK_BUFFERS },
     defaults: { keepalive: keepalive.settings, idleAuto: keepalive.idleAuto, middleboxes: keepalive.middleboxes, connectTimeoutMs, drainTimeoutMs, engine },
     routes
   }

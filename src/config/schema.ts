@@ -30,8 +30,19 @@ export const MAX_WORKERS = 64
 export const WORKERS_RULE = `must be auto or an integer 1..${MAX_WORKERS}`
 /** `dataPlane.workers` as written (a number, or digits from the environment) to a count; undefined for auto or an invalid value. */
 export function parseWorkers (value: unknown): number | undefined {
+  return parseCount(value, 1, MAX_WORKERS)
+}
+export const MAX_BULK_BUFFERS = 1024
+/** Four 4 MiB buffers per worker: at most 16 MiB of RSS each, kept once made. */
+export const DEFAULT_BULK_BUFFERS = 4
+export const BULK_BUFFERS_RULE = `must be an integer 0..${MAX_BULK_BUFFERS}`
+/** `dataPlane.bulkBuffers` as written (a number, or digits from the environment); undefined when invalid. */
+export function parseBulkBuffers (value: unknown): number | undefined {
+  return parseCount(value, 0, MAX_BULK_BUFFERS)
+}
+function parseCount (value: unknown, min: number, max: number): number | undefined {
   const count = typeof value === 'string' && /^[0-9]+$/.test(value) ? Number(value) : value
-  return Number.isInteger(count) && (count as number) >= 1 && (count as number) <= MAX_WORKERS ? count as number : undefined
+  return Number.isInteger(count) && (count as number) >= min && (count as number) <= max ? count as number : undefined
 }
 
 export const isKeepaliveSeconds = (ms: number): boolean => ms % 1000 === 0 && ms >= 1000 && ms <= 32767_000
@@ -50,6 +61,7 @@ const formats = {
     if ('rule' in parsed) throw new Error(`${parsed.rule}, or "" to disable (got ${show(value)})`)
   },
   workers: (value: unknown): void => check(value === AUTO || parseWorkers(value) !== undefined, WORKERS_RULE, value),
+  'bulk-buffers': (value: unknown): void => check(parseBulkBuffers(value) !== undefined, BULK_BUFFERS_RULE, value),
   engine: (value: unknown): void => check(typeof value === 'string' && (ENGINE_CHOICES as readonly string[]).includes(value), `must be one of ${ENGINE_CHOICES.join(', ')}`, value),
   boolean: (value: unknown): void => check(typeof value === 'boolean', 'must be true or false', value),
   string: (value: unknown): void => check(typeof value === 'string', 'must be a string', value),
@@ -73,6 +85,7 @@ const formats = {
 // an identity `coerce` keep the value as written, so the format judges it like a route's field.
 convict.addFormat({ name: 'kaproxy-boolean', validate: formats.boolean, coerce: (value: unknown) => value })
 convict.addFormat({ name: 'kaproxy-count', validate: formats['keepalive-count'], coerce: (value: unknown) => value })
+convict.addFormat({ name: 'kaproxy-bulk-buffers', validate: formats['bulk-buffers'], coerce: (value: unknown) => value })
 
 /** The convict schema of the top level: documentation, defaults, env names and formats. */
 export function createSchema (env: NodeJS.ProcessEnv) {
@@ -88,10 +101,11 @@ export function createSchema (env: NodeJS.ProcessEnv) {
       watch: { doc: 'reload when the config file changes; SIGHUP (and the admin API) reload either way', format: 'kaproxy-boolean', default: true }
     },
     dataPlane: {
-      workers: { doc: 'threads of the fast engine; auto: one per CPU, at most 4', format: formats.workers, default: 'auto' as string | number, env: 'KAPROXY_WORKERS' }
+      workers: { doc: 'threads of the fast engine; auto: one per CPU, at most 4', format: formats.workers, default: 'auto' as string | number, env: 'KAPROXY_WORKERS' },
+      bulkBuffers: { doc: 'fast engine: 4 MiB buffers per worker that bulk flows are copied through; flows beyond them splice through pipes; 0: always splice', format: 'kaproxy-bulk-buffers', default: DEFAULT_BULK_BUFFERS as string | number, env: 'KAPROXY_BULK_BUFFERS' }
     },
     defaults: {
-      engine: { doc: 'data plane: fast (splice in worker threads, dataPlane.workers; Linux), net (Node streams, portable), auto (fast where available)', format: formats.engine, default: 'auto', env: 'KAPROXY_ENGINE' },
+      engine: { doc: 'data plane: fast (worker threads, dataPlane.workers; Linux), net (Node streams, portable), auto (fast where available)', format: formats.engine, default: 'auto', env: 'KAPROXY_ENGINE' },
       connectTimeout: { doc: 'upstream connect timeout', format: formats['connect-timeout'], default: '5s' as string | number },
       drainTimeout: {
         doc: 'how long live connections may go on once their route stops accepting (removed by a reload, or shutdown); then they are closed',

@@ -66,7 +66,7 @@ export interface RouteConfig {
 /** `engine` as configured: `auto` is `fast` where the platform has it (Linux), else `net`. */
 export const ENGINE_CHOICES = ['auto', 'fast', 'net'] as const
 export type EngineChoice = typeof ENGINE_CHOICES[number]
-/** The data plane a route's connections relay through: `fast` splices in worker threads (dataPlane.workers), `net` uses Node's streams. */
+/** The data plane a route's connections relay through: `fast` relays in worker threads (dataPlane.workers), `net` uses Node's streams. */
 export type EngineName = 'fast' | 'net'
 
 export interface OriginalDstConfig {
@@ -108,7 +108,11 @@ export interface KaproxyConfig {
   /** `reload.watch`: reload when the config file changes (default true). SIGHUP reloads either way. */
   reload: { watch: boolean }
   /** `dataPlane.workers` resolved: the fast engine's worker threads (auto: one per CPU, at most 4). */
-  dataPlane: { workers: number }
+  dataPlane: {
+    workers: number
+    /** `dataPlane.bulkBuffers`: 4 MiB buffers per fast worker that bulk flows copy through; beyond them (or at 0) they splice. */
+    bulkBuffers: number
+  }
   /**
    * `defaults.keepalive` as validated. When `idleAuto` is true, `keepalive.idleSec` is a placeholder
    * (the built-in 60 s) that no socket receives: each side resolves `auto` against its own middleboxes.

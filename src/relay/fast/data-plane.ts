@@ -110,7 +110,10 @@ export class SpliceDataPlane {
   /** The descriptor budget as the worker checks it before accepting (see WorkerStart.budget). */
   private readonly budgetShare = new Int32Array(new SharedArrayBuffer(8))
 
-  constructor (onFailure: (err: Error) => void) {
+  private readonly bulkBuffers: number
+
+  constructor (bulkBuffers: number, onFailure: (err: Error) => void) {
+    this.bulkBuffers = bulkBuffers
     this.onFailure = onFailure
   }
 
@@ -231,7 +234,7 @@ export class SpliceDataPlane {
       this.wakeFd = wakeFd
       const { port1, port2 } = new MessageChannel()
       const worker = new Worker(new URL('./splice-worker.js', import.meta.url), {
-        workerData: { port: port2, wakeFd, descriptors: this.workerDescriptors.buffer as SharedArrayBuffer, ids: connectionIdBuffer, budget: this.budgetShare.buffer as SharedArrayBuffer },
+        workerData: { port: port2, wakeFd, descriptors: this.workerDescriptors.buffer as SharedArrayBuffer, ids: connectionIdBuffer, budget: this.budgetShare.buffer as SharedArrayBuffer, bulkBuffers: this.bulkBuffers },
         transferList: [port2],
         // The data plane uses little heap: its memory is the kernel's pipes and sockets.
         resourceLimits: { maxOldGenerationSizeMb: 64 }

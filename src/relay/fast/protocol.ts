@@ -319,4 +319,6 @@ export interface WorkerStart {
    * accepting pauses (0: never). The worker accepts only while [0] + its own + 2 stays below [1].
    */
   budget: SharedArrayBuffer
+  /** Bulk buffers the worker may make (dataPlane.bulkBuffers): a bulk flow copies through one while one is free, else splices. */
+  bulkBuffers: number
 }

@@ -11,13 +11,15 @@ import {
   STAT_LAST_SILENCE_MS, type AcceptFailure, type AcceptPlan, type AddPair, type PairEnded, type ToWorker, type WorkerStart
 } from './protocol.js'
 
-// The fast engine's data plane: one thread, one epoll set, splice(2) through pooled pipes. Bytes
-// go socket -> pipe -> socket inside the kernel and never enter JavaScript. The thread blocks in
+// The fast engine's data plane: one thread, one epoll set, libc through koffi. A few bytes are
+// copied across through one shared buffer; a bulk flow through a pooled 4 MiB buffer while one is
+// free (dataPlane.bulkBuffers), else by splice(2) through a pooled pipe, inside the kernel. Bytes
+// never become JavaScript objects. The thread blocks in
 // epoll_wait (inside koffi), so its own event loop never runs: the main thread wakes it through an
 // eventfd in the same epoll set, and it reads the port with receiveMessageOnPort.
 
 const sys = dataPlaneCalls()
-const { port, wakeFd, descriptors, ids: idBuffer, budget: budgetBuffer } = workerData as WorkerStart
+const { port, wakeFd, descriptors, ids: idBuffer, budget: budgetBuffer, bulkBuffers } = workerData as WorkerStart
 const budget = new Int32Array(budgetBuffer)
 const ids = new ConnectionIds(idBuffer)
 /** What this thread holds, for the main thread's descriptor budget: the epoll set and two per pipe. */
@@ -27,6 +29,11 @@ const heldDescriptors = new Int32Array(descriptors)
 const PIPE_SIZE = 1 << 20
 /** Free pipes kept for reuse; beyond this they are closed. */
 const SPARE_PIPES = 16
+/**
+ * A bulk buffer (dataPlane.bulkBuffers of them at most, made on demand and kept): one recv takes
+ * what the socket holds, up to this much. 4 MiB moved a stream a third faster than 1 MiB here.
+ */
+const BULK_BUFFER_BYTES = 4 << 20
 /** Bytes one direction may move per turn before others get theirs (edge-triggered: it goes on a ready list). */
 const TURN_BYTES = 4 << 20
 /** Shortest quiet (ms) that counts as a silence, as in the net engine. */
@@ -48,11 +55,14 @@ interface Direction {
   readonly dst: number
   readonly fromClient: boolean
   pipe: Pipe | null
-  /** Bytes in the pipe not yet written to dst. */
+  /** A bulk buffer in place of the pipe; its bytes not yet written start at `start`. */
+  held: Buffer | null
+  start: number
+  /** Bytes in the pipe (or the held buffer) not yet written to dst. */
   pending: number
   /** Bytes copied across that dst did not take yet (they go before the pipe's); null for none. */
   unsent: Buffer | null
-  /** Reads fill the copy buffer: splice them through the pipe instead (see pumpDirection). */
+  /** Reads fill the copy buffer: move them through a pipe or a held buffer instead (see pumpDirection). */
   bulk: boolean
   /** Edge-triggered readiness: set by an event, cleared by EAGAIN. */
   readable: boolean
@@ -143,6 +153,9 @@ const blocks: Float64Array[] = []
 const byFd: Array<Pair | undefined> = []
 const byId = new Map<number, Pair>()
 const spare: Pipe[] = []
+/** Bulk buffers free for a direction; `bulkBuffersMade` of them at most `bulkBuffers`. */
+const spareBuffers: Buffer[] = []
+let bulkBuffersMade = 0
 /** Pairs with work left after their turn, or waiting for a pipe. */
 let ready: Pair[] = []
 let readyNext: Pair[] = []
@@ -188,7 +201,7 @@ const registeredIn: number[] = []
 let now = performance.timeOrigin + performance.now()
 
 function direction (src: number, dst: number, fromClient: boolean, ended: boolean): Direction {
-  return { src, dst, fromClient, pipe: null, pending: 0, unsent: null, bulk: false, readable: !ended, writable: true, eof: ended, closingSeen: false, done: false }
+  return { src, dst, fromClient, pipe: null, held: null, start: 0, pending: 0, unsent: null, bulk: false, readable: !ended, writable: true, eof: ended, closingSeen: false, done: false }
 }
 
 interface PairStart {
@@ -281,8 +294,8 @@ function end (pair: Pair, how: PairEnded['how'], side: PairEnded['side'], errno:
   if (byFd[pair.upstreamFd] === pair) byFd[pair.upstreamFd] = undefined
   byId.delete(pair.id)
   idleWatched.delete(pair)
-  releasePipe(pair.toUpstream)
-  releasePipe(pair.toClient)
+  releaseStaging(pair.toUpstream)
+  releaseStaging(pair.toClient)
   const stats = pair.stats
   const base = pair.base
   outbox.push({
@@ -321,14 +334,21 @@ function closePipe (pipe: Pipe): void {
   Atomics.sub(heldDescriptors, 0, 2)
 }
 
-function releasePipe (dir: Direction): void {
+/** A direction's pipe or bulk buffer back to the pool; bytes left in it (a failed pair) belong to nobody. */
+function releaseStaging (dir: Direction): void {
   const pipe = dir.pipe
-  if (pipe === null) return
-  dir.pipe = null
-  // A pipe with bytes left in it (a failed pair) is closed: its contents belong to nobody.
-  if (dir.pending === 0 && spare.length < SPARE_PIPES) spare.push(pipe)
-  else closePipe(pipe)
+  if (pipe !== null) {
+    dir.pipe = null
+    // A pipe with bytes left in it is closed: they cannot be taken out.
+    if (dir.pending === 0 && spare.length < SPARE_PIPES) spare.push(pipe)
+    else closePipe(pipe)
+  }
+  if (dir.held !== null) {
+    spareBuffers.push(dir.held)
+    dir.held = null
+  }
   dir.pending = 0
+  dir.start = 0
 }
 
 function sideOf (pair: Pair, fd: number): 'client' | 'upstream' {
@@ -363,7 +383,7 @@ function pumpDirection (pair: Pair, dir: Direction): 'more' | 'idle' | 'failed' 
   for (;;) {
     let progressed = false
     if (!dir.eof && dir.readable) {
-      const outcome = dir.bulk ? readIntoPipe(pair, dir) : dir.pending === 0 && dir.unsent === null ? copyAcross(pair, dir) : 0
+      const outcome = dir.bulk ? readBulk(pair, dir) : dir.pending === 0 && dir.unsent === null ? copyAcross(pair, dir) : 0
       if (outcome < 0) return 'failed'
       if (outcome > 0) { budget -= outcome; progressed = true }
       if (dir.eof) progressed = true
@@ -376,10 +396,11 @@ function pumpDirection (pair: Pair, dir: Direction): 'more' | 'idle' | 'failed' 
       else if (n === -EAGAIN) dir.writable = false
       else { end(pair, 'error', sideOf(pair, dir.dst), -n); return 'failed' }
     }
-    if (dir.unsent === null && dir.pending > 0 && dir.writable && dir.pipe !== null) {
-      const n = sys.splice(dir.pipe.readEnd, dir.dst, dir.pending)
+    if (dir.unsent === null && dir.pending > 0 && dir.writable) {
+      const n = dir.held !== null ? sendNow(dir.dst, dir.held.subarray(dir.start), dir.pending) : dir.pipe !== null ? sys.splice(dir.pipe.readEnd, dir.dst, dir.pending) : 0
       if (n > 0) {
         dir.pending -= n
+        dir.start += n
         // Bytes leaving count as activity too, as they do for the net relay's socket timeout.
         pair.lastActivity = now
         progressed = true
@@ -390,7 +411,7 @@ function pumpDirection (pair: Pair, dir: Direction): 'more' | 'idle' | 'failed' 
         return 'failed'
       }
     }
-    if (dir.pending === 0 && dir.pipe !== null) releasePipe(dir)
+    if (dir.pending === 0 && (dir.pipe !== null || dir.held !== null)) releaseStaging(dir)
     if (dir.eof && dir.pending === 0 && dir.unsent === null && !dir.done) {
       dir.done = true
       // The last direction to end leaves its FIN to the main thread's close of the pair.
@@ -471,6 +492,50 @@ function readIntoPipe (pair: Pair, dir: Direction): number {
     if (dir.pending === 0) dir.readable = false
     return 0
   }
+  end(pair, 'error', sideOf(pair, dir.src), -n)
+  return -1
+}
+
+/**
+ * A bulk read: into a bulk buffer while one is free (or the direction holds one), else into a pipe.
+ * Measured here (loopback, 2 cores): one copy in and one out through a 4 MiB buffer moved a stream
+ * faster than splice through a 1 MiB pipe (the pipe's pages stay shared with the sender and the
+ * receiver longer), at the same CPU per byte; splice keeps the memory of many flows in the kernel.
+ */
+function readBulk (pair: Pair, dir: Direction): number {
+  if (dir.held === null && dir.pipe === null) dir.held = takeBuffer()
+  return dir.held === null ? readIntoPipe(pair, dir) : readIntoBuffer(pair, dir)
+}
+
+function takeBuffer (): Buffer | null {
+  const reused = spareBuffers.pop()
+  if (reused !== undefined) return reused
+  if (bulkBuffersMade >= bulkBuffers) return null
+  bulkBuffersMade++
+  // Pages are touched (and count in the RSS) only as reads fill them.
+  return Buffer.allocUnsafeSlow(BULK_BUFFER_BYTES)
+}
+
+/**
+ * One recv from src into the direction's bulk buffer, once the bytes it held are all written (as
+ * the net relay pauses reading while a write is pending). Bytes read, -1 when the pair ended.
+ */
+function readIntoBuffer (pair: Pair, dir: Direction): number {
+  const held = dir.held
+  if (held === null || dir.pending > 0) return 0
+  const n = sys.recv(dir.src, held, held.length)
+  if (n > 0) {
+    // A short read emptied the socket (see copyAcross).
+    if (n < held.length && !dir.closingSeen) dir.readable = false
+    // The flow slowed down: copying through the shared buffer is cheaper again.
+    if (n < COPY_BYTES) dir.bulk = false
+    dir.start = 0
+    dir.pending = n
+    counted(pair, dir, n)
+    return n
+  }
+  if (n === 0) { sourceEnded(pair, dir); return 0 }
+  if (n === -EAGAIN) { dir.readable = false; return 0 }
   end(pair, 'error', sideOf(pair, dir.src), -n)
   return -1
 }
@@ -994,7 +1059,8 @@ try {
   for (const dial of dials) { sys.close(dial.upstreamFd); sys.close(dial.clientFd) }
   for (const fd of closing) sys.close(fd)
   try { flush() } catch {}
-  for (const pair of [...byId.values()]) { releasePipe(pair.toUpstream); releasePipe(pair.toClient) }
+  for (const pair of [...byId.values()]) { releaseStaging(pair.toUpstream); releaseStaging(pair.toClient) }
+  spareBuffers.length = 0
   for (const pipe of spare) closePipe(pipe)
   spare.length = 0
   sys.close(epfd)

@@ -45,10 +45,11 @@ export class SpliceWorkers {
   /** Duplicates of listening sockets held for workers beyond the first. */
   private duplicates = 0
 
-  constructor (count: number, onFailure: (err: Error, failure: WorkerFailure) => void) {
+  /** `bulkBuffers`: each worker's (see WorkerStart.bulkBuffers). */
+  constructor (count: number, bulkBuffers: number, onFailure: (err: Error, failure: WorkerFailure) => void) {
     if (!Number.isInteger(count) || count < 1) throw new RangeError(`worker count must be a positive integer, got ${count}`)
     let workersLeft = count
-    this.planes = Array.from({ length: count }, (_, worker) => new SpliceDataPlane((err) => {
+    this.planes = Array.from({ length: count }, (_, worker) => new SpliceDataPlane(bulkBuffers, (err) => {
       workersLeft--
       onFailure(err, { worker, workersLeft })
     }))
