@@ -81,8 +81,11 @@ export const direct: Target = {
   start: async (_port, upstreamPort) => ({ port: upstreamPort, pid: null, stop: async () => {} })
 }
 
-/** kaproxy with one engine through its CLI, as users run it (one-route mode, admin API off); `workers` null: auto. */
-export function kaproxy (name: string, cli: string, nodeFlags: string[], logLevel: string, engine: 'fast' | 'net' | 'auto', workers: number | null = null): Target {
+/** The fast engine's settings a target sets (dataPlane.workers, dataPlane.bulkBuffers); the defaults otherwise. */
+export interface DataPlaneFlags { workers?: number | undefined, bulkBuffers?: number | undefined }
+
+/** kaproxy with one engine through its CLI, as users run it (one-route mode, admin API off). */
+export function kaproxy (name: string, cli: string, nodeFlags: string[], logLevel: string, engine: 'fast' | 'net' | 'auto', dataPlane: DataPlaneFlags = {}): Target {
   const ka = `${KA.idleSec}s,${KA.intervalSec}s,${KA.count}`
   return {
     name,
@@ -90,7 +93,8 @@ export function kaproxy (name: string, cli: string, nodeFlags: string[], logLeve
     start: async (port, upstreamPort, dir) => await launch(name, process.execPath, [
       ...nodeFlags, cli, '--name', 'r', '--listen', `127.0.0.1:${port}`, '--upstream', `127.0.0.1:${upstreamPort}`,
       '--client-keepalive', ka, '--upstream-keepalive', ka, '--log-level', logLevel, '--admin-listen', '', '--engine', engine,
-      ...workers === null ? [] : ['--workers', String(workers)]
+      ...dataPlane.workers === undefined ? [] : ['--workers', String(dataPlane.workers)],
+      ...dataPlane.bulkBuffers === undefined ? [] : ['--bulk-buffers', String(dataPlane.bulkBuffers)]
     ], port, dir)
   }
 }
