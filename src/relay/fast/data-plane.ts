@@ -236,7 +236,8 @@ export class SpliceDataPlane {
       const worker = new Worker(new URL('./splice-worker.js', import.meta.url), {
         workerData: { port: port2, wakeFd, descriptors: this.workerDescriptors.buffer as SharedArrayBuffer, ids: connectionIdBuffer, budget: this.budgetShare.buffer as SharedArrayBuffer, bulkBuffers: this.bulkBuffers },
         transferList: [port2],
-        // The data plane uses little heap: its memory is the kernel's pipes and sockets.
+        // The data plane uses little heap: its memory is the kernel's pipes and sockets, and bulk
+        // buffers, which live outside the heap.
         resourceLimits: { maxOldGenerationSizeMb: 64 }
       })
       this.port = port1
