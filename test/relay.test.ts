@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import { once } from 'node:events'
 import net from 'node:net'
-import { it } from 'node:test'
+import { it, type TestContext } from 'node:test'
 import { closed, closedPort, connect, drainToHash, sendRandom, startEchoServer, startServer } from './helpers/peers.js'
 import { fullBacklogListener } from './helpers/full-backlog.js'
 import { startProxy } from './helpers/proxy.js'
@@ -25,7 +25,7 @@ describeEachEngine('relay', (engine) => {
     })
   }
 
-  async function carriesBothWays (t: { after: (fn: () => unknown) => void }, bulkBuffers: number | undefined): Promise<void> {
+  async function carriesBothWays (t: TestContext, bulkBuffers: number | undefined): Promise<void> {
     const size = 64 * MiB
     const upstreamResult: Array<Promise<unknown>> = []
     const upstream = await startServer((socket) => {

@@ -397,10 +397,9 @@ function pumpDirection (pair: Pair, dir: Direction): 'more' | 'idle' | 'failed' 
       else { end(pair, 'error', sideOf(pair, dir.dst), -n); return 'failed' }
     }
     if (dir.unsent === null && dir.pending > 0 && dir.writable) {
-      const n = dir.held !== null ? sendNow(dir.dst, dir.held.subarray(dir.start), dir.pending) : dir.pipe !== null ? sys.splice(dir.pipe.readEnd, dir.dst, dir.pending) : 0
+      const n = writeStaged(dir)
       if (n > 0) {
         dir.pending -= n
-        dir.start += n
         // Bytes leaving count as activity too, as they do for the net relay's socket timeout.
         pair.lastActivity = now
         progressed = true
@@ -504,7 +503,17 @@ function readIntoPipe (pair: Pair, dir: Direction): number {
  */
 function readBulk (pair: Pair, dir: Direction): number {
   if (dir.held === null && dir.pipe === null) dir.held = takeBuffer()
-  return dir.held === null ? readIntoPipe(pair, dir) : readIntoBuffer(pair, dir)
+  const held = dir.held
+  return held === null ? readIntoPipe(pair, dir) : readIntoBuffer(pair, dir, held)
+}
+
+/** Write what the direction's bulk buffer or pipe holds (`pending` > 0 means it has one): bytes written, or -errno. */
+function writeStaged (dir: Direction): number {
+  const held = dir.held
+  if (held === null) return dir.pipe === null ? 0 : sys.splice(dir.pipe.readEnd, dir.dst, dir.pending)
+  const n = sendNow(dir.dst, dir.start === 0 ? held : held.subarray(dir.start), dir.pending)
+  if (n > 0) dir.start += n
+  return n
 }
 
 function takeBuffer (): Buffer | null {
@@ -520,9 +529,8 @@ function takeBuffer (): Buffer | null {
  * One recv from src into the direction's bulk buffer, once the bytes it held are all written (as
  * the net relay pauses reading while a write is pending). Bytes read, -1 when the pair ended.
  */
-function readIntoBuffer (pair: Pair, dir: Direction): number {
-  const held = dir.held
-  if (held === null || dir.pending > 0) return 0
+function readIntoBuffer (pair: Pair, dir: Direction, held: Buffer): number {
+  if (dir.pending > 0) return 0
   const n = sys.recv(dir.src, held, held.length)
   if (n > 0) {
     // A short read emptied the socket (see copyAcross).
