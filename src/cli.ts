@@ -2,6 +2,7 @@
 // --max-semi-space-size=1 (also in `npm start` and the Dockerfile): a 1 MiB young generation (V8's
 // default is 16 MiB per semi-space) keeps an idle connection near 1.4 KB instead of 5-6 KB, at no
 // measured cost in connection rate or throughput (docs/performance.md).
+import { setTimeout as delay } from 'node:timers/promises'
 import { MIDDLEBOX_PRESETS } from './budget/middleboxes.js'
 import { parseHostPort } from './config/formats.js'
 import { parseConfigFlags } from './config/flags.js'
@@ -16,6 +17,9 @@ import { Kaproxy } from './kaproxy.js'
 import { createLogger } from './log.js'
 import { startReloadTriggers } from './reload.js'
 import { kaproxyVersion } from './version.js'
+
+/** How long a forced exit waits for the connections and worker threads to close. */
+const FORCED_EXIT_WAIT_MS = 2000
 
 // The only file that exits the process: parse arguments, load config, start, wait for signals.
 
@@ -82,10 +86,14 @@ async function run (args: string[]): Promise<number> {
     process.once('SIGINT', resolve)
     process.once('SIGTERM', resolve)
   })
-  // A second signal while draining exits at once; pino's exit hook writes what is buffered.
+  // A second signal while draining exits at once, closing every connection first: a worker thread
+  // that process.exit() ends while it is inside koffi (still loading it, or in a call) aborts the
+  // whole process (SIGABRT), so the data plane is stopped before, for FORCED_EXIT_WAIT_MS at most.
+  // pino's exit hook writes what is buffered.
   const force = (second: NodeJS.Signals): void => {
     log.warn({ event: 'forced-exit', signal: second }, `${second} while draining: exiting now`)
-    process.exit(1)
+    process.exitCode = 1
+    void Promise.race([kaproxy.close(), delay(FORCED_EXIT_WAIT_MS)]).finally(() => { process.exit(1) })
   }
   process.once('SIGINT', force)
   process.once('SIGTERM', force)

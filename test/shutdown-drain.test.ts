@@ -104,6 +104,7 @@ describeEachEngine('graceful drain on SIGTERM and SIGINT', () => {
     const idle = await connect(port)
     t.after(() => idle.destroy())
     idle.resume()
+    const idleClosed = closed(idle)
     await upstream.nextSocket()
     run.child.kill('SIGTERM')
     await run.stdout.waitFor({ event: 'draining' })
@@ -112,5 +113,8 @@ describeEachEngine('graceful drain on SIGTERM and SIGINT', () => {
     assert.equal(await run.exit, 1)
     assert.ok(Date.now() - secondAt < 3000, 'no waiting for the 30 s drainTimeout')
     assert.equal((await run.stdout.waitFor({ event: 'forced-exit' })).signal, 'SIGTERM')
+    // The connections (and the fast engine's worker threads) were closed before the exit.
+    assert.deepEqual(run.stdout.find({ event: 'close', route: 'r' }).map((line) => line.reason), ['shutdown'])
+    assert.equal(await idleClosed, null, 'the idle connection gets a FIN, not a reset')
   })
 })
