@@ -1,8 +1,8 @@
 import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads'
 import { closeDescriptor, dataPlaneCalls } from '../../sockopt/libc.js'
 import {
-  batchEvents, ConnectionIds, SLOTS_PER_BLOCK, STAT_BYTES_FROM_CLIENT, STAT_BYTES_FROM_UPSTREAM, STAT_FIELDS, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT,
-  STAT_LAST_SILENCE_MS, type AcceptPlan, type Accepted, type FromWorker, type PairEnded, type ToWorker
+  ConnectionIds, forEachEvent, SLOTS_PER_BLOCK, STAT_BYTES_FROM_CLIENT, STAT_BYTES_FROM_UPSTREAM, STAT_FIELDS, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT,
+  STAT_LAST_SILENCE_MS, type AcceptPlan, type Accepted, type FromWorker, type PairEnded, type ToWorker, type WorkerEvent
 } from './protocol.js'
 
 // Connection ids: one counter in shared memory, for the main thread and the worker alike.
@@ -284,59 +284,62 @@ export class SpliceDataPlane {
 
   /** A batch of the worker's reports: ends, accepted connections, statistics blocks, route changes. */
   private received (batch: FromWorker): void {
-    for (const event of batchEvents(batch)) {
-      switch (event.kind) {
-        case 'ended': {
-          const entry = this.live.get(event.id)
-          if (entry === undefined) continue
-          this.live.delete(event.id)
-          entry.connection.relayEnded(event)
-          // Slots of the worker's own blocks are its to free.
-          if (entry.slot >= 0) this.freeSlots.push(entry.slot)
-          break
-        }
-        case 'block':
-          this.workerBlocks.push(new Float64Array(event.buffer))
-          break
-        case 'accepted': {
-          // Its two descriptors move from the worker's count to the route's (acceptor.accepted).
-          Atomics.sub(this.workerDescriptors, 0, 2)
-          const acceptor = this.acceptors.get(event.route)
-          const block = this.workerBlocks[event.block]
-          const stats = event.failure === null && block !== undefined ? new SpliceStats(block, event.base) : null
-          if (acceptor === undefined) {
-            // Not reachable (a route is unlistened only after its last report); closed rather than leaked.
-            if (stats === null) { closeDescriptor(event.clientFd); break }
-            const { clientFd, upstreamFd } = event
-            this.live.set(event.id, { connection: { id: event.id, relayEnded: () => { closeDescriptor(clientFd); closeDescriptor(upstreamFd) } }, slot: -1, stats })
-            this.drop(event.id)
-            break
-          }
-          const connection = acceptor.accepted(event, stats)
-          if (connection !== null && stats !== null) this.live.set(event.id, { connection, slot: -1, stats })
-          break
-        }
-        case 'unlistened': {
-          const acceptor = this.acceptors.get(event.route)
-          this.acceptors.delete(event.route)
-          acceptor?.unlistened()
-          break
-        }
-        case 'exhausted':
-          this.acceptors.get(event.route)?.exhausted(event.code)
-          break
-        case 'listening':
-          this.acceptors.get(event.route)?.listening?.()
-          break
-        case 'crowded':
-          this.acceptors.get(event.route)?.crowded?.()
-          break
-        case 'planned':
-          this.planWaiters.shift()?.()
-          break
-      }
-    }
+    forEachEvent(batch, this.handle)
     this.updateRef()
+  }
+
+  /** One of the worker's reports (see forEachEvent: read now, never kept). */
+  private readonly handle = (event: Readonly<WorkerEvent>): void => {
+    switch (event.kind) {
+      case 'ended': {
+        const entry = this.live.get(event.id)
+        if (entry === undefined) return
+        this.live.delete(event.id)
+        entry.connection.relayEnded(event)
+        // Slots of the worker's own blocks are its to free.
+        if (entry.slot >= 0) this.freeSlots.push(entry.slot)
+        break
+      }
+      case 'block':
+        this.workerBlocks.push(new Float64Array(event.buffer))
+        break
+      case 'accepted': {
+        // Its two descriptors move from the worker's count to the route's (acceptor.accepted).
+        Atomics.sub(this.workerDescriptors, 0, 2)
+        const acceptor = this.acceptors.get(event.route)
+        const block = this.workerBlocks[event.block]
+        const stats = event.failure === null && block !== undefined ? new SpliceStats(block, event.base) : null
+        if (acceptor === undefined) {
+          // Not reachable (a route is unlistened only after its last report); closed rather than leaked.
+          if (stats === null) { closeDescriptor(event.clientFd); break }
+          const { clientFd, upstreamFd } = event
+          this.live.set(event.id, { connection: { id: event.id, relayEnded: () => { closeDescriptor(clientFd); closeDescriptor(upstreamFd) } }, slot: -1, stats })
+          this.drop(event.id)
+          break
+        }
+        const connection = acceptor.accepted(event, stats)
+        if (connection !== null && stats !== null) this.live.set(event.id, { connection, slot: -1, stats })
+        break
+      }
+      case 'unlistened': {
+        const acceptor = this.acceptors.get(event.route)
+        this.acceptors.delete(event.route)
+        acceptor?.unlistened()
+        break
+      }
+      case 'exhausted':
+        this.acceptors.get(event.route)?.exhausted(event.code)
+        break
+      case 'listening':
+        this.acceptors.get(event.route)?.listening?.()
+        break
+      case 'crowded':
+        this.acceptors.get(event.route)?.crowded?.()
+        break
+      case 'planned':
+        this.planWaiters.shift()?.()
+        break
+    }
   }
 
   /** The worker is gone: every connection it held is told (`error` with no side: they close with upstream-error), none is handed over again. */

@@ -870,11 +870,10 @@ export class Connection implements ConnectionRecord {
     const descriptors = this.descriptors
     if (descriptors !== null) {
       this.descriptors = null
-      for (const fd of descriptors) {
-        if (fd < 0) continue
-        if (abortive) closeWithReset(fd)
-        else closeDescriptor(fd)
-      }
+      // Indexed, not iterated: an iterator per connection showed up in the main thread's allocation.
+      const close = abortive ? closeWithReset : closeDescriptor
+      if (descriptors[0] >= 0) close(descriptors[0])
+      if (descriptors[1] >= 0) close(descriptors[1])
       this.openSockets = 1
       this.socketClosed()
       return
