@@ -87,8 +87,8 @@ async function run (args: string[]): Promise<number> {
     process.once('SIGTERM', resolve)
   })
   // A second signal while draining exits at once, closing every connection first: a worker thread
-  // that process.exit() ends while it is inside koffi (still loading it, or in a call) aborts the
-  // whole process (SIGABRT), so the data plane is stopped before, for FORCED_EXIT_WAIT_MS at most.
+  // that process.exit() ended while it was still loading koffi aborted the whole process (SIGABRT,
+  // seen in CI), so the data plane is stopped before, for FORCED_EXIT_WAIT_MS at most.
   // pino's exit hook writes what is buffered.
   const force = (second: NodeJS.Signals): void => {
     log.warn({ event: 'forced-exit', signal: second }, `${second} while draining: exiting now`)
