@@ -92,7 +92,6 @@ async function run (args: string[]): Promise<number> {
   // pino's exit hook writes what is buffered.
   const force = (second: NodeJS.Signals): void => {
     log.warn({ event: 'forced-exit', signal: second }, `${second} while draining: exiting now`)
-    process.exitCode = 1
     void Promise.race([kaproxy.close(), delay(FORCED_EXIT_WAIT_MS)]).finally(() => { process.exit(1) })
   }
   process.once('SIGINT', force)
