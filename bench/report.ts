@@ -24,6 +24,8 @@ export interface TargetSummary {
   p50AddedUs: number | null
   p99AddedUs: number | null
   p999AddedUs: number | null
+  /** The relay's CPU per ping-pong round trip: what busy polling costs where it pays. */
+  pingpongCpuUs: number | null
   connPerSec: number | null
   connxHaproxy: number | null
   connFailed: number | null
@@ -99,6 +101,11 @@ export function summarize (samples: Sample[], targets: string[]): Record<string,
       p50AddedUs: added('p50us'),
       p99AddedUs: added('p99us'),
       p999AddedUs: added('p999us'),
+      pingpongCpuUs: perRep((rep) => {
+        const cpu = get(t, 'pingpong', rep, 'targetCpuSec')
+        const rounds = get(t, 'pingpong', rep, 'rounds')
+        return cpu === null || rounds === null || rounds === 0 ? null : cpu / rounds * 1e6
+      }),
       connPerSec: m('cec', 'perSec'),
       connxHaproxy: vsHa('cec', 'perSec'),
       connFailed: m('cec', 'failed'),
@@ -133,12 +140,12 @@ export function toMarkdown (r: Results): string {
   const lines: string[] = []
   lines.push(`### Results (${r.date.slice(0, 10)}; medians of ${s.reps} repetitions; (n×) = ratio to HAProxy default in the same repetition, median)`)
   lines.push('')
-  lines.push('| target | upload 1 stream Gbit/s | upload 8 streams Gbit/s | download 1 stream Gbit/s | download 8 streams Gbit/s | ping-pong 64 B p50 / p99 / p99.9 µs | p99 added over direct µs | connect-echo-close /s (32 clients) | relay CPU µs per connection | idle RSS KB/conn, after opening / after idle | idle CPU s | relay CPU s per GB |')
-  lines.push('|---|---|---|---|---|---|---|---|---|---|---|---|')
+  lines.push('| target | upload 1 stream Gbit/s | upload 8 streams Gbit/s | download 1 stream Gbit/s | download 8 streams Gbit/s | ping-pong 64 B p50 / p99 / p99.9 µs | p99 added over direct µs | ping-pong relay CPU µs per round trip | connect-echo-close /s (32 clients) | relay CPU µs per connection | idle RSS KB/conn, after opening / after idle | idle CPU s | relay CPU s per GB |')
+  lines.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
   for (const t of r.targets) {
     const x = r.summary[t]
     if (x === undefined) continue
-    lines.push(`| ${t} | ${withRatio(x.bulk1Gbps, x.bulk1xHaproxy)} | ${withRatio(x.bulk8Gbps, x.bulk8xHaproxy)} | ${withRatio(x.down1Gbps, x.down1xHaproxy)} | ${withRatio(x.down8Gbps, x.down8xHaproxy)} | ${f(x.p50us, 0)} / ${f(x.p99us, 0)} / ${f(x.p999us, 0)} | ${t === 'direct' ? '0' : signed(x.p99AddedUs)} | ${withRatio(x.connPerSec, x.connxHaproxy, 0)} | ${f(x.cpuUsPerConn, 0)} | ${f(x.rssKBPerConnOpen)} / ${f(x.rssKBPerConnIdle)} | ${f(x.idleCpuSec)} | ${withRatio(x.cpuSecPerGB, x.cpuPerGBxHaproxy)} |`)
+    lines.push(`| ${t} | ${withRatio(x.bulk1Gbps, x.bulk1xHaproxy)} | ${withRatio(x.bulk8Gbps, x.bulk8xHaproxy)} | ${withRatio(x.down1Gbps, x.down1xHaproxy)} | ${withRatio(x.down8Gbps, x.down8xHaproxy)} | ${f(x.p50us, 0)} / ${f(x.p99us, 0)} / ${f(x.p999us, 0)} | ${t === 'direct' ? '0' : signed(x.p99AddedUs)} | ${f(x.pingpongCpuUs, 1)} | ${withRatio(x.connPerSec, x.connxHaproxy, 0)} | ${f(x.cpuUsPerConn, 0)} | ${f(x.rssKBPerConnOpen)} / ${f(x.rssKBPerConnIdle)} | ${f(x.idleCpuSec)} | ${withRatio(x.cpuSecPerGB, x.cpuPerGBxHaproxy)} |`)
   }
   lines.push('')
   lines.push('Load generator CPU, share of one core (median; bulk 8 runs 8 threads, connect-echo-close 32):')

@@ -28,7 +28,7 @@ const { values: opts } = parseArgs({
     clients: { type: 'string', default: '32' },
     targets: { type: 'string', default: 'direct,kaproxy-fast,kaproxy-net,kaproxy-net-opt-size,haproxy,haproxy-splice,nginx,socat' },
     scenarios: { type: 'string', default: SCENARIOS.join(',') },
-    // Extra kaproxy builds to compare: NAME=PATH/TO/cli.js[,NODE_FLAG...][,engine=fast|net][,workers=N][,bulkBuffers=N] (repeatable; engine and workers auto by default).
+    // Extra kaproxy builds to compare: NAME=PATH/TO/cli.js[,NODE_FLAG...][,engine=fast|net][,workers=N][,bulkBuffers=N][,busyPollUs=N] (repeatable; engine and workers auto by default).
     kaproxy: { type: 'string', multiple: true, default: [] },
     'log-level': { type: 'string', default: 'warn' },
     out: { type: 'string', default: join(ROOT, 'bench/results') },
@@ -40,7 +40,7 @@ const { values: opts } = parseArgs({
 if (opts.help) {
   console.log(`npm run bench -- [--install] [--reps 3] [--seconds 5] [--idle-conns 9000] [--idle-sec 15]
   [--clients 32] [--targets ${opts.targets}] [--scenarios ${SCENARIOS.join(',')}]
-  [--kaproxy NAME=PATH/cli.js[,NODE_FLAG...][,engine=fast|net][,workers=N][,bulkBuffers=N]]... [--log-level warn] [--out bench/results] [--label NAME]
+  [--kaproxy NAME=PATH/cli.js[,NODE_FLAG...][,engine=fast|net][,workers=N][,bulkBuffers=N][,busyPollUs=N]]... [--log-level warn] [--out bench/results] [--label NAME]
 --install  apt-get install what is missing of haproxy, nginx-light + libnginx-mod-stream, socat (Debian)`)
   process.exit(0)
 }
@@ -112,6 +112,8 @@ function makeTargets (): Target[] {
     // As shipped: the bin, `npm start` and the Dockerfile run node with --max-semi-space-size=1.
     ['kaproxy-fast', kaproxy('kaproxy-fast', cli, [SHIPPED_NODE_FLAG], logLevel, 'fast')],
     ['kaproxy-fast-1worker', kaproxy('kaproxy-fast-1worker', cli, [SHIPPED_NODE_FLAG], logLevel, 'fast', { workers: 1 })],
+    // Workers that always sleep in epoll_wait: what busy polling (dataPlane.busyPollUs) buys and costs.
+    ['kaproxy-fast-no-poll', kaproxy('kaproxy-fast-no-poll', cli, [SHIPPED_NODE_FLAG], logLevel, 'fast', { busyPollUs: 0 })],
     // Every bulk flow through pipes by splice, as before bulk buffers.
     ['kaproxy-fast-splice', kaproxy('kaproxy-fast-splice', cli, [SHIPPED_NODE_FLAG], logLevel, 'fast', { bulkBuffers: 0 })],
     ['kaproxy-fast-opt-size', kaproxy('kaproxy-fast-opt-size', cli, [SHIPPED_NODE_FLAG, '--optimize-for-size'], logLevel, 'fast')],
@@ -133,15 +135,15 @@ function makeTargets (): Target[] {
     // `engine=fast|net` among the flags picks the engine (auto otherwise); the rest go to node.
     const engine = parts.find((part) => part.startsWith('engine='))?.slice('engine='.length) ?? 'auto'
     if (engine !== 'auto' && engine !== 'fast' && engine !== 'net') throw new Error(`--kaproxy ${spec}: engine must be auto, fast or net`)
-    // `workers=N` and `bulkBuffers=N` set dataPlane.workers and dataPlane.bulkBuffers (defaults otherwise).
+    // `workers=N`, `bulkBuffers=N` and `busyPollUs=N` set those dataPlane settings (defaults otherwise).
     const setting = (key: string, min: number): number | undefined => {
       const value = parts.find((part) => part.startsWith(`${key}=`))?.slice(key.length + 1)
       if (value === undefined) return undefined
       if (!/^[0-9]+$/.test(value) || Number(value) < min) throw new Error(`--kaproxy ${spec}: ${key} must be an integer of at least ${min}`)
       return Number(value)
     }
-    const dataPlane = { workers: setting('workers', 1), bulkBuffers: setting('bulkBuffers', 0) }
-    const nodeFlags = parts.filter((part) => !/^(engine|workers|bulkBuffers)=/.test(part))
+    const dataPlane = { workers: setting('workers', 1), bulkBuffers: setting('bulkBuffers', 0), busyPollUs: setting('busyPollUs', 0) }
+    const nodeFlags = parts.filter((part) => !/^(engine|workers|bulkBuffers|busyPollUs)=/.test(part))
     all.set(name, kaproxy(name, resolve(path ?? ''), nodeFlags, logLevel, engine, dataPlane))
   }
   return opts.targets.split(',').map((name) => {

@@ -82,7 +82,7 @@ export const direct: Target = {
 }
 
 /** The fast engine's settings a target sets (dataPlane.workers, dataPlane.bulkBuffers); the defaults otherwise. */
-export interface DataPlaneFlags { workers?: number | undefined, bulkBuffers?: number | undefined }
+export interface DataPlaneFlags { workers?: number | undefined, bulkBuffers?: number | undefined, busyPollUs?: number | undefined }
 
 /** kaproxy with one engine through its CLI, as users run it (one-route mode, admin API off). */
 export function kaproxy (name: string, cli: string, nodeFlags: string[], logLevel: string, engine: 'fast' | 'net' | 'auto', dataPlane: DataPlaneFlags = {}): Target {
@@ -94,7 +94,8 @@ export function kaproxy (name: string, cli: string, nodeFlags: string[], logLeve
       ...nodeFlags, cli, '--name', 'r', '--listen', `127.0.0.1:${port}`, '--upstream', `127.0.0.1:${upstreamPort}`,
       '--client-keepalive', ka, '--upstream-keepalive', ka, '--log-level', logLevel, '--admin-listen', '', '--engine', engine,
       ...dataPlane.workers === undefined ? [] : ['--workers', String(dataPlane.workers)],
-      ...dataPlane.bulkBuffers === undefined ? [] : ['--bulk-buffers', String(dataPlane.bulkBuffers)]
+      ...dataPlane.bulkBuffers === undefined ? [] : ['--bulk-buffers', String(dataPlane.bulkBuffers)],
+      ...dataPlane.busyPollUs === undefined ? [] : ['--busy-poll-us', String(dataPlane.busyPollUs)]
     ], port, dir)
   }
 }

@@ -4,7 +4,7 @@ import { AdminServer } from './admin/server.js'
 import { Metrics } from './admin/metrics.js'
 import type { KaproxyConfig } from './config/types.js'
 import { ConfigError, type ConfigIssue, KaproxyError } from './errors.js'
-import { logBudget, logRoutePlan, loggingObserver } from './log.js'
+import { logBudget, logDataPlane, logRoutePlan, loggingObserver } from './log.js'
 import { BurstReclaimer } from './memory-reclaim.js'
 import type { ApplyResult, Engine } from './relay/engine.js'
 import { NetEngine } from './relay/net/engine.js'
@@ -104,6 +104,7 @@ export class Kaproxy {
     const system = readSystemKeepalive()
     this.log.info({ event: 'system-keepalive', ...system },
       `kernel defaults for untuned sockets: tcp_keepalive_time=${system.timeSec ?? '?'}s intvl=${system.intervalSec ?? '?'}s probes=${system.probes ?? '?'}`)
+    if (this.current.routes.some((route) => route.engine === 'fast')) logDataPlane(this.log, this.dataPlane)
     logRoutePlan(this.log, this.current.routes)
     logBudget(this.log, this.current.routes)
     await this.engine.start(this.current.routes)
@@ -153,7 +154,8 @@ export class Kaproxy {
       ...isDeepStrictEqual(next.admin.listen, previous.admin.listen) ? [] : ['admin.listen'],
       // Compared with the workers running, not the last file: every reload says it until a restart.
       ...next.dataPlane.workers === this.dataPlane.workers ? [] : ['dataPlane.workers'],
-      ...next.dataPlane.bulkBuffers === this.dataPlane.bulkBuffers ? [] : ['dataPlane.bulkBuffers']
+      ...next.dataPlane.bulkBuffers === this.dataPlane.bulkBuffers ? [] : ['dataPlane.bulkBuffers'],
+      ...next.dataPlane.busyPoll.us === this.dataPlane.busyPoll.us ? [] : ['dataPlane.busyPollUs']
     ]
     if (restartNeeded.length > 0) {
       this.log.warn({ event: 'restart-needed', settings: restartNeeded }, `reload does not move the admin API or start and stop workers: restart to apply ${restartNeeded.join(', ')}`)

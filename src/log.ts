@@ -1,7 +1,7 @@
 import pino, { type DestinationStream, type Logger } from 'pino'
 import { budgetFindings, formatFinding } from './budget/budget.js'
 import { formatHostPort } from './config/formats.js'
-import type { LogLevel, RouteConfig, Side } from './config/types.js'
+import type { KaproxyConfig, LogLevel, RouteConfig, Side } from './config/types.js'
 import type { KeepaliveSettings } from './keepalive.js'
 import type { CloseReason } from './relay/close-reason.js'
 import type { AcceptBurst, AcceptPause, CloseSummary, ConnectionRecord, DrainSummary, EngineObserver, WorkerFailure } from './relay/engine.js'
@@ -94,6 +94,16 @@ export function loggingObserver (log: Logger): Required<EngineObserver> {
         `accepting again: paused ${burst.pauses} time(s) for ${burst.pausedMs} ms in all, ${burst.fdExhausted} connection(s) closed with fd-exhausted`)
     }
   }
+}
+
+/** Log the fast engine's data plane as started: its workers, bulk buffers and busy polling (and why, when auto). */
+export function logDataPlane (log: Logger, dataPlane: KaproxyConfig['dataPlane']): void {
+  const { us, auto, cpuQuota } = dataPlane.busyPoll
+  const busyPoll = us === 0
+    ? (cpuQuota === null ? 'off' : `off: auto, under a CPU quota of ${cpuQuota} CPU`)
+    : `up to ${us} µs after each busy turn${auto ? ' (auto: no CPU quota)' : ''}`
+  log.info({ event: 'data-plane', workers: dataPlane.workers, bulkBuffers: dataPlane.bulkBuffers, busyPollUs: us, busyPollAuto: auto, cpuQuota },
+    `fast engine: ${dataPlane.workers} worker(s), ${dataPlane.bulkBuffers} bulk buffer(s) each, busy polling ${busyPoll}`)
 }
 
 /** Log each route's keepalive per side as it will be applied, and the middleboxes each side crosses. */

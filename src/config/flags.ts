@@ -17,7 +17,8 @@ export const CONFIG_OPTIONS = {
   'admin-listen': { type: 'string' },
   engine: { type: 'string' },
   workers: { type: 'string' },
-  'bulk-buffers': { type: 'string' }
+  'bulk-buffers': { type: 'string' },
+  'busy-poll-us': { type: 'string' }
 } as const
 
 export type ConfigFlags = ReturnType<typeof parseConfigFlags>
@@ -91,5 +92,6 @@ export function overridesFromFlags (flags: ConfigFlags): Record<string, unknown>
   if (flags.engine !== undefined) overrides['defaults.engine'] = flags.engine
   if (flags.workers !== undefined) overrides['dataPlane.workers'] = flags.workers
   if (flags['bulk-buffers'] !== undefined) overrides['dataPlane.bulkBuffers'] = flags['bulk-buffers']
+  if (flags['busy-poll-us'] !== undefined) overrides['dataPlane.busyPollUs'] = flags['busy-poll-us']
   return overrides
 }

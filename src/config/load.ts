@@ -6,7 +6,8 @@ import { ConfigError, type ConfigIssue } from '../errors.js'
 import { adminConfigIssues } from './admin.js'
 import { parseDurationMs, parseHostPort } from './formats.js'
 import { checkRoutes, resolveKeepaliveDefaults, type RawKeepaliveDefaults } from './routes.js'
-import { DEFAULT_BULK_BUFFERS, createSchema, parseBulkBuffers, parseWorkers } from './schema.js'
+import { cpuQuota } from '../cpu-quota.js'
+import { DEFAULT_BULK_BUFFERS, DEFAULT_BUSY_POLL_US, createSchema, parseBulkBuffers, parseBusyPollUs, parseWorkers } from './schema.js'
 import type { EngineChoice, KaproxyConfig, LogLevel } from './types.js'
 
 export interface LoadOptions {
@@ -88,6 +89,20 @@ const SECTIONS = ['log', 'admin', 'reload', 'dataPlane', 'defaults'] as const
  * still sees every CPU of its node: beyond 4, set the count).
  */
 const AUTO_WORKERS = Math.min(4, availableParallelism())
+
+/**
+ * `dataPlane.busyPollUs: auto`: DEFAULT_BUSY_POLL_US, or none under a CPU quota, where polling
+ * would spend the container's CPU time on waiting and get it throttled.
+ */
+function autoBusyPoll (): KaproxyConfig['dataPlane']['busyPoll'] {
+  const quota = cpuQuota()
+  return quota === null ? { us: DEFAULT_BUSY_POLL_US, auto: true, cpuQuota: null } : { us: 0, auto: true, cpuQuota: quota }
+}
+
+function busyPollOf (value: unknown): KaproxyConfig['dataPlane']['busyPoll'] {
+  const us = parseBusyPollUs(value)
+  return us === undefined ? autoBusyPoll() : { us, auto: false, cpuQuota: null }
+}
 
 const TOP_LEVEL_KEYS = new Set<string>([...SECTIONS, 'routes'])
 
@@ -188,7 +203,7 @@ export function buildConfig (raw: unknown, options: LoadOptions = {}): KaproxyCo
     log: { level: schema.get('log.level') as LogLevel },
     admin,
     reload: { watch: schema.get('reload.watch') },
-    dataPlane: { workers: parseWorkers(schema.get('dataPlane.workers')) ?? AUTO_WORKERS, bulkBuffers: parseBulkBuffers(schema.get('dataPlane.bulkBuffers')) ?? DEFAULT_BULK_BUFFERS },
+    dataPlane: { workers: parseWorkers(schema.get('dataPlane.workers')) ?? AUTO_WORKERS, bulkBuffers: parseBulkBuffers(schema.get('dataPlane.bulkBuffers')) ?? DEFAULT_BULK_BUFFERS, busyPoll: busyPollOf(schema.get('dataPlane.busyPollUs')) },
     defaults: { keepalive: keepalive.settings, idleAuto: keepalive.idleAuto, middleboxes: keepalive.middleboxes, connectTimeoutMs, drainTimeoutMs, engine },
     routes
   }

@@ -40,6 +40,14 @@ export const BULK_BUFFERS_RULE = `must be an integer 0..${MAX_BULK_BUFFERS}`
 export function parseBulkBuffers (value: unknown): number | undefined {
   return parseCount(value, 0, MAX_BULK_BUFFERS)
 }
+export const MAX_BUSY_POLL_US = 1000
+/** A fast worker polls for up to 100 µs after moving bytes, before it sleeps (see splice-worker's pollWindowUs). */
+export const DEFAULT_BUSY_POLL_US = 100
+export const BUSY_POLL_RULE = `must be auto or an integer 0..${MAX_BUSY_POLL_US} (microseconds; 0: never poll)`
+/** `dataPlane.busyPollUs` as written (a number, or digits from the environment); undefined for auto or an invalid value. */
+export function parseBusyPollUs (value: unknown): number | undefined {
+  return parseCount(value, 0, MAX_BUSY_POLL_US)
+}
 function parseCount (value: unknown, min: number, max: number): number | undefined {
   const count = typeof value === 'string' && /^[0-9]+$/.test(value) ? Number(value) : value
   return Number.isInteger(count) && (count as number) >= min && (count as number) <= max ? count as number : undefined
@@ -62,6 +70,7 @@ const formats = {
   },
   workers: (value: unknown): void => check(value === AUTO || parseWorkers(value) !== undefined, WORKERS_RULE, value),
   'bulk-buffers': (value: unknown): void => check(parseBulkBuffers(value) !== undefined, BULK_BUFFERS_RULE, value),
+  'busy-poll': (value: unknown): void => check(value === AUTO || parseBusyPollUs(value) !== undefined, BUSY_POLL_RULE, value),
   engine: (value: unknown): void => check(typeof value === 'string' && (ENGINE_CHOICES as readonly string[]).includes(value), `must be one of ${ENGINE_CHOICES.join(', ')}`, value),
   boolean: (value: unknown): void => check(typeof value === 'boolean', 'must be true or false', value),
   string: (value: unknown): void => check(typeof value === 'string', 'must be a string', value),
@@ -86,6 +95,7 @@ const formats = {
 convict.addFormat({ name: 'kaproxy-boolean', validate: formats.boolean, coerce: (value: unknown) => value })
 convict.addFormat({ name: 'kaproxy-count', validate: formats['keepalive-count'], coerce: (value: unknown) => value })
 convict.addFormat({ name: 'kaproxy-bulk-buffers', validate: formats['bulk-buffers'], coerce: (value: unknown) => value })
+convict.addFormat({ name: 'kaproxy-busy-poll', validate: formats['busy-poll'], coerce: (value: unknown) => value })
 
 /** The convict schema of the top level: documentation, defaults, env names and formats. */
 export function createSchema (env: NodeJS.ProcessEnv) {
@@ -102,7 +112,8 @@ export function createSchema (env: NodeJS.ProcessEnv) {
     },
     dataPlane: {
       workers: { doc: 'threads of the fast engine; auto: one per CPU, at most 4', format: formats.workers, default: 'auto' as string | number, env: 'KAPROXY_WORKERS' },
-      bulkBuffers: { doc: 'fast engine: 4 MiB buffers per worker that bulk flows are copied through; flows beyond them splice through pipes; 0: always splice', format: 'kaproxy-bulk-buffers', default: DEFAULT_BULK_BUFFERS as string | number, env: 'KAPROXY_BULK_BUFFERS' }
+      bulkBuffers: { doc: 'fast engine: 4 MiB buffers per worker that bulk flows are copied through; flows beyond them splice through pipes; 0: always splice', format: 'kaproxy-bulk-buffers', default: DEFAULT_BULK_BUFFERS as string | number, env: 'KAPROXY_BULK_BUFFERS' },
+      busyPollUs: { doc: `fast engine: microseconds a worker keeps polling after moving bytes before it sleeps (adaptive, up to this); auto: ${DEFAULT_BUSY_POLL_US}, or 0 under a CPU quota`, format: 'kaproxy-busy-poll', default: 'auto' as string | number, env: 'KAPROXY_BUSY_POLL_US' }
     },
     defaults: {
       engine: { doc: 'data plane: fast (worker threads, dataPlane.workers; Linux), net (Node streams, portable), auto (fast where available)', format: formats.engine, default: 'auto', env: 'KAPROXY_ENGINE' },

@@ -112,6 +112,12 @@ export interface KaproxyConfig {
     workers: number
     /** `dataPlane.bulkBuffers`: 4 MiB buffers per fast worker that bulk flows copy through; beyond them (or at 0) they splice. */
     bulkBuffers: number
+    /**
+     * `dataPlane.busyPollUs` resolved: `us`, the longest a fast worker polls after moving bytes before
+     * it sleeps (0: never); `auto` when it was not set; `cpuQuota`, the CPUs of the cgroup quota that
+     * turned `auto` off (null otherwise).
+     */
+    busyPoll: { us: number, auto: boolean, cpuQuota: number | null }
   }
   /**
    * `defaults.keepalive` as validated. When `idleAuto` is true, `keepalive.idleSec` is a placeholder

@@ -2,7 +2,7 @@ import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from '
 import { closeDescriptor, dataPlaneCalls } from '../../sockopt/libc.js'
 import {
   ConnectionIds, forEachEvent, SLOTS_PER_BLOCK, STAT_BYTES_FROM_CLIENT, STAT_BYTES_FROM_UPSTREAM, STAT_FIELDS, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT,
-  STAT_LAST_SILENCE_MS, type AcceptPlan, type Accepted, type FromWorker, type PairEnded, type ToWorker, type WorkerEvent
+  STAT_LAST_SILENCE_MS, type AcceptPlan, type Accepted, type DataPlaneTuning, type FromWorker, type PairEnded, type ToWorker, type WorkerEvent
 } from './protocol.js'
 
 // Connection ids: one counter in shared memory, for the main thread and the worker alike.
@@ -110,10 +110,10 @@ export class SpliceDataPlane {
   /** The descriptor budget as the worker checks it before accepting (see WorkerStart.budget). */
   private readonly budgetShare = new Int32Array(new SharedArrayBuffer(8))
 
-  private readonly bulkBuffers: number
+  private readonly tuning: DataPlaneTuning
 
-  constructor (bulkBuffers: number, onFailure: (err: Error) => void) {
-    this.bulkBuffers = bulkBuffers
+  constructor (tuning: DataPlaneTuning, onFailure: (err: Error) => void) {
+    this.tuning = tuning
     this.onFailure = onFailure
   }
 
@@ -234,7 +234,7 @@ export class SpliceDataPlane {
       this.wakeFd = wakeFd
       const { port1, port2 } = new MessageChannel()
       const worker = new Worker(new URL('./splice-worker.js', import.meta.url), {
-        workerData: { port: port2, wakeFd, descriptors: this.workerDescriptors.buffer as SharedArrayBuffer, ids: connectionIdBuffer, budget: this.budgetShare.buffer as SharedArrayBuffer, bulkBuffers: this.bulkBuffers },
+        workerData: { port: port2, wakeFd, descriptors: this.workerDescriptors.buffer as SharedArrayBuffer, ids: connectionIdBuffer, budget: this.budgetShare.buffer as SharedArrayBuffer, bulkBuffers: this.tuning.bulkBuffers, busyPollUs: this.tuning.busyPollUs },
         transferList: [port2],
         // The data plane uses little heap: its memory is the kernel's pipes and sockets, and bulk
         // buffers, which live outside the heap. Its young generation is held to 1 MB, below what

@@ -309,6 +309,9 @@ export class ConnectionIds {
   }
 }
 
+/** What each worker is given besides its channels: see WorkerStart. */
+export type DataPlaneTuning = Pick<WorkerStart, 'bulkBuffers' | 'busyPollUs'>
+
 export interface WorkerStart {
   port: MessagePort
   /** Int32 [0]: descriptors the worker holds (its epoll set and pipes), for the descriptor budget. */
@@ -324,4 +327,6 @@ export interface WorkerStart {
   budget: SharedArrayBuffer
   /** Bulk buffers the worker may make (dataPlane.bulkBuffers): a bulk flow copies through one while one is free, else splices. */
   bulkBuffers: number
+  /** The longest it polls after moving bytes before it sleeps, in µs (dataPlane.busyPollUs; 0: never). */
+  busyPollUs: number
 }

@@ -1,7 +1,7 @@
 import { closeDescriptor, duplicateDescriptor } from '../../sockopt/libc.js'
 import { SpliceDataPlane, type RelayOptions, type SpliceStats, type SplicedConnection, type WorkerAcceptor } from './data-plane.js'
 import type { WorkerFailure } from '../engine.js'
-import { NOT_ACCEPTING, type AcceptPlan, type Accepted } from './protocol.js'
+import { NOT_ACCEPTING, type AcceptPlan, type Accepted, type DataPlaneTuning } from './protocol.js'
 
 /** One worker's share of a route's accepting: its key there and its descriptor of the listening socket. */
 interface Member {
@@ -45,11 +45,11 @@ export class SpliceWorkers {
   /** Duplicates of listening sockets held for workers beyond the first. */
   private duplicates = 0
 
-  /** `bulkBuffers`: each worker's (see WorkerStart.bulkBuffers). */
-  constructor (count: number, bulkBuffers: number, onFailure: (err: Error, failure: WorkerFailure) => void) {
+  /** `tuning`: each worker's (see WorkerStart). */
+  constructor (count: number, tuning: DataPlaneTuning, onFailure: (err: Error, failure: WorkerFailure) => void) {
     if (!Number.isInteger(count) || count < 1) throw new RangeError(`worker count must be a positive integer, got ${count}`)
     let workersLeft = count
-    this.planes = Array.from({ length: count }, (_, worker) => new SpliceDataPlane(bulkBuffers, (err) => {
+    this.planes = Array.from({ length: count }, (_, worker) => new SpliceDataPlane(tuning, (err) => {
       workersLeft--
       onFailure(err, { worker, workersLeft })
     }))

@@ -1,0 +1,112 @@
+import assert from 'node:assert/strict'
+import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs'
+import { describe, it, type TestContext } from 'node:test'
+import { buildConfig } from '../src/config/load.js'
+import { overridesFromFlags, parseConfigFlags } from '../src/config/flags.js'
+import { cpuQuota } from '../src/cpu-quota.js'
+import { ConfigError } from '../src/errors.js'
+import { ENGINES } from './helpers/engines.js'
+import { connect, echoThrough, startEchoServer } from './helpers/peers.js'
+import { spawnCli, startProxy, type CliRun } from './helpers/proxy.js'
+
+const FAST = ENGINES[0] === 'fast'
+
+function busyPoll (raw: Record<string, unknown>, env: NodeJS.ProcessEnv = {}, overrides: Record<string, unknown> = {}): { us: number, auto: boolean, cpuQuota: number | null } {
+  return buildConfig({ admin: { listen: '' }, routes: [], ...raw }, { env, overrides }).dataPlane.busyPoll
+}
+
+function issues (raw: Record<string, unknown>, env: NodeJS.ProcessEnv = {}): string[] {
+  try {
+    buildConfig({ admin: { listen: '' }, routes: [], ...raw }, { env })
+  } catch (err) {
+    if (err instanceof ConfigError) return err.issues.map((issue) => `${issue.path}: ${issue.message}`)
+    throw err
+  }
+  return []
+}
+
+/**
+ * A cgroup of its own with a CPU quota of half a CPU (v2 `cpu.max`, or v1's cpu controller), for
+ * children to move into. The test owns it: after the test, its children are killed and awaited
+ * (a cgroup with members cannot be removed), then it is removed.
+ */
+function quotaCgroup (t: TestContext, children: CliRun[]): string {
+  const name = `kaproxy-test-${process.pid}-${Date.now()}`
+  const v2 = existsSync('/sys/fs/cgroup/cgroup.controllers')
+  const dir = v2 ? `/sys/fs/cgroup/${name}` : `/sys/fs/cgroup/cpu/${name}`
+  if (v2 && !readFileSync('/sys/fs/cgroup/cgroup.subtree_control', 'utf8').includes('cpu')) writeFileSync('/sys/fs/cgroup/cgroup.subtree_control', '+cpu')
+  mkdirSync(dir)
+  t.after(async () => {
+    for (const child of children) await child.kill()
+    rmdirSync(dir)
+  })
+  if (v2) writeFileSync(`${dir}/cpu.max`, '50000 100000')
+  else writeFileSync(`${dir}/cpu.cfs_quota_us`, '50000')
+  return dir
+}
+
+/** Why this machine cannot make a cgroup with a quota (not Linux, not root, no cpu controller), or false. */
+function cgroupUnavailable (): string | false {
+  if (process.platform !== 'linux') return 'cgroups are Linux'
+  if (process.getuid?.() !== 0) return 'making a cgroup needs root'
+  if (existsSync('/sys/fs/cgroup/cgroup.controllers')) return readFileSync('/sys/fs/cgroup/cgroup.controllers', 'utf8').includes('cpu') ? false : 'no cpu controller'
+  return existsSync('/sys/fs/cgroup/cpu/cpu.cfs_quota_us') ? false : 'no cpu controller'
+}
+
+describe('busy polling (dataPlane.busyPollUs)', () => {
+  it('auto: 100 µs without a CPU quota, 0 under one; a number from the file, KAPROXY_BUSY_POLL_US or --busy-poll-us; a bad value names field, value and rule', () => {
+    const quota = cpuQuota()
+    assert.deepEqual(busyPoll({}), quota === null ? { us: 100, auto: true, cpuQuota: null } : { us: 0, auto: true, cpuQuota: quota })
+    assert.deepEqual(busyPoll({ dataPlane: { busyPollUs: 0 } }), { us: 0, auto: false, cpuQuota: null })
+    assert.deepEqual(busyPoll({ dataPlane: { busyPollUs: 200 } }), { us: 200, auto: false, cpuQuota: null })
+    assert.equal(busyPoll({}, { KAPROXY_BUSY_POLL_US: '25' }).us, 25)
+    const flags = overridesFromFlags(parseConfigFlags(['--busy-poll-us', '10']))
+    assert.deepEqual(flags, { 'dataPlane.busyPollUs': '10' })
+    assert.equal(busyPoll({}, {}, flags).us, 10)
+    for (const bad of [-1, 1001, 2.5, 'fast', true]) {
+      assert.deepEqual(issues({ dataPlane: { busyPollUs: bad } }), [`dataPlane.busyPollUs: must be auto or an integer 0..1000 (microseconds; 0: never poll) (got ${JSON.stringify(bad)})`])
+    }
+  })
+
+  it('under a cgroup CPU quota, auto turns polling off and says why at start-up; a number set is kept', { skip: FAST ? cgroupUnavailable() : 'fast needs Linux' }, async (t) => {
+    const children: CliRun[] = []
+    const cgroup = quotaCgroup(t, children)
+    const echo = await startEchoServer()
+    t.after(echo.close)
+    // The shell joins the cgroup, then becomes node: kaproxy starts inside the quota.
+    const inQuota = ['sh', '-c', `echo $$ > ${cgroup}/cgroup.procs && exec "$0" "$@"`]
+    for (const [args, expected] of [[[], { busyPollUs: 0, busyPollAuto: true, cpuQuota: 0.5 }], [['--busy-poll-us', '20'], { busyPollUs: 20, busyPollAuto: false, cpuQuota: null }]] as const) {
+      const run = spawnCli(['--name', 'quota', '--listen', '127.0.0.1:0', '--upstream', echo.address, ...args], { KAPROXY_ENGINE: 'fast' }, undefined, inQuota)
+      children.push(run)
+      const dataPlane = await run.stdout.waitFor({ event: 'data-plane' })
+      assert.deepEqual({ busyPollUs: dataPlane.busyPollUs, busyPollAuto: dataPlane.busyPollAuto, cpuQuota: dataPlane.cpuQuota }, expected)
+      if (expected.busyPollAuto) assert.match(String(dataPlane.msg), /busy polling off: auto, under a CPU quota of 0\.5 CPU/)
+      const listening = await run.stdout.waitFor({ event: 'listening', route: 'quota' })
+      assert.equal(await echoThrough(Number(String(listening.address).split(':').pop()), 'inside the quota'), 'inside the quota')
+      run.child.kill('SIGTERM')
+      assert.equal(await run.exit, 0)
+    }
+  })
+
+  for (const busyPollUs of [0, 1000]) {
+    it(`relays request and reply in order, ${busyPollUs === 0 ? 'sleeping between them (0)' : 'polling between them (1000 µs)'}`, { skip: FAST ? false : 'fast needs Linux' }, async (t) => {
+      const echo = await startEchoServer()
+      t.after(echo.close)
+      const proxy = await startProxy({ dataPlane: { busyPollUs }, routes: [{ name: 'r', listen: '127.0.0.1:0', upstream: echo.address, engine: 'fast' }] })
+      t.after(proxy.close)
+      const socket = await connect(proxy.port('r'))
+      t.after(() => { socket.destroy() })
+      let received = ''
+      let waiting: (() => void) | null = null
+      socket.setEncoding('utf8').on('data', (text: string) => { received += text; waiting?.() })
+      for (let i = 0; i < 200; i++) {
+        const message = `request ${i};`
+        const before = received.length
+        const answered = new Promise<void>((resolve) => { waiting = () => { if (received.length >= before + message.length) resolve() } })
+        socket.write(message)
+        await answered
+        assert.equal(received.slice(before), message)
+      }
+    })
+  }
+})
