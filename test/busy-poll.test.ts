@@ -4,7 +4,7 @@ import { describe, it, type TestContext } from 'node:test'
 import { buildConfig } from '../src/config/load.js'
 import { overridesFromFlags, parseConfigFlags } from '../src/config/flags.js'
 import { cpuQuota } from '../src/cpu-quota.js'
-import { ConfigError } from '../src/errors.js'
+import { topLevelIssues } from './helpers/config-issues.js'
 import { ENGINES } from './helpers/engines.js'
 import { connect, echoThrough, startEchoServer } from './helpers/peers.js'
 import { spawnCli, startProxy, type CliRun } from './helpers/proxy.js'
@@ -13,16 +13,6 @@ const FAST = ENGINES[0] === 'fast'
 
 function busyPoll (raw: Record<string, unknown>, env: NodeJS.ProcessEnv = {}, overrides: Record<string, unknown> = {}): { us: number, auto: boolean, cpuQuota: number | null } {
   return buildConfig({ admin: { listen: '' }, routes: [], ...raw }, { env, overrides }).dataPlane.busyPoll
-}
-
-function issues (raw: Record<string, unknown>, env: NodeJS.ProcessEnv = {}): string[] {
-  try {
-    buildConfig({ admin: { listen: '' }, routes: [], ...raw }, { env })
-  } catch (err) {
-    if (err instanceof ConfigError) return err.issues.map((issue) => `${issue.path}: ${issue.message}`)
-    throw err
-  }
-  return []
 }
 
 /**
@@ -64,7 +54,7 @@ describe('busy polling (dataPlane.busyPollUs)', () => {
     assert.deepEqual(flags, { 'dataPlane.busyPollUs': '10' })
     assert.equal(busyPoll({}, {}, flags).us, 10)
     for (const bad of [-1, 1001, 2.5, 'fast', true]) {
-      assert.deepEqual(issues({ dataPlane: { busyPollUs: bad } }), [`dataPlane.busyPollUs: must be auto or an integer 0..1000 (microseconds; 0: never poll) (got ${JSON.stringify(bad)})`])
+      assert.deepEqual(topLevelIssues({ dataPlane: { busyPollUs: bad } }), [`dataPlane.busyPollUs: must be auto or an integer 0..1000 (microseconds; 0: never poll) (got ${JSON.stringify(bad)})`])
     }
   })
 

@@ -4,8 +4,8 @@ import { availableParallelism } from 'node:os'
 import { describe, it } from 'node:test'
 import { buildConfig } from '../src/config/load.js'
 import { overridesFromFlags, parseConfigFlags } from '../src/config/flags.js'
-import { ConfigError } from '../src/errors.js'
 import type { NetEngine } from '../src/relay/net/engine.js'
+import { topLevelIssues } from './helpers/config-issues.js'
 import { ENGINES } from './helpers/engines.js'
 import { connect, echoThrough, startEchoServer } from './helpers/peers.js'
 import { startProxy } from './helpers/proxy.js'
@@ -14,16 +14,6 @@ const FAST = ENGINES[0] === 'fast'
 
 function workers (raw: Record<string, unknown>, env: NodeJS.ProcessEnv = {}): number {
   return buildConfig({ admin: { listen: '' }, routes: [], ...raw }, { env }).dataPlane.workers
-}
-
-function issues (raw: Record<string, unknown>, env: NodeJS.ProcessEnv = {}): string[] {
-  try {
-    buildConfig({ admin: { listen: '' }, routes: [], ...raw }, { env })
-  } catch (err) {
-    if (err instanceof ConfigError) return err.issues.map((issue) => `${issue.path}: ${issue.message}`)
-    throw err
-  }
-  return []
 }
 
 /** Echo `count` connections' worth of text through `port` at once, each kept open until all answered. */
@@ -52,10 +42,10 @@ describe('the fast engine\'s workers', () => {
     assert.deepEqual(flags, { 'dataPlane.workers': '6' })
     assert.equal(buildConfig({ admin: { listen: '' }, routes: [] }, { env: {}, overrides: flags }).dataPlane.workers, 6)
     for (const bad of [0, 65, 1.5, 'many', '-1', true]) {
-      assert.deepEqual(issues({ dataPlane: { workers: bad } }), [`dataPlane.workers: must be auto or an integer 1..64 (got ${JSON.stringify(bad)})`])
+      assert.deepEqual(topLevelIssues({ dataPlane: { workers: bad } }), [`dataPlane.workers: must be auto or an integer 1..64 (got ${JSON.stringify(bad)})`])
     }
-    assert.deepEqual(issues({}, { KAPROXY_WORKERS: 'lots' }), ['dataPlane.workers: must be auto or an integer 1..64 (got "lots")'])
-    assert.deepEqual(issues({ dataPlane: { threads: 2 } }), ['dataPlane.threads: unknown key'])
+    assert.deepEqual(topLevelIssues({}, { KAPROXY_WORKERS: 'lots' }), ['dataPlane.workers: must be auto or an integer 1..64 (got "lots")'])
+    assert.deepEqual(topLevelIssues({ dataPlane: { threads: 2 } }), ['dataPlane.threads: unknown key'])
   })
 
   it('dataPlane.bulkBuffers: 4 by default, 0 allowed; from the file, KAPROXY_BULK_BUFFERS or --bulk-buffers; a bad value names field, value and rule', () => {
@@ -67,7 +57,7 @@ describe('the fast engine\'s workers', () => {
     assert.deepEqual(flags, { 'dataPlane.bulkBuffers': '2' })
     assert.equal(buildConfig({ admin: { listen: '' }, routes: [] }, { env: {}, overrides: flags }).dataPlane.bulkBuffers, 2)
     for (const bad of [-1, 1025, 2.5, 'some', true]) {
-      assert.deepEqual(issues({ dataPlane: { bulkBuffers: bad } }), [`dataPlane.bulkBuffers: must be an integer 0..1024 (got ${JSON.stringify(bad)})`])
+      assert.deepEqual(topLevelIssues({ dataPlane: { bulkBuffers: bad } }), [`dataPlane.bulkBuffers: must be an integer 0..1024 (got ${JSON.stringify(bad)})`])
     }
   })
 
