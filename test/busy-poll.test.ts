@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict'
-import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmdirSync, writeFileSync } from 'node:fs'
 import { describe, it, type TestContext } from 'node:test'
 import { buildConfig } from '../src/config/load.js'
 import { overridesFromFlags, parseConfigFlags } from '../src/config/flags.js'
@@ -21,9 +21,10 @@ function busyPoll (raw: Record<string, unknown>, env: NodeJS.ProcessEnv = {}, ov
  * (a cgroup with members cannot be removed), then it is removed.
  */
 function quotaCgroup (t: TestContext, children: CliRun[]): string {
-  const name = `kaproxy-test-${process.pid}-${Date.now()}`
   const v2 = existsSync('/sys/fs/cgroup/cgroup.controllers')
-  const dir = v2 ? `/sys/fs/cgroup/${name}` : `/sys/fs/cgroup/cpu/${name}`
+  const parent = v2 ? '/sys/fs/cgroup' : '/sys/fs/cgroup/cpu'
+  removeAbandoned(parent)
+  const dir = `${parent}/kaproxy-test-${process.pid}-${Date.now()}`
   mkdirSync(dir)
   t.after(async () => {
     for (const child of children) await child.kill()
@@ -32,6 +33,24 @@ function quotaCgroup (t: TestContext, children: CliRun[]): string {
   if (v2) writeFileSync(`${dir}/cpu.max`, '50000 100000')
   else writeFileSync(`${dir}/cpu.cfs_quota_us`, '50000')
   return dir
+}
+
+/**
+ * A run that was killed (not failed: a failing test cleans up) leaves its cgroup behind: remove
+ * those whose test process is gone, with whatever still runs in them (SIGKILL; rmdir once empty).
+ */
+function removeAbandoned (parent: string): void {
+  for (const name of readdirSync(parent)) {
+    const owner = /^kaproxy-test-(\d+)-\d+$/.exec(name)?.[1]
+    if (owner === undefined || existsSync(`/proc/${owner}`)) continue
+    for (const pid of readFileSync(`${parent}/${name}/cgroup.procs`, 'utf8').split('\n').filter(Boolean)) {
+      try { process.kill(Number(pid), 'SIGKILL') } catch {}
+    }
+    // A killed process leaves the cgroup when it is reaped; bounded, then left for the next run.
+    for (let attempt = 0; attempt < 50; attempt++) {
+      try { rmdirSync(`${parent}/${name}`); break } catch { Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20) }
+    }
+  }
 }
 
 /** Why this machine cannot make a cgroup with a quota (not Linux, not root, no cpu controller), or false. */
