@@ -32,21 +32,21 @@ export function cpuQuota (): number | null {
   return lowest
 }
 
-function read (file: string): string | null {
+function read (file: string): string | undefined {
   try {
     return readFileSync(file, 'utf8').trim()
   } catch {
-    return null
+    return undefined
   }
 }
 
 function quotaV2 (dir: string): number | null {
-  const [quota, period] = (read(`${dir}/cpu.max`) ?? '').split(' ')
+  const [quota, period] = read(`${dir}/cpu.max`)?.split(' ') ?? []
   return ratio(quota, period)
 }
 
 function quotaV1 (dir: string): number | null {
-  return ratio(read(`${dir}/cpu.cfs_quota_us`) ?? undefined, read(`${dir}/cpu.cfs_period_us`) ?? undefined)
+  return ratio(read(`${dir}/cpu.cfs_quota_us`), read(`${dir}/cpu.cfs_period_us`))
 }
 
 function ratio (quota: string | undefined, period: string | undefined): number | null {

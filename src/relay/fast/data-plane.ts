@@ -234,7 +234,7 @@ export class SpliceDataPlane {
       this.wakeFd = wakeFd
       const { port1, port2 } = new MessageChannel()
       const worker = new Worker(new URL('./splice-worker.js', import.meta.url), {
-        workerData: { port: port2, wakeFd, descriptors: this.workerDescriptors.buffer as SharedArrayBuffer, ids: connectionIdBuffer, budget: this.budgetShare.buffer as SharedArrayBuffer, bulkBuffers: this.tuning.bulkBuffers, busyPollUs: this.tuning.busyPollUs },
+        workerData: { port: port2, wakeFd, descriptors: this.workerDescriptors.buffer as SharedArrayBuffer, ids: connectionIdBuffer, budget: this.budgetShare.buffer as SharedArrayBuffer, ...this.tuning },
         transferList: [port2],
         // The data plane uses little heap: its memory is the kernel's pipes and sockets, and bulk
         // buffers, which live outside the heap. Its young generation is held to 1 MB, below what
