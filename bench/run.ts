@@ -24,7 +24,7 @@ const { values: opts } = parseArgs({
     reps: { type: 'string', default: '3' },
     seconds: { type: 'string', default: '5' },
     'idle-conns': { type: 'string', default: '9000' },
-    'idle-sec': { type: 'string', default: '15' },
+    'idle-sec': { type: 'string', default: '30' },
     clients: { type: 'string', default: '32' },
     targets: { type: 'string', default: 'direct,kaproxy-fast,kaproxy-net,kaproxy-net-opt-size,haproxy,haproxy-splice,nginx,socat' },
     scenarios: { type: 'string', default: SCENARIOS.join(',') },
@@ -38,7 +38,7 @@ const { values: opts } = parseArgs({
 })
 
 if (opts.help) {
-  console.log(`npm run bench -- [--install] [--reps 3] [--seconds 5] [--idle-conns 9000] [--idle-sec 15]
+  console.log(`npm run bench -- [--install] [--reps 3] [--seconds 5] [--idle-conns 9000] [--idle-sec 30]
   [--clients 32] [--targets ${opts.targets}] [--scenarios ${SCENARIOS.join(',')}]
   [--kaproxy NAME=PATH/cli.js[,NODE_FLAG...][,engine=fast|net][,workers=N][,bulkBuffers=N][,busyPollUs=N]]... [--log-level warn] [--out bench/results] [--label NAME]
 --install  apt-get install what is missing of haproxy, nginx-light + libnginx-mod-stream, socat (Debian)`)

@@ -182,6 +182,16 @@ const FAILURES: ReadonlyArray<AcceptFailure | null> = [null, 'limit', 'down', 's
 /** The longest record: accepted. */
 const RECORD_MAX = 13
 
+/**
+ * A whole number read from the batch as a small integer where it is one: a double read from a
+ * Float64Array and kept in an object (the connection's id, its descriptors) would be a 16-byte
+ * heap number per connection.
+ */
+function integer (value: number | undefined, none: number): number {
+  if (value === undefined) return none
+  return value <= 0x7fffffff && value >= -0x80000000 ? value | 0 : value
+}
+
 /** The worker's side of FromWorker: events in, one batch out. */
 export class EventBatcher {
   private numbers = new Float64Array(4096)
@@ -263,7 +273,7 @@ export function forEachEvent (batch: FromWorker, visit: (event: Readonly<WorkerE
     const record = n[at++]
     if (record === RECORD_ENDED) {
       ended ??= { kind: 'ended', id: 0, how: 'closed', side: null, errno: 0, firstFin: null, bytesFromClient: 0, bytesFromUpstream: 0, lastByteAt: 0, lastSilenceMs: 0, lastSilenceEndedAt: 0 }
-      ended.id = n[at++] ?? 0
+      ended.id = integer(n[at++], 0)
       ended.how = HOWS[n[at++] ?? 0] ?? 'error'
       ended.side = SIDES[n[at++] ?? 0] ?? null
       ended.errno = n[at++] ?? 0
@@ -276,18 +286,18 @@ export function forEachEvent (batch: FromWorker, visit: (event: Readonly<WorkerE
       visit(ended)
     } else if (record === RECORD_ACCEPTED) {
       accepted ??= { kind: 'accepted', route: 0, id: 0, clientFd: -1, client: '', upstreamFd: -1, acceptedAt: 0, connectMs: 0, failure: null, side: null, code: '', block: -1, base: 0 }
-      accepted.route = n[at++] ?? 0
-      accepted.id = n[at++] ?? 0
-      accepted.clientFd = n[at++] ?? -1
+      accepted.route = integer(n[at++], 0)
+      accepted.id = integer(n[at++], 0)
+      accepted.clientFd = integer(n[at++], -1)
       accepted.client = batch.texts[n[at++] ?? -1] ?? ''
-      accepted.upstreamFd = n[at++] ?? -1
+      accepted.upstreamFd = integer(n[at++], -1)
       accepted.acceptedAt = n[at++] ?? 0
       accepted.connectMs = n[at++] ?? 0
       accepted.failure = FAILURES[n[at++] ?? 0] ?? null
       accepted.side = SIDES[n[at++] ?? 0] ?? null
       accepted.code = batch.texts[n[at++] ?? -1] ?? ''
-      accepted.block = n[at++] ?? -1
-      accepted.base = n[at++] ?? 0
+      accepted.block = integer(n[at++], -1)
+      accepted.base = integer(n[at++], 0)
       visit(accepted)
     } else {
       const event = batch.others[n[at++] ?? -1]

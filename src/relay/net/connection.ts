@@ -224,15 +224,17 @@ export class Connection implements ConnectionRecord {
   private spliced: SpliceStats | null = null
 
   private readonly owner: ConnectionOwner
-  // Null once the fast engine holds the connection as bare descriptors (`descriptors`).
+  // Null once the fast engine holds the connection as bare descriptors (`clientFd`, `upstreamFd`).
   private clientSocket: RelaySocket | null
   private upstreamSocket: RelaySocket | null = null
   /**
-   * [client, upstream] descriptors held without net.Sockets from the hand-over to the fast engine
-   * until the close: duplicates made before Node let go of its sockets, closed only here, and only
-   * after the worker let go of them. Null otherwise.
+   * The client and upstream descriptors held without net.Sockets from the hand-over to the fast
+   * engine until the close: duplicates made before Node let go of its sockets, closed only here,
+   * and only after the worker let go of them; -1 otherwise (held while clientFd >= 0; upstreamFd
+   * is -1 when the worker's dial failed). Two numbers, not an array: 56 bytes less per connection.
    */
-  private descriptors: [number, number] | null = null
+  private clientFd = -1
+  private upstreamFd = -1
   private phase: Phase = 'dialing'
   private openSockets = 1
   private firstFin: Side | null = null
@@ -282,7 +284,8 @@ export class Connection implements ConnectionRecord {
   static fromWorker (route: RouteConfig, owner: ConnectionOwner, event: Accepted): Connection {
     const connection = new Connection(event.id, route, null, owner)
     connection.client = event.client === '' ? 'unknown' : event.client
-    connection.descriptors = [event.clientFd, event.upstreamFd]
+    connection.clientFd = event.clientFd
+    connection.upstreamFd = event.upstreamFd
     connection.openedAt = Math.round(event.acceptedAt - performance.timeOrigin + (Date.now() - performance.now()))
     return connection
   }
@@ -340,6 +343,11 @@ export class Connection implements ConnectionRecord {
     owner.opened(this)
   }
 
+  /** The fast engine's live statistics while its worker relays this connection (SplicedConnection). */
+  get spliceStats (): SpliceStats | null {
+    return this.spliced
+  }
+
   get bytesFromClient (): number {
     return this.spliced === null ? this.clientBytes : this.clientBytes + this.spliced.value(STAT_BYTES_FROM_CLIENT)
   }
@@ -361,8 +369,8 @@ export class Connection implements ConnectionRecord {
   }
 
   endpoint (side: Side): SideEndpoint | null {
-    if (this.descriptors !== null) {
-      const fd = this.descriptors[side === 'client' ? 0 : 1]
+    if (this.clientFd >= 0) {
+      const fd = side === 'client' ? this.clientFd : this.upstreamFd
       return { fd, local: sockaddrText(socketAddress(fd, 'local')), remote: sockaddrText(socketAddress(fd, 'peer')) }
     }
     const socket = side === 'client' ? this.clientSocket : this.upstreamSocket
@@ -459,12 +467,11 @@ export class Connection implements ConnectionRecord {
     const upstreamIsTcp = (this.member?.target ?? this.originalTarget)?.kind === 'tcp'
     let sockets = 0
     let failure: unknown = null
-    const descriptors = this.descriptors
     for (const side of SIDES) {
-      if (descriptors !== null) {
+      if (this.clientFd >= 0) {
         if (side === 'upstream' && !upstreamIsTcp) continue
         try {
-          applyKeepaliveFd(descriptors[side === 'client' ? 0 : 1], keepalive[side])
+          applyKeepaliveFd(side === 'client' ? this.clientFd : this.upstreamFd, keepalive[side])
           sockets++
         } catch (err) {
           failure ??= err
@@ -710,11 +717,12 @@ export class Connection implements ConnectionRecord {
     if (this.phase !== 'relaying' || client === null || upstream === null) return
     // Duplicates outlive Node's sockets, which are then let go of: an idle connection costs no
     // net.Socket (about 3 KB each). Descriptors short (EMFILE): Node relays it after all.
-    let descriptors: [number, number]
+    let clientFd: number
+    let upstreamFd: number
     try {
-      const clientFd = duplicateDescriptor(socketFd(client))
+      clientFd = duplicateDescriptor(socketFd(client))
       try {
-        descriptors = [clientFd, duplicateDescriptor(socketFd(upstream))]
+        upstreamFd = duplicateDescriptor(socketFd(upstream))
       } catch (err) {
         closeDescriptor(clientFd)
         throw err
@@ -723,19 +731,20 @@ export class Connection implements ConnectionRecord {
       this.relayInNode()
       return
     }
-    const stats = this.owner.dataPlane.relay(this, descriptors[0], descriptors[1], {
+    const stats = this.owner.dataPlane.relay(this, clientFd, upstreamFd, {
       idleTimeoutMs: this.route.idleTimeoutMs,
       clientEnded: this.firstFin === 'client',
       lastByteAt: this.lastByte
     })
     if (stats === null) {
-      closeDescriptor(descriptors[0])
-      closeDescriptor(descriptors[1])
+      closeDescriptor(clientFd)
+      closeDescriptor(upstreamFd)
       this.relayInNode()
       return
     }
     this.spliced = stats
-    this.descriptors = descriptors
+    this.clientFd = clientFd
+    this.upstreamFd = upstreamFd
     this.clientSocket = null
     this.upstreamSocket = null
     letGo(client)
@@ -867,13 +876,13 @@ export class Connection implements ConnectionRecord {
       return
     }
     const abortive = isAbortive(reason)
-    const descriptors = this.descriptors
-    if (descriptors !== null) {
-      this.descriptors = null
-      // Indexed, not iterated: an iterator per connection showed up in the main thread's allocation.
+    if (this.clientFd >= 0) {
+      const { clientFd, upstreamFd } = this
+      this.clientFd = -1
+      this.upstreamFd = -1
       const close = abortive ? closeWithReset : closeDescriptor
-      if (descriptors[0] >= 0) close(descriptors[0])
-      if (descriptors[1] >= 0) close(descriptors[1])
+      close(clientFd)
+      if (upstreamFd >= 0) close(upstreamFd)
       this.openSockets = 1
       this.socketClosed()
       return
