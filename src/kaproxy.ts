@@ -2,7 +2,7 @@ import { isDeepStrictEqual } from 'node:util'
 import type { Logger } from 'pino'
 import { AdminServer } from './admin/server.js'
 import { Metrics } from './admin/metrics.js'
-import type { KaproxyConfig } from './config/types.js'
+import type { KaproxyConfig, RouteConfig } from './config/types.js'
 import { ConfigError, type ConfigIssue, KaproxyError } from './errors.js'
 import { logBudget, logDataPlane, logRoutePlan, loggingObserver } from './log.js'
 import { BurstReclaimer } from './memory-reclaim.js'
@@ -55,6 +55,7 @@ export class Kaproxy {
   private started = false
   private stopping = false
   private reloading: Promise<unknown> = Promise.resolve()
+  private dataPlaneLogged = false
   private draining: Promise<void> | null = null
   private closing: Promise<void> | null = null
 
@@ -99,12 +100,19 @@ export class Kaproxy {
     return this.started && !this.stopping
   }
 
+  /** The workers' settings, once: when the first route on the fast engine is in force (at start, or the reload that adds it). */
+  private logDataPlaneOnce (routes: readonly RouteConfig[]): void {
+    if (this.dataPlaneLogged || !routes.some((route) => route.engine === 'fast')) return
+    this.dataPlaneLogged = true
+    logDataPlane(this.log, this.dataPlane)
+  }
+
   /** Resolves once every route and the admin API listen; rejects with nothing listening otherwise. */
   async start (): Promise<void> {
     const system = readSystemKeepalive()
     this.log.info({ event: 'system-keepalive', ...system },
       `kernel defaults for untuned sockets: tcp_keepalive_time=${system.timeSec ?? '?'}s intvl=${system.intervalSec ?? '?'}s probes=${system.probes ?? '?'}`)
-    if (this.current.routes.some((route) => route.engine === 'fast')) logDataPlane(this.log, this.dataPlane)
+    this.logDataPlaneOnce(this.current.routes)
     logRoutePlan(this.log, this.current.routes)
     logBudget(this.log, this.current.routes)
     await this.engine.start(this.current.routes)
@@ -147,6 +155,7 @@ export class Kaproxy {
     this.current = next
     if (next.log.level !== previous.log.level) this.log.level = next.log.level
     const changed = new Set([...result.added, ...result.updated])
+    this.logDataPlaneOnce(next.routes)
     logRoutePlan(this.log, next.routes.filter((route) => changed.has(route.name)))
     logBudget(this.log, next.routes.filter((route) => changed.has(route.name)))
     const fields = { event: 'reload', trigger, added: result.added, removed: result.removed, updated: result.updated, unchanged: result.unchanged, retunedSockets: result.retunedSockets }

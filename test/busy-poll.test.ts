@@ -110,6 +110,21 @@ describe('busy polling (dataPlane.busyPollUs)', () => {
     assert.equal(await echoThrough(proxy.port('r'), 'unchanged'), 'unchanged')
   })
 
+  it('the data-plane line comes once, with the first route on the fast engine: at start, or from the reload that adds it', { skip: FAST ? false : 'fast needs Linux' }, async (t) => {
+    const echo = await startEchoServer()
+    t.after(echo.close)
+    const onNet = { name: 'n', listen: '127.0.0.1:0', upstream: echo.address, engine: 'net' }
+    const proxy = await startProxy({ dataPlane: { busyPollUs: 30 }, routes: [onNet] })
+    t.after(proxy.close)
+    assert.equal(proxy.log.find({ event: 'data-plane' }).length, 0, 'no fast route yet')
+    const onFast = { name: 'f', listen: '127.0.0.1:0', upstream: echo.address, engine: 'fast' }
+    assert.equal((await proxy.reload({ dataPlane: { busyPollUs: 30 }, routes: [onNet, onFast] })).ok, true)
+    assert.equal((await proxy.log.waitFor({ event: 'data-plane' })).busyPollUs, 30)
+    assert.equal(await echoThrough(proxy.port('f'), 'on fast'), 'on fast')
+    assert.equal((await proxy.reload({ dataPlane: { busyPollUs: 30 }, routes: [onNet, { ...onFast, name: 'g' }] })).ok, true)
+    assert.equal(proxy.log.find({ event: 'data-plane' }).length, 1, 'logged once')
+  })
+
   for (const busyPollUs of [0, 1000]) {
     it(`relays request and reply in order, ${busyPollUs === 0 ? 'sleeping between them (0)' : 'polling between them (1000 µs)'}`, { skip: FAST ? false : 'fast needs Linux' }, async (t) => {
       const echo = await startEchoServer()

@@ -189,7 +189,8 @@ const RECORD_MAX = 13
  */
 function integer (value: number | undefined, none: number): number {
   if (value === undefined) return none
-  return value <= 0x7fffffff && value >= -0x80000000 ? value | 0 : value
+  const small = value | 0
+  return small === value ? small : value
 }
 
 /** The worker's side of FromWorker: events in, one batch out. */
