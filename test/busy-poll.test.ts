@@ -7,7 +7,7 @@ import { cpuQuota } from '../src/cpu-quota.js'
 import { topLevelIssues } from './helpers/config-issues.js'
 import { ENGINES } from './helpers/engines.js'
 import { connect, echoThrough, startEchoServer } from './helpers/peers.js'
-import { spawnCli, startProxy, type CliRun } from './helpers/proxy.js'
+import { spawnCli, startProxy, type CliRun, type RunningProxy } from './helpers/proxy.js'
 
 const FAST = ENGINES[0] === 'fast'
 
@@ -53,6 +53,20 @@ function removeAbandoned (parent: string): void {
   }
 }
 
+/** An echo server closed after the test: its address. */
+async function echoUpstream (t: TestContext): Promise<string> {
+  const echo = await startEchoServer()
+  t.after(echo.close)
+  return echo.address
+}
+
+/** A proxy on `raw` closed after the test. */
+async function proxyFor (t: TestContext, raw: Record<string, unknown>): Promise<RunningProxy> {
+  const proxy = await startProxy(raw)
+  t.after(proxy.close)
+  return proxy
+}
+
 /** Why this machine cannot make a cgroup with a quota (not Linux, not root, no cpu controller), or false. */
 function cgroupUnavailable (): string | false {
   if (process.platform !== 'linux') return 'cgroups are Linux'
@@ -80,12 +94,11 @@ describe('busy polling (dataPlane.busyPollUs)', () => {
   it('under a cgroup CPU quota, auto turns polling off and says why at start-up; a number set is kept', { skip: FAST ? cgroupUnavailable() : 'fast needs Linux' }, async (t) => {
     const children: CliRun[] = []
     const cgroup = quotaCgroup(t, children)
-    const echo = await startEchoServer()
-    t.after(echo.close)
+    const upstream = await echoUpstream(t)
     // The shell joins the cgroup, then becomes node: kaproxy starts inside the quota.
     const inQuota = ['sh', '-c', `echo $$ > ${cgroup}/cgroup.procs && exec "$0" "$@"`]
     for (const [args, expected] of [[[], { busyPollUs: 0, busyPollAuto: true, cpuQuota: 0.5 }], [['--busy-poll-us', '20'], { busyPollUs: 20, busyPollAuto: false, cpuQuota: null }]] as const) {
-      const run = spawnCli(['--name', 'quota', '--listen', '127.0.0.1:0', '--upstream', echo.address, ...args], { KAPROXY_ENGINE: 'fast' }, undefined, inQuota)
+      const run = spawnCli(['--name', 'quota', '--listen', '127.0.0.1:0', '--upstream', upstream, ...args], { KAPROXY_ENGINE: 'fast' }, undefined, inQuota)
       children.push(run)
       const dataPlane = await run.stdout.waitFor({ event: 'data-plane' })
       assert.deepEqual({ busyPollUs: dataPlane.busyPollUs, busyPollAuto: dataPlane.busyPollAuto, cpuQuota: dataPlane.cpuQuota }, expected)
@@ -98,11 +111,8 @@ describe('busy polling (dataPlane.busyPollUs)', () => {
   })
 
   it('a reload cannot change it: it says a restart is needed', { skip: FAST ? false : 'fast needs Linux' }, async (t) => {
-    const echo = await startEchoServer()
-    t.after(echo.close)
-    const route = { name: 'r', listen: '127.0.0.1:0', upstream: echo.address, engine: 'fast' }
-    const proxy = await startProxy({ dataPlane: { busyPollUs: 40 }, routes: [route] })
-    t.after(proxy.close)
+    const route = { name: 'r', listen: '127.0.0.1:0', upstream: await echoUpstream(t), engine: 'fast' }
+    const proxy = await proxyFor(t, { dataPlane: { busyPollUs: 40 }, routes: [route] })
     assert.equal((await proxy.reload({ dataPlane: { busyPollUs: 40 }, routes: [route] })).ok, true)
     assert.equal(proxy.log.find({ event: 'restart-needed' }).length, 0)
     assert.equal((await proxy.reload({ dataPlane: { busyPollUs: 7 }, routes: [route] })).ok, true)
@@ -111,13 +121,11 @@ describe('busy polling (dataPlane.busyPollUs)', () => {
   })
 
   it('the data-plane line comes once, with the first route on the fast engine: at start, or from the reload that adds it', { skip: FAST ? false : 'fast needs Linux' }, async (t) => {
-    const echo = await startEchoServer()
-    t.after(echo.close)
-    const onNet = { name: 'n', listen: '127.0.0.1:0', upstream: echo.address, engine: 'net' }
-    const proxy = await startProxy({ dataPlane: { busyPollUs: 30 }, routes: [onNet] })
-    t.after(proxy.close)
+    const upstream = await echoUpstream(t)
+    const onNet = { name: 'n', listen: '127.0.0.1:0', upstream, engine: 'net' }
+    const proxy = await proxyFor(t, { dataPlane: { busyPollUs: 30 }, routes: [onNet] })
     assert.equal(proxy.log.find({ event: 'data-plane' }).length, 0, 'no fast route yet')
-    const onFast = { name: 'f', listen: '127.0.0.1:0', upstream: echo.address, engine: 'fast' }
+    const onFast = { name: 'f', listen: '127.0.0.1:0', upstream, engine: 'fast' }
     assert.equal((await proxy.reload({ dataPlane: { busyPollUs: 30 }, routes: [onNet, onFast] })).ok, true)
     assert.equal((await proxy.log.waitFor({ event: 'data-plane' })).busyPollUs, 30)
     assert.equal(await echoThrough(proxy.port('f'), 'on fast'), 'on fast')
@@ -127,10 +135,7 @@ describe('busy polling (dataPlane.busyPollUs)', () => {
 
   for (const busyPollUs of [0, 1000]) {
     it(`relays request and reply in order, ${busyPollUs === 0 ? 'sleeping between them (0)' : 'polling between them (1000 µs)'}`, { skip: FAST ? false : 'fast needs Linux' }, async (t) => {
-      const echo = await startEchoServer()
-      t.after(echo.close)
-      const proxy = await startProxy({ dataPlane: { busyPollUs }, routes: [{ name: 'r', listen: '127.0.0.1:0', upstream: echo.address, engine: 'fast' }] })
-      t.after(proxy.close)
+      const proxy = await proxyFor(t, { dataPlane: { busyPollUs }, routes: [{ name: 'r', listen: '127.0.0.1:0', upstream: await echoUpstream(t), engine: 'fast' }] })
       const socket = await connect(proxy.port('r'))
       t.after(() => { socket.destroy() })
       let received = ''
