@@ -24,7 +24,7 @@ const FORCED_EXIT_WAIT_MS = 2000
 // The only file that exits the process: parse arguments, load config, start, wait for signals.
 
 const USAGE = `usage:
-  kaproxy [--config FILE] [--log-level LEVEL] [--admin-listen ADDR|""] [--engine auto|fast|net] [--workers auto|N] [--bulk-buffers N] [--busy-poll-us auto|N]
+  kaproxy [--config FILE] [--log-level LEVEL] [--admin-listen ADDR|""] [--engine auto|fast|net] [--workers auto|N] [--bulk-buffers N] [--busy-poll-us auto|N] [--report-after-ms N]
   kaproxy --listen HOST:PORT --upstream HOST:PORT [--name NAME]
           [--client-keepalive IDLE,INTERVAL,COUNT[,USERTIMEOUT]|off]
           [--upstream-keepalive IDLE,INTERVAL,COUNT[,USERTIMEOUT]|off]

@@ -164,6 +164,7 @@ export class Kaproxy {
       // Compared with the workers running, not the last file: every reload says it until a restart.
       ...next.dataPlane.workers === this.dataPlane.workers ? [] : ['dataPlane.workers'],
       ...next.dataPlane.bulkBuffers === this.dataPlane.bulkBuffers ? [] : ['dataPlane.bulkBuffers'],
+      ...next.dataPlane.reportAfterMs === this.dataPlane.reportAfterMs ? [] : ['dataPlane.reportAfterMs'],
       ...next.dataPlane.busyPoll.us === this.dataPlane.busyPoll.us ? [] : ['dataPlane.busyPollUs']
     ]
     if (restartNeeded.length > 0) {

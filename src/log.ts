@@ -102,8 +102,8 @@ export function logDataPlane (log: Logger, dataPlane: KaproxyConfig['dataPlane']
   const busyPoll = us === 0
     ? (cpuQuota === null ? 'off' : `off: auto, under a CPU quota of ${cpuQuota} CPU`)
     : `up to ${us} µs after each busy turn${auto ? ' (auto: no CPU quota)' : ''}`
-  log.info({ event: 'data-plane', workers: dataPlane.workers, bulkBuffers: dataPlane.bulkBuffers, busyPollUs: us, busyPollAuto: auto, cpuQuota },
-    `fast engine: ${dataPlane.workers} worker(s), ${dataPlane.bulkBuffers} bulk buffer(s) each, busy polling ${busyPoll}`)
+  log.info({ event: 'data-plane', workers: dataPlane.workers, bulkBuffers: dataPlane.bulkBuffers, reportAfterMs: dataPlane.reportAfterMs, busyPollUs: us, busyPollAuto: auto, cpuQuota },
+    `fast engine: ${dataPlane.workers} worker(s), ${dataPlane.bulkBuffers} bulk buffer(s) each, connections reported after ${dataPlane.reportAfterMs} ms, busy polling ${busyPoll}`)
 }
 
 /** Log each route's keepalive per side as it will be applied, and the middleboxes each side crosses. */

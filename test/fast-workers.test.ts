@@ -48,6 +48,19 @@ describe('the fast engine\'s workers', () => {
     assert.deepEqual(topLevelIssues({ dataPlane: { threads: 2 } }), ['dataPlane.threads: unknown key'])
   })
 
+  it('dataPlane.reportAfterMs: 20 by default, 0 allowed; from the file, KAPROXY_REPORT_AFTER_MS or --report-after-ms; a bad value names field, value and rule', () => {
+    const reportAfterMs = (raw: Record<string, unknown>, env: NodeJS.ProcessEnv = {}): number => buildConfig({ admin: { listen: '' }, routes: [], ...raw }, { env }).dataPlane.reportAfterMs
+    assert.equal(reportAfterMs({}), 20)
+    assert.equal(reportAfterMs({ dataPlane: { reportAfterMs: 0 } }), 0)
+    assert.equal(reportAfterMs({}, { KAPROXY_REPORT_AFTER_MS: '250' }), 250)
+    const flags = overridesFromFlags(parseConfigFlags(['--report-after-ms', '5']))
+    assert.deepEqual(flags, { 'dataPlane.reportAfterMs': '5' })
+    assert.equal(buildConfig({ admin: { listen: '' }, routes: [] }, { env: {}, overrides: flags }).dataPlane.reportAfterMs, 5)
+    for (const bad of [-1, 60001, 2.5, 'soon', true]) {
+      assert.deepEqual(topLevelIssues({ dataPlane: { reportAfterMs: bad } }), [`dataPlane.reportAfterMs: must be an integer 0..60000 (milliseconds; 0: at once) (got ${JSON.stringify(bad)})`])
+    }
+  })
+
   it('dataPlane.bulkBuffers: 4 by default, 0 allowed; from the file, KAPROXY_BULK_BUFFERS or --bulk-buffers; a bad value names field, value and rule', () => {
     const bulkBuffers = (raw: Record<string, unknown>, env: NodeJS.ProcessEnv = {}): number => buildConfig({ admin: { listen: '' }, routes: [], ...raw }, { env }).dataPlane.bulkBuffers
     assert.equal(bulkBuffers({}), 4)

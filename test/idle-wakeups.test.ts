@@ -31,6 +31,8 @@ describeEachEngine('idle', () => {
       socket.write('x')
       await new Promise((resolve) => socket.once('data', resolve))
     }
+    // Idle once the last one is reported (the fast engine's worker reports each after reportAfterMs).
+    await run.stdout.waitForCount({ event: 'open', route: 'r' }, IDLE_CONNECTIONS)
     const pid = run.child.pid ?? -1
     const before = contextSwitches(pid, pid)
     await sleep(WINDOW_MS)

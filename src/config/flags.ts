@@ -18,7 +18,8 @@ export const CONFIG_OPTIONS = {
   engine: { type: 'string' },
   workers: { type: 'string' },
   'bulk-buffers': { type: 'string' },
-  'busy-poll-us': { type: 'string' }
+  'busy-poll-us': { type: 'string' },
+  'report-after-ms': { type: 'string' }
 } as const
 
 export type ConfigFlags = ReturnType<typeof parseConfigFlags>
@@ -93,5 +94,6 @@ export function overridesFromFlags (flags: ConfigFlags): Record<string, unknown>
   if (flags.workers !== undefined) overrides['dataPlane.workers'] = flags.workers
   if (flags['bulk-buffers'] !== undefined) overrides['dataPlane.bulkBuffers'] = flags['bulk-buffers']
   if (flags['busy-poll-us'] !== undefined) overrides['dataPlane.busyPollUs'] = flags['busy-poll-us']
+  if (flags['report-after-ms'] !== undefined) overrides['dataPlane.reportAfterMs'] = flags['report-after-ms']
   return overrides
 }

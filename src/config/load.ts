@@ -7,7 +7,7 @@ import { adminConfigIssues } from './admin.js'
 import { parseDurationMs, parseHostPort } from './formats.js'
 import { checkRoutes, resolveKeepaliveDefaults, type RawKeepaliveDefaults } from './routes.js'
 import { cpuQuota } from '../cpu-quota.js'
-import { DEFAULT_BULK_BUFFERS, DEFAULT_BUSY_POLL_US, createSchema, parseBulkBuffers, parseBusyPollUs, parseWorkers } from './schema.js'
+import { DEFAULT_BULK_BUFFERS, DEFAULT_BUSY_POLL_US, DEFAULT_REPORT_AFTER_MS, createSchema, parseBulkBuffers, parseBusyPollUs, parseReportAfterMs, parseWorkers } from './schema.js'
 import type { EngineChoice, KaproxyConfig, LogLevel } from './types.js'
 
 export interface LoadOptions {
@@ -203,7 +203,7 @@ export function buildConfig (raw: unknown, options: LoadOptions = {}): KaproxyCo
     log: { level: schema.get('log.level') as LogLevel },
     admin,
     reload: { watch: schema.get('reload.watch') },
-    dataPlane: { workers: parseWorkers(schema.get('dataPlane.workers')) ?? AUTO_WORKERS, bulkBuffers: parseBulkBuffers(schema.get('dataPlane.bulkBuffers')) ?? DEFAULT_BULK_BUFFERS, busyPoll: busyPollOf(schema.get('dataPlane.busyPollUs')) },
+    dataPlane: { workers: parseWorkers(schema.get('dataPlane.workers')) ?? AUTO_WORKERS, bulkBuffers: parseBulkBuffers(schema.get('dataPlane.bulkBuffers')) ?? DEFAULT_BULK_BUFFERS, reportAfterMs: parseReportAfterMs(schema.get('dataPlane.reportAfterMs')) ?? DEFAULT_REPORT_AFTER_MS, busyPoll: busyPollOf(schema.get('dataPlane.busyPollUs')) },
     defaults: { keepalive: keepalive.settings, idleAuto: keepalive.idleAuto, middleboxes: keepalive.middleboxes, connectTimeoutMs, drainTimeoutMs, engine },
     routes
   }

@@ -40,6 +40,17 @@ export const BULK_BUFFERS_RULE = `must be an integer 0..${MAX_BULK_BUFFERS}`
 export function parseBulkBuffers (value: unknown): number | undefined {
   return parseCount(value, 0, MAX_BULK_BUFFERS)
 }
+export const MAX_REPORT_AFTER_MS = 60_000
+/**
+ * A fast worker tells the main thread of a connection it accepted once it has relayed 20 ms: those
+ * that end sooner cost the main thread one summary instead of a connection record.
+ */
+export const DEFAULT_REPORT_AFTER_MS = 20
+export const REPORT_AFTER_RULE = `must be an integer 0..${MAX_REPORT_AFTER_MS} (milliseconds; 0: at once)`
+/** `dataPlane.reportAfterMs` as written (a number, or digits from the environment); undefined when invalid. */
+export function parseReportAfterMs (value: unknown): number | undefined {
+  return parseCount(value, 0, MAX_REPORT_AFTER_MS)
+}
 export const MAX_BUSY_POLL_US = 1000
 /** A fast worker polls for up to 100 µs after moving bytes, before it sleeps (see splice-worker's pollWindowUs). */
 export const DEFAULT_BUSY_POLL_US = 100
@@ -70,6 +81,7 @@ const formats = {
   },
   workers: (value: unknown): void => check(value === AUTO || parseWorkers(value) !== undefined, WORKERS_RULE, value),
   'bulk-buffers': (value: unknown): void => check(parseBulkBuffers(value) !== undefined, BULK_BUFFERS_RULE, value),
+  'report-after': (value: unknown): void => check(parseReportAfterMs(value) !== undefined, REPORT_AFTER_RULE, value),
   'busy-poll': (value: unknown): void => check(value === AUTO || parseBusyPollUs(value) !== undefined, BUSY_POLL_RULE, value),
   engine: (value: unknown): void => check(typeof value === 'string' && (ENGINE_CHOICES as readonly string[]).includes(value), `must be one of ${ENGINE_CHOICES.join(', ')}`, value),
   boolean: (value: unknown): void => check(typeof value === 'boolean', 'must be true or false', value),
@@ -95,6 +107,7 @@ const formats = {
 convict.addFormat({ name: 'kaproxy-boolean', validate: formats.boolean, coerce: (value: unknown) => value })
 convict.addFormat({ name: 'kaproxy-count', validate: formats['keepalive-count'], coerce: (value: unknown) => value })
 convict.addFormat({ name: 'kaproxy-bulk-buffers', validate: formats['bulk-buffers'], coerce: (value: unknown) => value })
+convict.addFormat({ name: 'kaproxy-report-after', validate: formats['report-after'], coerce: (value: unknown) => value })
 convict.addFormat({ name: 'kaproxy-busy-poll', validate: formats['busy-poll'], coerce: (value: unknown) => value })
 
 /** The convict schema of the top level: documentation, defaults, env names and formats. */
@@ -113,6 +126,7 @@ export function createSchema (env: NodeJS.ProcessEnv) {
     dataPlane: {
       workers: { doc: 'threads of the fast engine; auto: one per CPU, at most 4', format: formats.workers, default: 'auto' as string | number, env: 'KAPROXY_WORKERS' },
       bulkBuffers: { doc: 'fast engine: 4 MiB buffers per worker that bulk flows are copied through; flows beyond them splice through pipes; 0: always splice', format: 'kaproxy-bulk-buffers', default: DEFAULT_BULK_BUFFERS as string | number, env: 'KAPROXY_BULK_BUFFERS' },
+      reportAfterMs: { doc: 'fast engine: milliseconds a connection a worker accepted relays before the main thread is told of it (lists it, logs it open); one that ends sooner is logged and counted at its end only; 0: at once', format: 'kaproxy-report-after', default: DEFAULT_REPORT_AFTER_MS as string | number, env: 'KAPROXY_REPORT_AFTER_MS' },
       busyPollUs: { doc: `fast engine: microseconds a worker keeps polling after moving bytes before it sleeps (adaptive, up to this); auto: ${DEFAULT_BUSY_POLL_US}, or 0 under a CPU quota`, format: 'kaproxy-busy-poll', default: 'auto' as string | number, env: 'KAPROXY_BUSY_POLL_US' }
     },
     defaults: {

@@ -112,6 +112,8 @@ export interface KaproxyConfig {
     workers: number
     /** `dataPlane.bulkBuffers`: 4 MiB buffers per fast worker that bulk flows copy through; beyond them (or at 0) they splice. */
     bulkBuffers: number
+    /** `dataPlane.reportAfterMs`: a fast worker reports a connection it accepted once it relayed this long (0: at once). */
+    reportAfterMs: number
     /**
      * `dataPlane.busyPollUs` resolved: `us`, the longest a fast worker polls after moving bytes before
      * it sleeps (0: never); `auto` when it was not set; `cpuQuota`, the CPUs of the cgroup quota that

@@ -1,4 +1,5 @@
 import type { Side } from '../config/types.js'
+import { errnoName } from '../sockopt/libc.js'
 
 /**
  * Why a connection ended. The first cause wins, except that an error replaces an orderly close
@@ -23,7 +24,7 @@ export type CloseReason =
   | 'shutdown' // kaproxy is stopping (after the route's drainTimeout, or at once when forced)
 
 /** Map a socket error on one side to a close reason. */
-export function reasonForError (side: Side, err: NodeJS.ErrnoException, connected: boolean): CloseReason {
+export function reasonForError (side: Side, err: Pick<NodeJS.ErrnoException, 'code' | 'message'>, connected: boolean): CloseReason {
   switch (err.code) {
     case 'ECONNRESET':
     case 'EPIPE':
@@ -53,4 +54,51 @@ export function isAbortive (reason: CloseReason): boolean {
 /** The process (EMFILE) or the system (ENFILE) is out of file descriptors. */
 export function isDescriptorExhaustion (code: string | undefined): boolean {
   return code === 'EMFILE' || code === 'ENFILE'
+}
+
+/**
+ * A reset this soon (ms) after bytes that ended a silence answers them: a middlebox that forgot the
+ * flow resets the first packet it sees again, within a round trip.
+ */
+export const RESET_ANSWER_WINDOW_MS = 2000
+
+/**
+ * The silence a reset or keepalive timeout followed (CloseSummary.silenceBeforeResetMs): the quiet
+ * before it (`idleMs`), or, when it answers bytes that ended a longer silence (sent within
+ * RESET_ANSWER_WINDOW_MS of it), that silence. Null for other reasons and for connections that
+ * never relayed. Times on one clock, in ms.
+ */
+export function silenceBeforeReset (reason: CloseReason, idleMs: number | null, lastSilenceMs: number, lastSilenceEndedAt: number, closingAt: number): number | null {
+  if (idleMs === null || !(reason === 'client-reset' || reason === 'upstream-reset' || reason === 'keepalive-timeout')) return null
+  const sinceEnded = closingAt - lastSilenceEndedAt
+  if (lastSilenceMs > idleMs && lastSilenceEndedAt !== 0 && sinceEnded >= 0 && sinceEnded <= RESET_ANSWER_WINDOW_MS) return lastSilenceMs
+  return idleMs
+}
+
+/** How the fast engine's worker let go of a relaying pair (see PairEnded['how']). */
+export type RelayEnd = 'closed' | 'error' | 'idle' | 'dropped'
+
+/**
+ * The close reason of a pair the fast engine's worker let go of: `side` is the failed socket's for
+ * `error` (null: the worker itself failed), `firstFin` the side whose FIN came first; `dropped`
+ * (the worker was told to let go) reads as `shutdown`.
+ */
+export function relayEndReason (how: RelayEnd, side: Side | null, errno: number, firstFin: Side | null): CloseReason {
+  switch (how) {
+    case 'closed':
+      return (firstFin ?? 'client') === 'client' ? 'client-closed' : 'upstream-closed'
+    case 'error':
+      return side === null ? 'upstream-error' : reasonForError(side, relayEndError(side, errno), true)
+    case 'idle':
+      return 'idle-timeout'
+    case 'dropped':
+      return 'shutdown'
+  }
+}
+
+/** The error behind a pair's `error` end, as a close summary logs it (`side` null: the worker failed). */
+export function relayEndError (side: Side | null, errno: number): NodeJS.ErrnoException {
+  if (side === null) return Object.assign(new Error('the fast engine\'s worker stopped'), { code: 'KAPROXY_ERR_DATA_PLANE' })
+  const code = errnoName(errno)
+  return Object.assign(new Error(`splice ${code}`), { code, errno: -errno, syscall: 'splice' })
 }

@@ -136,9 +136,14 @@ const SO_LINGER: Readonly<Record<string, number>> = { linux: 13, darwin: 0x80, f
  * a cut stream for a complete one. Closes it either way.
  */
 export function closeWithReset (fd: number): void {
+  resetOnClose(fd)
+  load().close(fd)
+}
+
+/** SO_LINGER 0: the socket's close (later, see closeWithReset) sends a reset instead of a FIN. */
+export function resetOnClose (fd: number): void {
   const lib = load()
   lib.setsockopt(fd, lib.constants.SOL_SOCKET, SO_LINGER[process.platform] ?? 13, lingerZero, 8)
-  lib.close(fd)
 }
 
 // MSG_NOSIGNAL (Linux, FreeBSD): a closed peer is EPIPE, not a signal. macOS has no such flag;

@@ -2,7 +2,7 @@ import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from '
 import { closeDescriptor, dataPlaneCalls } from '../../sockopt/libc.js'
 import {
   ConnectionIds, forEachEvent, SLOTS_PER_BLOCK, STAT_BYTES_FROM_CLIENT, STAT_BYTES_FROM_UPSTREAM, STAT_FIELDS, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT,
-  STAT_LAST_SILENCE_MS, type AcceptPlan, type Accepted, type DataPlaneTuning, type FromWorker, type PairEnded, type ToWorker, type WorkerEvent
+  STAT_LAST_SILENCE_MS, type AcceptPlan, type Accepted, type DataPlaneTuning, type Finished, type FromWorker, type PairEnded, type ToWorker, type WorkerEvent
 } from './protocol.js'
 
 // Connection ids: one counter in shared memory, for the main thread and the worker alike.
@@ -29,6 +29,8 @@ export interface WorkerAcceptor {
    * takes over both descriptors. Returns the connection the worker now relays, if any.
    */
   accepted: (event: Accepted, stats: SpliceStats | null) => SplicedConnection | null
+  /** The worker accepted, relayed and closed a connection before reporting it (see Finished). */
+  finished: (event: Readonly<Finished>) => void
   /** The worker no longer touches the listening descriptor it was given. */
   unlistened: () => void
   /** accept4 found no descriptor (or memory) left; the worker stopped polling until resumed. */
@@ -331,6 +333,9 @@ export class SpliceDataPlane {
         if (connection !== null && stats !== null) this.live.set(event.id, connection)
         break
       }
+      case 'finished':
+        this.acceptors.get(event.route)?.finished(event)
+        break
       case 'unlistened': {
         const acceptor = this.acceptors.get(event.route)
         this.acceptors.delete(event.route)

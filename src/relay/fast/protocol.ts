@@ -1,5 +1,7 @@
 import type { MessagePort } from 'node:worker_threads'
+import { formatHostPort } from '../../config/formats.js'
 import type { KeepaliveSettings } from '../../keepalive.js'
+import { sockaddrText } from '../../sockopt/original-dst.js'
 
 // The messages between the main thread (control plane) and the splice worker (data plane).
 // Plain data, across a MessageChannel: structured clones towards the worker; the worker's events
@@ -55,6 +57,11 @@ export interface AcceptPlan {
    * clients are refused until then, and one trial connection goes out after; 0 while it is up.
    */
   downUntil: number
+  /**
+   * A reload changed the keepalive with `keepalive.applyToExisting`: the worker re-applies it to
+   * the connections it has not reported yet (the main thread re-tunes those it knows).
+   */
+  applyToExisting: boolean
 }
 
 /** Accept on `fd` (a duplicate of the route's listening socket; the main thread closes it after `unlistened`). */
@@ -66,7 +73,7 @@ export interface Listen {
   /** One Int32: the route's connections dialing or relaying, counted by every worker accepting for it (maxConnections). */
   live: SharedArrayBuffer
   /**
-   * One Int32 per worker of the pool: the route's connections each holds (dialing or relaying),
+   * One Int32 per worker of the pool: the route's connections each holds and reported (see the worker's Acceptor.mine),
    * NOT_ACCEPTING for a worker that does not accept for it (gone, stopping, or never asked).
    * This worker writes `loads[worker]`; see the worker's balance().
    */
@@ -128,8 +135,8 @@ export interface Accepted {
   route: number
   id: number
   clientFd: number
-  /** The client's `host:port` as accept4 gave it ('' when unknown): read later, a closed peer has none. */
-  client: string
+  /** The client's address as accept4 gave it (see clientText): read later, a closed peer has none. */
+  client: ClientAddress
   /** -1 when it failed. */
   upstreamFd: number
   /** Absolute ms (as STAT_LAST_BYTE_AT) of the accept. */
@@ -142,6 +149,40 @@ export interface Accepted {
   code: string
   block: number
   base: number
+}
+
+/**
+ * A connection the worker accepted, relayed and let go of before reporting it (see the worker's
+ * dataPlane.reportAfterMs): it closed both descriptors itself, and the main thread never held them. The
+ * accept's and the end's facts in one record (`endedAt`: absolute ms, as STAT_LAST_BYTE_AT).
+ */
+export interface Finished extends Omit<PairEnded, 'kind'> {
+  kind: 'finished'
+  route: number
+  client: ClientAddress
+  acceptedAt: number
+  connectMs: number
+  endedAt: number
+}
+
+/**
+ * A client's address from accept4: an IPv4 address and port packed in one number (address × 65536
+ * + port), so the thousands a second that are never looked at are never formatted; otherwise its
+ * `host:port` text ('' when unknown).
+ */
+export type ClientAddress = number | string
+
+/** A client's address (ClientAddress) packed from accept4's `struct sockaddr`: IPv4 as a number, anything else as text. */
+export function clientAddress (sockaddr: Buffer, length: number): ClientAddress {
+  if (length >= 8 && sockaddr.readUInt16LE(0) === 2 /* AF_INET */) return sockaddr.readUInt32BE(4) * 65536 + sockaddr.readUInt16BE(2)
+  return sockaddrText(sockaddr.subarray(0, length)) ?? ''
+}
+
+/** A client's address (ClientAddress) as `host:port`; 'unknown' when none. */
+export function clientText (address: ClientAddress): string {
+  if (typeof address === 'string') return address === '' ? 'unknown' : address
+  const ip = Math.floor(address / 65536)
+  return formatHostPort({ host: `${ip >>> 24}.${(ip >>> 16) & 255}.${(ip >>> 8) & 255}.${ip & 255}`, port: address % 65536 })
 }
 
 /** A statistics block the worker made for the connections it accepts; `block` in Accepted counts these in order. */
@@ -163,11 +204,11 @@ export interface Planned { kind: 'planned', route: number }
 export interface Crowded { kind: 'crowded', route: number }
 /** The worker polls the route's listening socket from now on (its answer to Listen). */
 export interface Listening { kind: 'listening', route: number }
-export type WorkerEvent = PairEnded | Accepted | WorkerBlock | Unlistened | AcceptExhausted | Planned | Crowded | Listening
+export type WorkerEvent = PairEnded | Accepted | Finished | WorkerBlock | Unlistened | AcceptExhausted | Planned | Crowded | Listening
 
 /**
- * The worker's batch of events, in order, posted at most once per turn of its loop. The two that
- * come with every connection (accepted, ended) travel as numbers, their strings beside them: a
+ * The worker's batch of events, in order, posted at most once per turn of its loop. Those that
+ * come with every connection (accepted, ended, finished) travel as numbers, their strings beside them: a
  * structured clone of objects cost about a microsecond per event, on the data plane's thread and
  * again on the main thread. Any other event is a record pointing into `others`.
  */
@@ -176,11 +217,12 @@ export interface FromWorker { numbers: Float64Array, texts: string[], others: Wo
 const RECORD_ENDED = 1
 const RECORD_ACCEPTED = 2
 const RECORD_OTHER = 3
+const RECORD_FINISHED = 4
 const HOWS: ReadonlyArray<PairEnded['how']> = ['closed', 'error', 'idle', 'dropped']
 const SIDES: ReadonlyArray<'client' | 'upstream' | null> = [null, 'client', 'upstream']
 const FAILURES: ReadonlyArray<AcceptFailure | null> = [null, 'limit', 'down', 'sockopt', 'socket', 'dial', 'connect-timeout']
-/** The longest record: accepted. */
-const RECORD_MAX = 13
+/** The longest record: finished. */
+const RECORD_MAX = 17
 
 /**
  * A whole number read from the batch as a small integer where it is one: a double read from a
@@ -213,23 +255,14 @@ export class EventBatcher {
     switch (event.kind) {
       case 'ended':
         n[at++] = RECORD_ENDED
-        n[at++] = event.id
-        n[at++] = HOWS.indexOf(event.how)
-        n[at++] = SIDES.indexOf(event.side)
-        n[at++] = event.errno
-        n[at++] = SIDES.indexOf(event.firstFin)
-        n[at++] = event.bytesFromClient
-        n[at++] = event.bytesFromUpstream
-        n[at++] = event.lastByteAt
-        n[at++] = event.lastSilenceMs
-        n[at++] = event.lastSilenceEndedAt
+        at = writeEnd(n, at, event)
         break
       case 'accepted':
         n[at++] = RECORD_ACCEPTED
         n[at++] = event.route
         n[at++] = event.id
         n[at++] = event.clientFd
-        n[at++] = this.texts.push(event.client) - 1
+        n[at++] = this.client(event.client)
         n[at++] = event.upstreamFd
         n[at++] = event.acceptedAt
         n[at++] = event.connectMs
@@ -239,12 +272,26 @@ export class EventBatcher {
         n[at++] = event.block
         n[at++] = event.base
         break
+      case 'finished':
+        n[at++] = RECORD_FINISHED
+        n[at++] = event.route
+        n[at++] = this.client(event.client)
+        n[at++] = event.acceptedAt
+        n[at++] = event.connectMs
+        n[at++] = event.endedAt
+        at = writeEnd(n, at, event)
+        break
       default:
         n[at++] = RECORD_OTHER
         n[at++] = this.others.push(event) - 1
     }
     this.length = at
     this.size++
+  }
+
+  /** A client address as a number: packed IPv4 as it is, text as -1 - its index in `texts`. */
+  private client (address: ClientAddress): number {
+    return typeof address === 'number' ? address : -1 - (this.texts.push(address) - 1)
   }
 
   /** The events since the last batch, or null for none. */
@@ -259,9 +306,45 @@ export class EventBatcher {
   }
 }
 
+/** What a pair's end (ended, finished) carries, from `at` on: returns where the record goes on. */
+function writeEnd (n: Float64Array, at: number, end: Omit<PairEnded, 'kind'>): number {
+  n[at++] = end.id
+  n[at++] = HOWS.indexOf(end.how)
+  n[at++] = SIDES.indexOf(end.side)
+  n[at++] = end.errno
+  n[at++] = SIDES.indexOf(end.firstFin)
+  n[at++] = end.bytesFromClient
+  n[at++] = end.bytesFromUpstream
+  n[at++] = end.lastByteAt
+  n[at++] = end.lastSilenceMs
+  n[at++] = end.lastSilenceEndedAt
+  return at
+}
+
+/** writeEnd's fields into `end`; returns where the record goes on. */
+function readEnd (n: Float64Array, at: number, end: Omit<PairEnded, 'kind'>): number {
+  end.id = integer(n[at++], 0)
+  end.how = HOWS[n[at++] ?? 0] ?? 'error'
+  end.side = SIDES[n[at++] ?? 0] ?? null
+  end.errno = n[at++] ?? 0
+  end.firstFin = SIDES[n[at++] ?? 0] ?? null
+  end.bytesFromClient = n[at++] ?? 0
+  end.bytesFromUpstream = n[at++] ?? 0
+  end.lastByteAt = n[at++] ?? 0
+  end.lastSilenceMs = n[at++] ?? 0
+  end.lastSilenceEndedAt = n[at++] ?? 0
+  return at
+}
+
+/** A client address as EventBatcher wrote it. */
+function readClient (batch: FromWorker, value: number | undefined): ClientAddress {
+  if (value === undefined) return ''
+  return value >= 0 ? value : batch.texts[-1 - value] ?? ''
+}
+
 /**
- * The main thread's side of FromWorker: each of the batch's events, in order, to `visit`. The two
- * that come with every connection arrive in one object per kind, refilled for each record (at
+ * The main thread's side of FromWorker: each of the batch's events, in order, to `visit`. Those
+ * that come with every connection (accepted, ended, finished) arrive in one object per kind, refilled for each record (at
  * thousands of connections a second, an object per event was a fifth of the main thread's
  * allocation, and its young-generation collections): read an event during the call, never keep it.
  */
@@ -269,28 +352,20 @@ export function forEachEvent (batch: FromWorker, visit: (event: Readonly<WorkerE
   const n = batch.numbers
   let ended: PairEnded | null = null
   let accepted: Accepted | null = null
+  let finished: Finished | null = null
   let at = 0
   while (at < n.length) {
     const record = n[at++]
     if (record === RECORD_ENDED) {
       ended ??= { kind: 'ended', id: 0, how: 'closed', side: null, errno: 0, firstFin: null, bytesFromClient: 0, bytesFromUpstream: 0, lastByteAt: 0, lastSilenceMs: 0, lastSilenceEndedAt: 0 }
-      ended.id = integer(n[at++], 0)
-      ended.how = HOWS[n[at++] ?? 0] ?? 'error'
-      ended.side = SIDES[n[at++] ?? 0] ?? null
-      ended.errno = n[at++] ?? 0
-      ended.firstFin = SIDES[n[at++] ?? 0] ?? null
-      ended.bytesFromClient = n[at++] ?? 0
-      ended.bytesFromUpstream = n[at++] ?? 0
-      ended.lastByteAt = n[at++] ?? 0
-      ended.lastSilenceMs = n[at++] ?? 0
-      ended.lastSilenceEndedAt = n[at++] ?? 0
+      at = readEnd(n, at, ended)
       visit(ended)
     } else if (record === RECORD_ACCEPTED) {
       accepted ??= { kind: 'accepted', route: 0, id: 0, clientFd: -1, client: '', upstreamFd: -1, acceptedAt: 0, connectMs: 0, failure: null, side: null, code: '', block: -1, base: 0 }
       accepted.route = integer(n[at++], 0)
       accepted.id = integer(n[at++], 0)
       accepted.clientFd = integer(n[at++], -1)
-      accepted.client = batch.texts[n[at++] ?? -1] ?? ''
+      accepted.client = readClient(batch, n[at++])
       accepted.upstreamFd = integer(n[at++], -1)
       accepted.acceptedAt = n[at++] ?? 0
       accepted.connectMs = n[at++] ?? 0
@@ -300,12 +375,31 @@ export function forEachEvent (batch: FromWorker, visit: (event: Readonly<WorkerE
       accepted.block = integer(n[at++], -1)
       accepted.base = integer(n[at++], 0)
       visit(accepted)
+    } else if (record === RECORD_FINISHED) {
+      finished ??= { kind: 'finished', route: 0, id: 0, client: '', acceptedAt: 0, connectMs: 0, endedAt: 0, how: 'closed', side: null, errno: 0, firstFin: null, bytesFromClient: 0, bytesFromUpstream: 0, lastByteAt: 0, lastSilenceMs: 0, lastSilenceEndedAt: 0 }
+      finished.route = integer(n[at++], 0)
+      finished.client = readClient(batch, n[at++])
+      finished.acceptedAt = n[at++] ?? 0
+      finished.connectMs = n[at++] ?? 0
+      finished.endedAt = n[at++] ?? 0
+      at = readEnd(n, at, finished)
+      visit(finished)
     } else {
       const event = batch.others[n[at++] ?? -1]
       if (event === undefined) throw new Error(`worker batch: unknown record ${String(record)} at ${at - 1}`)
       visit(event)
     }
   }
+}
+
+/** An absolute time on the workers' clock (see STAT_LAST_BYTE_AT) on this thread's performance.now() clock; 0 (none) stays 0. */
+export function onThisClock (absolute: number): number {
+  return absolute === 0 ? 0 : absolute - performance.timeOrigin
+}
+
+/** An absolute time on the workers' clock (see STAT_LAST_BYTE_AT) as Date.now() would have read it then. */
+export function epochMs (absolute: number): number {
+  return Math.round(absolute - performance.timeOrigin + (Date.now() - performance.now()))
 }
 
 /** Connection ids shared by the main thread and the worker (both number connections): one counter in shared memory. */
@@ -321,7 +415,7 @@ export class ConnectionIds {
 }
 
 /** What each worker is given besides its channels: see WorkerStart. */
-export type DataPlaneTuning = Pick<WorkerStart, 'bulkBuffers' | 'busyPollUs'>
+export type DataPlaneTuning = Pick<WorkerStart, 'bulkBuffers' | 'reportAfterMs' | 'busyPollUs'>
 
 export interface WorkerStart {
   port: MessagePort
@@ -338,6 +432,8 @@ export interface WorkerStart {
   budget: SharedArrayBuffer
   /** Bulk buffers the worker may make (dataPlane.bulkBuffers): a bulk flow copies through one while one is free, else splices. */
   bulkBuffers: number
+  /** How long a connection it accepted relays before it reports it, in ms (dataPlane.reportAfterMs; see Finished). */
+  reportAfterMs: number
   /** The longest it polls after moving bytes before it sleeps, in µs (dataPlane.busyPollUs; 0: never). */
   busyPollUs: number
 }

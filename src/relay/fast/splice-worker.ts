@@ -1,14 +1,14 @@
 import { isDeepStrictEqual } from 'node:util'
 import { receiveMessageOnPort, workerData } from 'node:worker_threads'
 import { applyKeepaliveFd } from '../../keepalive.js'
-import { sockaddrText } from '../../sockopt/original-dst.js'
+import { isAbortive, relayEndReason } from '../close-reason.js'
 import {
   EAGAIN, EINPROGRESS, EPOLLERR, EPOLLET, EPOLLEXCLUSIVE, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLL_CTL_ADD, EPOLL_CTL_DEL,
-  EPOLL_EVENT_DATA, EPOLL_EVENT_SIZE, dataPlaneCalls, errnoName, sendNow
+  EPOLL_EVENT_DATA, EPOLL_EVENT_SIZE, dataPlaneCalls, errnoName, resetOnClose, sendNow
 } from '../../sockopt/libc.js'
 import {
   ConnectionIds, EventBatcher, NOT_ACCEPTING, SLOTS_PER_BLOCK, STAT_BYTES_FROM_CLIENT, STAT_BYTES_FROM_UPSTREAM, STAT_FIELDS, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT,
-  STAT_LAST_SILENCE_MS, type AcceptFailure, type AcceptPlan, type AddPair, type PairEnded, type ToWorker, type WorkerStart
+  STAT_LAST_SILENCE_MS, clientAddress, type AcceptFailure, type ClientAddress, type AcceptPlan, type AddPair, type PairEnded, type ToWorker, type WorkerStart
 } from './protocol.js'
 
 // The fast engine's data plane: one thread, one epoll set, libc through koffi. A few bytes are
@@ -19,7 +19,7 @@ import {
 // eventfd in the same epoll set, and it reads the port with receiveMessageOnPort.
 
 const sys = dataPlaneCalls()
-const { port, wakeFd, descriptors, ids: idBuffer, budget: budgetBuffer, bulkBuffers, busyPollUs } = workerData as WorkerStart
+const { port, wakeFd, descriptors, ids: idBuffer, budget: budgetBuffer, bulkBuffers, reportAfterMs, busyPollUs } = workerData as WorkerStart
 const budget = new Int32Array(budgetBuffer)
 const ids = new ConnectionIds(idBuffer)
 /** What this thread holds, for the main thread's descriptor budget: the epoll set and two per pipe. */
@@ -94,7 +94,11 @@ interface Acceptor {
   readonly worker: number
   /** How many workers poll the route now (see balanceRoute). */
   readonly pollers: Int32Array
-  /** The route's connections this thread holds, dialing or relaying. */
+  /**
+   * The route's connections this thread holds and reported (balance): one that ends before its
+   * report (reportAfterMs) never weighs in the spread, or a run of short connections would have
+   * the workers yield and poll again at every turn.
+   */
   mine: number
   /** When it last asked the others to look again without yielding itself (see askOthers). */
   askedAt: number
@@ -117,7 +121,7 @@ interface Dial {
   readonly id: number
   readonly acceptor: Acceptor
   readonly clientFd: number
-  readonly client: string
+  readonly client: ClientAddress
   readonly upstreamFd: number
   readonly acceptedAt: number
   readonly deadline: number
@@ -139,6 +143,13 @@ interface Pair {
   readonly acceptor: Acceptor | null
   /** Its slot in this thread's own statistics blocks, freed when it ends; -1 for the main thread's. */
   readonly ownSlot: number
+  /** The main thread knows it (handed over, or accepted here and reported; see reportAfterMs). */
+  reported: boolean
+  /** Accepted here: the client's address, when (absolute ms), how long the dial took, when it is reported. */
+  readonly client: ClientAddress
+  readonly acceptedAt: number
+  readonly connectMs: number
+  readonly reportAt: number
 }
 
 const epfd = sys.epollCreate()
@@ -178,6 +189,13 @@ const acceptorByFd: Array<Acceptor | undefined> = []
  */
 const dials = new Map<number, Dial>()
 let nextDialSweepAt = Infinity
+// A connection accepted here is reported to the main thread once it has relayed `reportAfterMs`;
+// one that ends sooner is closed here and reported once, finished (see Finished). A report costs
+// the main thread a connection record and the closing of both descriptors: for connections of a
+// few ms, a quarter of kaproxy's CPU per connection (docs/performance.md).
+/** Pairs accepted here and not reported yet, in the order they are due; those from `unreportedHead` on are pending. */
+let unreported: Array<Pair | null> = []
+let unreportedHead = 0
 /** Statistics blocks this thread made for the connections it accepts, and their free slots. */
 const ownBlocks: Float64Array[] = []
 const ownFreeSlots: number[] = []
@@ -220,9 +238,13 @@ interface PairStart {
   ownSlot: number
   /** The upstream descriptor is in the epoll set already, with the relay's interest (dialed here). */
   upstreamRegistered: boolean
+  reported: boolean
+  client: ClientAddress
+  acceptedAt: number
+  connectMs: number
 }
 
-function add (start: PairStart): void {
+function add (start: PairStart): Pair {
   const pair: Pair = {
     id: start.id,
     clientFd: start.clientFd,
@@ -236,7 +258,12 @@ function add (start: PairStart): void {
     lastActivity: now,
     ended: false,
     acceptor: start.acceptor,
-    ownSlot: start.ownSlot
+    ownSlot: start.ownSlot,
+    reported: start.reported,
+    client: start.client,
+    acceptedAt: start.acceptedAt,
+    connectMs: start.connectMs,
+    reportAt: now + reportAfterMs
   }
   pair.stats[pair.base + STAT_BYTES_FROM_CLIENT] = 0
   pair.stats[pair.base + STAT_BYTES_FROM_UPSTREAM] = 0
@@ -247,11 +274,11 @@ function add (start: PairStart): void {
   byFd[pair.clientFd] = pair
   byFd[pair.upstreamFd] = pair
   const failedClient = sys.epollCtl(epfd, EPOLL_CTL_ADD, pair.clientFd, RELAY_INTEREST)
-  if (failedClient < 0) { end(pair, 'error', 'client', -failedClient); return }
+  if (failedClient < 0) { end(pair, 'error', 'client', -failedClient); return pair }
   registeredIn[pair.clientFd] = turn
   if (!start.upstreamRegistered) {
     const failedUpstream = sys.epollCtl(epfd, EPOLL_CTL_ADD, pair.upstreamFd, RELAY_INTEREST)
-    if (failedUpstream < 0) { end(pair, 'error', 'upstream', -failedUpstream); return }
+    if (failedUpstream < 0) { end(pair, 'error', 'upstream', -failedUpstream); return pair }
     registeredIn[pair.upstreamFd] = turn
   }
   if (pair.idleTimeoutMs > 0) {
@@ -262,6 +289,7 @@ function add (start: PairStart): void {
   }
   // The end of a client FIN seen by Node is passed on once the (empty) pipe allows it.
   pump(pair)
+  return pair
 }
 
 function addHandedOver (message: AddPair): void {
@@ -278,7 +306,11 @@ function addHandedOver (message: AddPair): void {
     lastByteAt: message.lastByteAt,
     acceptor: null,
     ownSlot: -1,
-    upstreamRegistered: false
+    upstreamRegistered: false,
+    reported: true,
+    client: '',
+    acceptedAt: 0,
+    connectMs: 0
   })
 }
 
@@ -301,8 +333,7 @@ function end (pair: Pair, how: PairEnded['how'], side: PairEnded['side'], errno:
   releaseStaging(pair.toClient)
   const stats = pair.stats
   const base = pair.base
-  outbox.push({
-    kind: 'ended',
+  const ended = {
     id: pair.id,
     how,
     side,
@@ -313,8 +344,22 @@ function end (pair: Pair, how: PairEnded['how'], side: PairEnded['side'], errno:
     lastByteAt: stats[base + STAT_LAST_BYTE_AT] ?? 0,
     lastSilenceMs: stats[base + STAT_LAST_SILENCE_MS] ?? 0,
     lastSilenceEndedAt: stats[base + STAT_LAST_SILENCE_ENDED_AT] ?? 0
-  })
-  if (pair.acceptor !== null) holding(pair.acceptor, -1)
+  }
+  if (pair.reported) {
+    outbox.push({ kind: 'ended', ...ended })
+  } else {
+    // The main thread never held these descriptors: this thread closes them, as the main thread
+    // would have (a reset where the reason calls for one), once this turn's events are handled.
+    if (isAbortive(relayEndReason(how, side, errno, pair.firstFin))) { resetOnClose(pair.clientFd); resetOnClose(pair.upstreamFd) }
+    closeAfterTurn(pair.clientFd)
+    closeAfterTurn(pair.upstreamFd)
+    Atomics.sub(heldDescriptors, 0, 2)
+    outbox.push({ kind: 'finished', route: (pair.acceptor as Acceptor).route, client: pair.client, acceptedAt: pair.acceptedAt, connectMs: pair.connectMs, endedAt: now, ...ended })
+  }
+  if (pair.acceptor !== null) {
+    routeLive(pair.acceptor, -1)
+    if (pair.reported) holding(pair.acceptor, -1)
+  }
   if (pair.ownSlot >= 0) ownFreeSlots.push(pair.ownSlot)
 }
 
@@ -616,9 +661,11 @@ function onMessage (message: ToWorker): void {
       const acceptor = acceptors.get(message.route)
       if (acceptor !== undefined) {
         const retuned = !isDeepStrictEqual(acceptor.plan.clientKeepalive, message.plan.clientKeepalive)
+        const changed = retuned || !isDeepStrictEqual(acceptor.plan.upstreamKeepalive, message.plan.upstreamKeepalive)
         acceptor.plan = message.plan
         acceptor.sockaddr = Buffer.from(message.plan.target)
         if (retuned) tuneListener(acceptor)
+        if (changed && message.plan.applyToExisting) retunePending(acceptor)
       }
       outbox.push({ kind: 'planned', route: message.route })
       break
@@ -634,6 +681,8 @@ function onMessage (message: ToWorker): void {
       poll(acceptor, false)
       acceptors.delete(acceptor.route)
       if (acceptorByFd[acceptor.fd] === acceptor) acceptorByFd[acceptor.fd] = undefined
+      // Its live connections are the main thread's to drain from here.
+      reportPending(true, acceptor)
       acceptor.closing = true
       unlistenedWhenDone(acceptor)
       break
@@ -698,19 +747,18 @@ function applyPolling (acceptor: Acceptor): void {
   sys.epollCtl(epfd, on ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, acceptor.fd, EPOLLIN | EPOLLEXCLUSIVE)
 }
 
-/**
- * The route's connections held here went up or down by `change`: its count in every worker
- * (`live`, maxConnections) and this worker's (`mine`, balance), which the others see at once.
- * Returns the route's count before the change.
- */
-function holding (acceptor: Acceptor, change: number): number {
-  const before = Atomics.add(acceptor.live, 0, change)
+/** The route's connections dialing or relaying in every worker (maxConnections) went up or down by `change`; returns the count before. */
+function routeLive (acceptor: Acceptor, change: number): number {
+  return Atomics.add(acceptor.live, 0, change)
+}
+
+/** The route's reported connections held here (`mine`, balance) went up or down by `change`: the others see it at once. */
+function holding (acceptor: Acceptor, change: number): void {
   acceptor.mine += change
   publishLoad(acceptor)
   // Looked at again at the end of this turn, not a period later: a worker that now holds more than
   // another (connections arriving one at a time, a turn each), or a yielded one whose connections end.
   if (acceptor.yielded ? change < 0 : change > 0 && excessOver(acceptor) > 0) balanceAt = 0
-  return before
 }
 
 /** Write what the other workers compare with (see balance): NOT_ACCEPTING while the route is not to be polled (paused, exhausted, unlistened, stopping). */
@@ -834,7 +882,7 @@ function onListenerEvent (acceptor: Acceptor): void {
       if (acceptor.yielded) return
     }
     const fd = sys.accept(acceptor.fd, peer, peerLength)
-    if (fd >= 0) { acceptOne(acceptor, fd, peerText()); continue }
+    if (fd >= 0) { acceptOne(acceptor, fd, clientAddress(peer, peerLength[0])); continue }
     if (fd === -EAGAIN) {
       // The queue is empty: whatever comes next completed its handshake on the tuned listener.
       if (now >= acceptor.inheritFrom) acceptor.inherits = true
@@ -859,18 +907,15 @@ function onListenerEvent (acceptor: Acceptor): void {
 const peer = Buffer.alloc(128)
 const peerLength: [number] = [peer.length]
 
-function peerText (): string {
-  return sockaddrText(peer.subarray(0, peerLength[0])) ?? ''
-}
 
 /** Report a client that will not be relayed, and give back its place in the route's count. */
-function acceptFailed (acceptor: Acceptor, id: number, clientFd: number, client: string, acceptedAt: number, failure: AcceptFailure, side: 'client' | 'upstream' | null, code: string): void {
-  holding(acceptor, -1)
+function acceptFailed (acceptor: Acceptor, id: number, clientFd: number, client: ClientAddress, acceptedAt: number, failure: AcceptFailure, side: 'client' | 'upstream' | null, code: string): void {
+  routeLive(acceptor, -1)
   outbox.push({ kind: 'accepted', route: acceptor.route, id, clientFd, client, upstreamFd: -1, acceptedAt, connectMs: 0, failure, side, code, block: -1, base: 0 })
 }
 
 /** An accepted client: its keepalive, then a non-blocking dial of the route's target with its own. */
-function acceptOne (acceptor: Acceptor, clientFd: number, client: string): void {
+function acceptOne (acceptor: Acceptor, clientFd: number, client: ClientAddress): void {
   // Until the main thread has read its report, a connection's two descriptors are counted here
   // (it takes them off when it counts the connection itself).
   Atomics.add(heldDescriptors, 0, 2)
@@ -879,7 +924,7 @@ function acceptOne (acceptor: Acceptor, clientFd: number, client: string): void 
   const plan = acceptor.plan
   // Taken before anything else, as other workers count the same route: given back by
   // acceptFailed or the pair's end.
-  const before = holding(acceptor, 1)
+  const before = routeLive(acceptor, 1)
   if (plan.maxConnections !== null && before >= plan.maxConnections) {
     acceptFailed(acceptor, id, clientFd, client, acceptedAt, 'limit', null, '')
     return
@@ -949,9 +994,12 @@ function onDialEvent (dial: Dial, flags: number): void {
   const slot = takeOwnSlot()
   const block = Math.floor(slot / SLOTS_PER_BLOCK)
   const base = (slot % SLOTS_PER_BLOCK) * STAT_FIELDS
-  // Reported before it relays: an end in this same turn must follow its report.
-  outbox.push({ kind: 'accepted', route: dial.acceptor.route, id: dial.id, clientFd: dial.clientFd, client: dial.client, upstreamFd: dial.upstreamFd, acceptedAt: dial.acceptedAt, connectMs: now - dial.acceptedAt, failure: null, side: null, code: '', block, base })
-  add({
+  const connectMs = now - dial.acceptedAt
+  // A stopping route's connections are reported at once (see Unlisten); before it relays, as an
+  // end in this same turn must follow its report.
+  const reported = dial.acceptor.closing || reportAfterMs === 0
+  if (reported) outbox.push({ kind: 'accepted', route: dial.acceptor.route, id: dial.id, clientFd: dial.clientFd, client: dial.client, upstreamFd: dial.upstreamFd, acceptedAt: dial.acceptedAt, connectMs, failure: null, side: null, code: '', block, base })
+  const pair = add({
     id: dial.id,
     clientFd: dial.clientFd,
     upstreamFd: dial.upstreamFd,
@@ -962,12 +1010,82 @@ function onDialEvent (dial: Dial, flags: number): void {
     lastByteAt: now,
     acceptor: dial.acceptor,
     ownSlot: slot,
-    upstreamRegistered: true
+    upstreamRegistered: true,
+    reported,
+    client: dial.client,
+    acceptedAt: dial.acceptedAt,
+    connectMs
   })
+  if (!pair.ended && !reported) unreported.push(pair)
   // The upstream's FIN may have come with this event (a late turn): its edge is spent, so the
   // relay must know now that a short read is not the end of what there is to read.
   if ((flags & EPOLLRDHUP) !== 0) onSocketEvent(dial.upstreamFd, flags)
   unlistenedWhenDone(dial.acceptor)
+}
+
+/** Tell the main thread of a connection accepted here: from now on it holds (and closes) the descriptors. */
+function report (pair: Pair): void {
+  if (pair.reported || pair.ended) return
+  pair.reported = true
+  const acceptor = pair.acceptor as Acceptor
+  holding(acceptor, 1)
+  outbox.push({
+    kind: 'accepted',
+    route: acceptor.route,
+    id: pair.id,
+    clientFd: pair.clientFd,
+    client: pair.client,
+    upstreamFd: pair.upstreamFd,
+    acceptedAt: pair.acceptedAt,
+    connectMs: pair.connectMs,
+    failure: null,
+    side: null,
+    code: '',
+    block: Math.floor(pair.ownSlot / SLOTS_PER_BLOCK),
+    base: (pair.ownSlot % SLOTS_PER_BLOCK) * STAT_FIELDS
+  })
+}
+
+/** Report the pending pairs that are due (all of them with `force`, or those of `acceptor` only). */
+function reportPending (force: boolean, acceptor: Acceptor | null = null): void {
+  for (let i = unreportedHead; i < unreported.length; i++) {
+    const pair = unreported[i]
+    if (pair === null || pair === undefined) continue
+    if (!force && now < pair.reportAt) break
+    if (acceptor !== null && pair.acceptor !== acceptor) continue
+    report(pair)
+    if (i === unreportedHead) { unreported[i] = null; unreportedHead++ }
+  }
+  // Ended and reported ones at the head are done with.
+  while (unreportedHead < unreported.length) {
+    const pair = unreported[unreportedHead]
+    if (pair !== null && pair !== undefined && !pair.ended && !pair.reported) break
+    unreported[unreportedHead++] = null
+  }
+  if (unreportedHead === unreported.length) {
+    unreported.length = 0
+    unreportedHead = 0
+  } else if (unreportedHead > 1024 && unreportedHead * 2 > unreported.length) {
+    unreported = unreported.slice(unreportedHead)
+    unreportedHead = 0
+  }
+}
+
+/** When the next pending pair is due for its report (Infinity for none). */
+function nextReportAt (): number {
+  return unreported[unreportedHead]?.reportAt ?? Infinity
+}
+
+/** A reload re-tunes live connections (keepalive.applyToExisting): those not reported yet are this thread's to re-tune. */
+function retunePending (acceptor: Acceptor): void {
+  const { clientKeepalive, upstreamKeepalive } = acceptor.plan
+  for (let i = unreportedHead; i < unreported.length; i++) {
+    const pair = unreported[i]
+    if (pair === null || pair === undefined || pair.ended || pair.reported || pair.acceptor !== acceptor) continue
+    // As Connection.retune: a refused value leaves the connection with what the kernel kept.
+    try { applyKeepaliveFd(pair.clientFd, clientKeepalive) } catch {}
+    try { applyKeepaliveFd(pair.upstreamFd, upstreamKeepalive) } catch {}
+  }
 }
 
 function takeOwnSlot (): number {
@@ -1040,7 +1158,7 @@ function waitForEvents (timeoutMs: number): number {
 
 function timeout (): number {
   if (ready.length > 0) return 0
-  const next = Math.min(nextSweepAt, nextDialSweepAt, flushAt)
+  const next = Math.min(nextSweepAt, nextDialSweepAt, flushAt, nextReportAt())
   // Never blocked for long: a thread inside epoll_wait cannot be terminated, and a process whose
   // data plane was never told to stop (its start failed half-way) must still be able to exit.
   if (next === Infinity) return MAX_WAIT_MS
@@ -1086,6 +1204,7 @@ try {
     if (now >= nextDialSweepAt) sweepDials()
     if (closing.length > 0) { for (const fd of closing) sys.close(fd); closing = [] }
     if (now >= balanceAt) balance()
+    if (now >= nextReportAt()) reportPending(false)
     if (outbox.size >= FLUSH_EVENTS || now >= flushAt) flush()
     else if (outbox.size > 0 && flushAt === Infinity) flushAt = now + FLUSH_AFTER_MS
   }
@@ -1103,6 +1222,8 @@ try {
   // was not posted yet is posted now (the main thread reads the port once more after the exit).
   for (const dial of dials.values()) { sys.close(dial.upstreamFd); sys.close(dial.clientFd) }
   for (const fd of closing) sys.close(fd)
+  // Pairs never reported (a failure): the main thread does not know their descriptors.
+  for (const pair of byId.values()) if (!pair.reported) { sys.close(pair.clientFd); sys.close(pair.upstreamFd) }
   try { flush() } catch {}
   for (const pair of [...byId.values()]) { releaseStaging(pair.toUpstream); releaseStaging(pair.toClient) }
   spareBuffers.length = 0

@@ -1,7 +1,7 @@
 import { closeDescriptor, duplicateDescriptor } from '../../sockopt/libc.js'
 import { SpliceDataPlane, type RelayOptions, type SpliceStats, type SplicedConnection, type WorkerAcceptor } from './data-plane.js'
 import type { WorkerFailure } from '../engine.js'
-import { NOT_ACCEPTING, type AcceptPlan, type Accepted, type DataPlaneTuning } from './protocol.js'
+import { NOT_ACCEPTING, type AcceptPlan, type Accepted, type DataPlaneTuning, type Finished } from './protocol.js'
 
 /** One worker's share of a route's accepting: its key there and its descriptor of the listening socket. */
 interface Member {
@@ -194,6 +194,7 @@ export class SpliceWorkers {
     }
     return {
       accepted: (event: Accepted, stats: SpliceStats | null) => shared.acceptor.accepted(event, stats),
+      finished: (event: Readonly<Finished>) => { shared.acceptor.finished(event) },
       // A worker that stopped polling may leave clients waiting that no other was woken for.
       exhausted: (code: string) => { shared.acceptor.exhausted(code); pokeOthers() },
       crowded: pokeOthers,

@@ -9,14 +9,14 @@ import { sockaddrText } from '../../sockopt/original-dst.js'
 import type { SpliceStats } from '../fast/data-plane.js'
 import type { SpliceWorkers } from '../fast/worker-pool.js'
 import {
-  STAT_BYTES_FROM_CLIENT, STAT_BYTES_FROM_UPSTREAM, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT, STAT_LAST_SILENCE_MS, type Accepted, type PairEnded
+  STAT_BYTES_FROM_CLIENT, STAT_BYTES_FROM_UPSTREAM, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT, STAT_LAST_SILENCE_MS, clientText, epochMs, onThisClock, type Accepted, type PairEnded
 } from '../fast/protocol.js'
 import { markedSocket } from '../../sockopt/mark.js'
 import { originalDestination } from '../../sockopt/original-dst.js'
 import type { UpstreamMember, UpstreamPool } from '../../upstream/pool.js'
 import { cachedLookup } from '../../upstream/resolver.js'
 import type { UpstreamTarget } from '../../upstream/target.js'
-import { isAbortive, isDescriptorExhaustion, reasonForError, type CloseReason } from '../close-reason.js'
+import { isAbortive, isDescriptorExhaustion, reasonForError, relayEndError, relayEndReason, silenceBeforeReset, type CloseReason } from '../close-reason.js'
 import type { CloseSummary, ConnectionRecord, SideEndpoint } from '../engine.js'
 import { encodeV1, encodeV2, parseProxyHeader, type ProxiedAddresses } from '../proxy-protocol.js'
 
@@ -97,11 +97,6 @@ type Phase = 'header' | 'dialing' | 'relaying' | 'closing'
 
 /** Shortest quiet (ms) that counts as a silence ended by the next bytes: below the histogram's first bucket. */
 export const SILENCE_MIN_MS = 1000
-/**
- * A reset this soon (ms) after bytes that ended a silence answers them: a middlebox that forgot the
- * flow resets the first packet it sees again, within a round trip.
- */
-export const RESET_ANSWER_WINDOW_MS = 2000
 
 // Loop guard: kaproxy's own upstream connections, dialing and connected. A client that arrives
 // from one of them is kaproxy itself: chaining routes (A -> B) is fine, but a chain that comes back
@@ -283,10 +278,10 @@ export class Connection implements ConnectionRecord {
    */
   static fromWorker (route: RouteConfig, owner: ConnectionOwner, event: Accepted): Connection {
     const connection = new Connection(event.id, route, null, owner)
-    connection.client = event.client === '' ? 'unknown' : event.client
+    connection.client = clientText(event.client)
     connection.clientFd = event.clientFd
     connection.upstreamFd = event.upstreamFd
-    connection.openedAt = Math.round(event.acceptedAt - performance.timeOrigin + (Date.now() - performance.now()))
+    connection.openedAt = epochMs(event.acceptedAt)
     return connection
   }
 
@@ -755,7 +750,6 @@ export class Connection implements ConnectionRecord {
   relayEnded (end: PairEnded): void {
     // The final figures come with the report: the worker may already reuse the slot.
     if (this.spliced !== null) {
-      const onThisClock = (absolute: number): number => absolute === 0 ? 0 : absolute - performance.timeOrigin
       this.clientBytes += end.bytesFromClient
       this.upstreamBytes += end.bytesFromUpstream
       this.lastByte = onThisClock(end.lastByteAt)
@@ -764,30 +758,10 @@ export class Connection implements ConnectionRecord {
     }
     this.spliced = null
     if (end.firstFin !== null) this.countFin(end.firstFin)
-    switch (end.how) {
-      case 'closed': {
-        const side = end.firstFin ?? 'client'
-        this.finish(side === 'client' ? 'client-closed' : 'upstream-closed', side, null)
-        break
-      }
-      case 'error': {
-        if (end.side === null) {
-          this.finish('upstream-error', null, Object.assign(new Error('the fast engine\'s worker stopped'), { code: 'KAPROXY_ERR_DATA_PLANE' }))
-          break
-        }
-        const code = errnoName(end.errno)
-        const error: NodeJS.ErrnoException = Object.assign(new Error(`splice ${code}`), { code, errno: -end.errno, syscall: 'splice' })
-        this.finish(reasonForError(end.side, error, true), end.side, error)
-        break
-      }
-      case 'idle':
-        this.finish('idle-timeout', null, null)
-        break
-      case 'dropped':
-        // Asked for by finish(), whose reason is recorded: now the sockets can close.
-        this.finish(this.reason ?? 'shutdown', this.reasonSide, this.error)
-        break
-    }
+    // Asked for by finish(), whose reason is recorded: now the sockets can close.
+    if (end.how === 'dropped') { this.finish(this.reason ?? 'shutdown', this.reasonSide, this.error); return }
+    const side = end.how === 'closed' ? end.firstFin ?? 'client' : end.side
+    this.finish(relayEndReason(end.how, end.side, end.errno, end.firstFin), side, end.how === 'error' ? relayEndError(end.side, end.errno) : null)
   }
 
   /**
@@ -904,19 +878,7 @@ export class Connection implements ConnectionRecord {
     const side = this.reasonSide ?? this.firstFin
     const reason = this.reason ?? (this.firstFin === 'upstream' ? 'upstream-closed' : 'client-closed')
     const idleMs = this.lastByteAt === 0 ? null : Math.max(0, (this.closingAt === 0 ? performance.now() : this.closingAt) - this.lastByteAt)
-    this.owner.closed(this, { reason, side, durationMs: Date.now() - this.openedAt, error: this.error, idleMs, silenceBeforeResetMs: this.silenceBeforeReset(reason, idleMs) })
-  }
-
-  /**
-   * The silence a reset or keepalive timeout followed: the quiet before it, or, when it answers bytes
-   * that ended a longer silence (sent within RESET_ANSWER_WINDOW_MS of it), that silence. Null for
-   * other reasons and for connections that never relayed.
-   */
-  private silenceBeforeReset (reason: CloseReason, idleMs: number | null): number | null {
-    if (idleMs === null || !(reason === 'client-reset' || reason === 'upstream-reset' || reason === 'keepalive-timeout')) return null
-    const sinceEnded = this.closingAt - this.lastSilenceEndedAt
-    if (this.lastSilenceMs > idleMs && this.lastSilenceEndedAt !== 0 && sinceEnded >= 0 && sinceEnded <= RESET_ANSWER_WINDOW_MS) return this.lastSilenceMs
-    return idleMs
+    this.owner.closed(this, { reason, side, durationMs: Date.now() - this.openedAt, error: this.error, idleMs, silenceBeforeResetMs: silenceBeforeReset(reason, idleMs, this.lastSilenceMs, this.lastSilenceEndedAt, this.closingAt) })
   }
 
   private applySideKeepalive (side: Side): boolean {

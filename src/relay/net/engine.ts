@@ -42,9 +42,9 @@ export class NetEngine implements Engine {
   private draining: Promise<void> | null = null
   private closing: Promise<void> | null = null
 
-  constructor (observer: EngineObserver = {}, options: { workers?: number, bulkBuffers?: number, busyPoll?: { us: number } } = {}) {
+  constructor (observer: EngineObserver = {}, options: { workers?: number, bulkBuffers?: number, reportAfterMs?: number, busyPoll?: { us: number } } = {}) {
     this.observer = observer
-    this.dataPlane = new SpliceWorkers(options.workers ?? 1, { bulkBuffers: options.bulkBuffers ?? 0, busyPollUs: options.busyPoll?.us ?? 0 }, (err, failure) => { observer.onDataPlaneFailed?.(err, failure) })
+    this.dataPlane = new SpliceWorkers(options.workers ?? 1, { bulkBuffers: options.bulkBuffers ?? 0, reportAfterMs: options.reportAfterMs ?? 0, busyPollUs: options.busyPoll?.us ?? 0 }, (err, failure) => { observer.onDataPlaneFailed?.(err, failure) })
     this.budget = new DescriptorBudget(observer, {
       extra: () => this.dataPlane.descriptors(),
       publish: (estimate, high) => { this.dataPlane.publishBudget(estimate, high) }

@@ -10,10 +10,11 @@ import { HealthChecker } from '../../upstream/health.js'
 import { UpstreamPool } from '../../upstream/pool.js'
 import type { UpstreamTarget } from '../../upstream/target.js'
 import { isDescriptorExhaustion, type CloseReason } from '../close-reason.js'
-import type { CloseSummary, DrainSummary, EngineObserver } from '../engine.js'
+import type { CloseSummary, ConnectionRecord, DrainSummary, EngineObserver } from '../engine.js'
 import { nextConnectionId, type SpliceStats, type SplicedConnection, type WorkerAcceptor } from '../fast/data-plane.js'
 import type { SpliceWorkers } from '../fast/worker-pool.js'
-import type { AcceptPlan, Accepted } from '../fast/protocol.js'
+import { FinishedConnection } from '../fast/finished.js'
+import type { AcceptPlan, Accepted, Finished } from '../fast/protocol.js'
 import { Connection, readingSocket, type ConnectionOwner } from './connection.js'
 import type { AcceptGate, DescriptorBudget } from './descriptor-budget.js'
 
@@ -43,7 +44,8 @@ function acceptPlan (route: RouteConfig, pool: UpstreamPool): AcceptPlan | null 
     connectTimeoutMs: route.connectTimeoutMs,
     idleTimeoutMs: route.idleTimeoutMs ?? 0,
     maxConnections: route.maxConnections,
-    downUntil
+    downUntil,
+    applyToExisting: route.keepaliveApplyToExisting
   }
 }
 
@@ -253,6 +255,15 @@ export class RouteListener implements ConnectionOwner, AcceptGate, WorkerAccepto
     return stats === null ? null : connection
   }
 
+  finished (event: Readonly<Finished>): void {
+    const member = this.pool.members[0] ?? null
+    // A trial connection to a down target that went through brings it back up, as adopt() does.
+    if (member !== null) this.pool.connectSucceeded(member)
+    const connection = new FinishedConnection(this.route, member?.target.label ?? this.route.upstreams[0]?.label ?? 'unknown', event)
+    this.observer.onOpen?.(connection)
+    this.ended(connection, connection.summary)
+  }
+
   unlistened (): void {
     const fd = this.worker?.fd
     this.worker = null
@@ -385,6 +396,11 @@ export class RouteListener implements ConnectionOwner, AcceptGate, WorkerAccepto
   closed (connection: Connection, summary: CloseSummary): void {
     this.connections.delete(connection)
     this.budget.released()
+    this.ended(connection, summary)
+  }
+
+  /** A connection's close, counted for a drain and told to the observers. */
+  private ended (connection: ConnectionRecord, summary: CloseSummary): void {
     const stopping = this.stopping
     if (stopping !== null) {
       if (summary.reason === 'route-removed' || summary.reason === 'shutdown') stopping.cut++
