@@ -269,7 +269,7 @@ export class Metrics {
     totals.closed++
     totals.bytesFromClient += connection.bytesFromClient
     totals.bytesFromUpstream += connection.bytesFromUpstream
-    const key = `${summary.reason}|${summary.side ?? 'none'}`
+    const key = closeKey(summary.reason, summary.side)
     totals.closes.set(key, (totals.closes.get(key) ?? 0) + 1)
     if (summary.silenceBeforeResetMs !== null && summary.side !== null) {
       const sec = summary.silenceBeforeResetMs / 1000
@@ -313,4 +313,18 @@ export class Metrics {
     }
     return live
   }
+}
+
+/**
+ * `reason|side`, the key of a route's close counts: one string per pair, made once (a new string
+ * per close was hashed again for every lookup, thousands of times a second).
+ */
+const closeKeys = new Map<CloseReason, Record<CloseSide, string>>()
+function closeKey (reason: CloseReason, side: Side | null): string {
+  let keys = closeKeys.get(reason)
+  if (keys === undefined) {
+    keys = { client: `${reason}|client`, upstream: `${reason}|upstream`, none: `${reason}|none` }
+    closeKeys.set(reason, keys)
+  }
+  return keys[side ?? 'none']
 }

@@ -14,7 +14,8 @@ export class FinishedConnection implements ConnectionRecord {
   private readonly clientAddress: ClientAddress
   readonly clientVia: string | null = null
   readonly upstream: string
-  readonly openedAt: number
+  /** Absolute ms on the workers' clock (see STAT_LAST_BYTE_AT). */
+  private readonly acceptedAt: number
   readonly bytesFromClient: number
   readonly bytesFromUpstream: number
   readonly connectMs: number
@@ -29,7 +30,7 @@ export class FinishedConnection implements ConnectionRecord {
     this.route = route
     this.clientAddress = event.client
     this.upstream = upstream
-    this.openedAt = epochMs(event.acceptedAt)
+    this.acceptedAt = event.acceptedAt
     this.bytesFromClient = event.bytesFromClient
     this.bytesFromUpstream = event.bytesFromUpstream
     this.connectMs = Math.round(event.connectMs)
@@ -48,6 +49,11 @@ export class FinishedConnection implements ConnectionRecord {
       idleMs,
       silenceBeforeResetMs: silenceBeforeReset(reason, idleMs, event.lastSilenceMs, event.lastSilenceEndedAt, event.endedAt)
     }
+  }
+
+  /** Date.now() at the accept; computed when read, as `client` is. */
+  get openedAt (): number {
+    return epochMs(this.acceptedAt)
   }
 
   /** Formatted when read: at the default log level, never. */

@@ -882,7 +882,7 @@ function onListenerEvent (acceptor: Acceptor): void {
       if (acceptor.yielded) return
     }
     const fd = sys.accept(acceptor.fd, peer, peerLength)
-    if (fd >= 0) { acceptOne(acceptor, fd, clientAddress(peer, peerLength[0])); continue }
+    if (fd >= 0) { acceptOne(acceptor, fd, clientAddress(peer, peerLength[0] ?? 0)); continue }
     if (fd === -EAGAIN) {
       // The queue is empty: whatever comes next completed its handshake on the tuned listener.
       if (now >= acceptor.inheritFrom) acceptor.inherits = true
@@ -905,7 +905,7 @@ function onListenerEvent (acceptor: Acceptor): void {
 
 /** The peer address accept4 wrote. */
 const peer = Buffer.alloc(128)
-const peerLength: [number] = [peer.length]
+const peerLength = new Uint32Array([peer.length])
 
 
 /** Report a client that will not be relayed, and give back its place in the route's count. */
