@@ -9,6 +9,7 @@ import { BurstReclaimer } from './memory-reclaim.js'
 import type { ApplyResult, Engine } from './relay/engine.js'
 import { NetEngine } from './relay/net/engine.js'
 import { composeObservers } from './relay/observers.js'
+import type { SpliceWorkers } from './relay/fast/worker-pool.js'
 import { readSystemKeepalive } from './system-keepalive.js'
 import { kaproxyVersion } from './version.js'
 
@@ -40,6 +41,8 @@ export interface ReloadResult {
 /** The running proxy: one engine for the configured routes, plus what later sits beside it. */
 export class Kaproxy {
   readonly engine: Engine
+  /** The fast engine's workers (started with the first route on fast). */
+  private readonly workers: SpliceWorkers
   readonly metrics: Metrics
   /** The admin API; null when `admin.listen` is "". */
   readonly admin: AdminServer | null
@@ -74,6 +77,8 @@ export class Kaproxy {
     this.reclaimer = new BurstReclaimer(log)
     const engine = new NetEngine(composeObservers(loggingObserver(log), this.metrics.observer, this.reclaimer.observer), config.dataPlane)
     this.engine = engine
+    this.workers = engine.dataPlane
+    this.wantConnectionRecords()
     this.admin = config.admin.listen === null
       ? null
       : new AdminServer({
@@ -101,6 +106,14 @@ export class Kaproxy {
   }
 
   /** The workers' settings, once: when the first route on the fast engine is in force (at start, or the reload that adds it). */
+  /**
+   * The fast engine's workers send a record of each short connection only while the log writes a
+   * line per connection (info); otherwise they count those that close in order per route.
+   */
+  private wantConnectionRecords (): void {
+    this.workers.connectionRecords(this.log.isLevelEnabled('info'))
+  }
+
   private logDataPlaneOnce (routes: readonly RouteConfig[]): void {
     if (this.dataPlaneLogged || !routes.some((route) => route.engine === 'fast')) return
     this.dataPlaneLogged = true
@@ -153,7 +166,10 @@ export class Kaproxy {
     }
     const previous = this.current
     this.current = next
-    if (next.log.level !== previous.log.level) this.log.level = next.log.level
+    if (next.log.level !== previous.log.level) {
+      this.log.level = next.log.level
+      this.wantConnectionRecords()
+    }
     const changed = new Set([...result.added, ...result.updated])
     this.logDataPlaneOnce(next.routes)
     logRoutePlan(this.log, next.routes.filter((route) => changed.has(route.name)))

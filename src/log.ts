@@ -67,6 +67,8 @@ export function loggingObserver (log: Logger): Required<EngineObserver> {
       if (summary.error !== null) fields.err = { code: summary.error.code, message: summary.error.message }
       log.info(fields, 'connection closed')
     },
+    // Told only while no per-connection line is written (see SpliceDataPlane.connectionRecords).
+    onTally () {},
     onDialFailed (connection: ConnectionRecord, target: UpstreamTarget, reason: CloseReason, error: NodeJS.ErrnoException | null) {
       log.warn({ event: 'dial-failed', ...connectionFields(connection), upstream: target.label, reason, err: error === null ? undefined : { code: error.code, message: error.message } },
         `route ${connection.route.name}: connect to ${target.label} failed (${reason})`)

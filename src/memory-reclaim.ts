@@ -48,11 +48,12 @@ export class BurstReclaimer {
     this.burst = options.burst ?? BURST_CONNECTIONS
     this.quietMs = options.quietMs ?? QUIET_MS
     this.onReclaimed = options.onReclaimed ?? (() => {})
-    this.observer = { onOpen: () => { this.noteOpen() } }
+    this.observer = { onOpen: () => { this.noteOpen(1) }, onTally: (_route, tally) => { this.noteOpen(tally.connectMs.length) } }
   }
 
-  private noteOpen (): void {
-    if (++this.opened < this.burst || this.timer !== null || this.closed) return
+  private noteOpen (count: number): void {
+    this.opened += count
+    if (this.opened < this.burst || this.timer !== null || this.closed) return
     this.openedAtCheck = this.opened
     this.timer = setTimeout(() => { this.check() }, this.quietMs).unref()
   }

@@ -7,8 +7,11 @@ const side = fc.constantFrom<'client' | 'upstream' | null>(null, 'client', 'upst
 const time = fc.double({ min: 0, max: 2e12, noNaN: true })
 const count = fc.integer({ min: 0, max: 2 ** 52 })
 
-const ended: fc.Arbitrary<WorkerEvent> = fc.record({
-  kind: fc.constant('ended' as const),
+/** A packed IPv4 address and port, or text. */
+const client = fc.oneof(fc.string(), fc.integer({ min: 0, max: 2 ** 48 - 1 }))
+
+/** What a pair's end carries (ended, finished). */
+const endFields = {
   id: count,
   how: fc.constantFrom('closed' as const, 'error' as const, 'idle' as const, 'dropped' as const),
   side,
@@ -19,14 +22,16 @@ const ended: fc.Arbitrary<WorkerEvent> = fc.record({
   lastByteAt: time,
   lastSilenceMs: time,
   lastSilenceEndedAt: time
-}, { noNullPrototype: true })
+}
+
+const ended: fc.Arbitrary<WorkerEvent> = fc.record({ kind: fc.constant('ended' as const), ...endFields }, { noNullPrototype: true })
 
 const accepted: fc.Arbitrary<WorkerEvent> = fc.record({
   kind: fc.constant('accepted' as const),
   route: fc.nat(1000),
   id: count,
   clientFd: fc.nat(20000),
-  client: fc.string(),
+  client,
   upstreamFd: fc.integer({ min: -1, max: 20000 }),
   acceptedAt: time,
   connectMs: time,
@@ -37,13 +42,34 @@ const accepted: fc.Arbitrary<WorkerEvent> = fc.record({
   base: fc.nat(5000)
 }, { noNullPrototype: true })
 
+const finished: fc.Arbitrary<WorkerEvent> = fc.record({
+  kind: fc.constant('finished' as const),
+  route: fc.nat(1000),
+  client,
+  acceptedAt: time,
+  connectMs: time,
+  endedAt: time,
+  ...endFields
+}, { noNullPrototype: true })
+
+const tallied: fc.Arbitrary<WorkerEvent> = fc.record({
+  kind: fc.constant('tallied' as const),
+  route: fc.nat(1000),
+  clientFirst: fc.nat(10000),
+  upstreamFirst: fc.nat(10000),
+  bytesFromClient: count,
+  bytesFromUpstream: count,
+  // Longer than the batch's first buffer can hold at once, now and then.
+  connectMs: fc.array(time, { maxLength: 5000 })
+}, { noNullPrototype: true })
+
 const other: fc.Arbitrary<WorkerEvent> = fc.oneof(
   fc.record({ kind: fc.constant('planned' as const), route: fc.nat(1000) }, { noNullPrototype: true }),
   fc.record({ kind: fc.constant('exhausted' as const), route: fc.nat(1000), code: fc.constantFrom('budget', 'EMFILE') }, { noNullPrototype: true })
 )
 
 it("the worker's event batches carry every event, in order, field for field", () => {
-  fc.assert(fc.property(fc.array(fc.oneof(ended, accepted, other), { maxLength: 600 }), (events) => {
+  fc.assert(fc.property(fc.array(fc.oneof(ended, accepted, finished, tallied, other), { maxLength: 600 }), (events) => {
     const batcher = new EventBatcher()
     for (const event of events) batcher.push(event)
     assert.equal(batcher.size, events.length)

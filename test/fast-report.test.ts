@@ -2,11 +2,14 @@ import assert from 'node:assert/strict'
 import { readFileSync, readdirSync, readlinkSync } from 'node:fs'
 import type net from 'node:net'
 import { describe, it } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { RouteStats } from '../src/admin/metrics.js'
 import { readKeepaliveFd } from '../src/keepalive.js'
-import type { NetEngine } from '../src/relay/net/engine.js'
+import type { ConnectionTally } from '../src/relay/engine.js'
+import { NetEngine } from '../src/relay/net/engine.js'
 import { ENGINES } from './helpers/engines.js'
 import { closed, connect, startEchoServer } from './helpers/peers.js'
-import { startProxy } from './helpers/proxy.js'
+import { startProxy, testConfig } from './helpers/proxy.js'
 
 const FAST = ENGINES[0] === 'fast'
 
@@ -49,6 +52,18 @@ async function echoed (socket: net.Socket, text: string): Promise<void> {
   })
   assert.equal(seen, text)
 }
+
+/** The route's /stats figures once `done` holds of them: polled (nothing is logged at warn), every 5 ms for at most 5 s. */
+async function statsWhen (proxy: Awaited<ReturnType<typeof startProxy>>, route: string, done: (stats: RouteStats) => boolean): Promise<RouteStats> {
+  for (let i = 0; i < 1000; i++) {
+    const stats = proxy.kaproxy.metrics.snapshot().routes.find((r) => r.name === route)
+    if (stats !== undefined && done(stats)) return stats
+    await sleep(5)
+  }
+  throw new Error(`route ${route}: stats never got there: ${JSON.stringify(proxy.kaproxy.metrics.snapshot().routes)}`)
+}
+
+const closes = (stats: RouteStats, reason: string, side: string): number => stats.closes.find((c) => c.reason === reason && c.side === side)?.count ?? 0
 
 const KEEPALIVE = { client: { idle: '30s', interval: '5s', count: 4 }, upstream: { idle: '2m', interval: '15s', count: 8 } }
 
@@ -141,5 +156,83 @@ describe('the fast engine\'s worker reports a connection once it relayed dataPla
     const close = await proxy.log.waitFor({ event: 'close', route: 'long' })
     assert.deepEqual({ conn: close.conn, reason: close.reason, bytesFromClient: close.bytesFromClient }, { conn: open.conn, reason: 'client-closed', bytesFromClient: 5 })
     assert.deepEqual([...proxy.kaproxy.engine.connections('long')], [])
+  })
+
+  it('while no line per connection is logged, those that close in order are counted per route: the same totals in /stats and the metrics; a reset still comes one by one, and info brings the lines back', async (t) => {
+    const upstream = await startEchoServer()
+    t.after(upstream.close)
+    const config = (level: string) => ({ log: { level }, dataPlane: { reportAfterMs: 60_000 }, defaults: { engine: 'fast' }, routes: [{ name: 'tally', listen: '127.0.0.1:0', upstream: upstream.address }] })
+    const proxy = await startProxy(config('info'))
+    t.after(proxy.close)
+    await (proxy.kaproxy.engine as NetEngine).dataPlane.listening()
+    assert.equal((await proxy.reload(config('warn'))).ok, true)
+
+    for (let i = 0; i < 5; i++) {
+      const client = await connect(proxy.port('tally'))
+      await echoed(client, 'hello')
+      client.end()
+      assert.equal(await closed(client), null)
+    }
+    const tallied = await statsWhen(proxy, 'tally', (stats) => stats.connectionsTotal === 5)
+    assert.deepEqual(
+      { active: tallied.active, upstreamConnects: tallied.upstreamConnects, bytesFromClient: tallied.bytesFromClient, bytesFromUpstream: tallied.bytesFromUpstream, clientClosed: closes(tallied, 'client-closed', 'client') },
+      { active: 0, upstreamConnects: 5, bytesFromClient: 25, bytesFromUpstream: 25, clientClosed: 5 })
+    assert.equal(typeof tallied.connectMsMean, 'number')
+    const { text } = await proxy.kaproxy.metrics.prometheus()
+    assert.match(text, /^kaproxy_upstream_connect_seconds_count\{route="tally"\} 5$/m)
+    assert.match(text, /^kaproxy_connections_closed_total\{route="tally",reason="client-closed",side="client"\} 5$/m)
+    assert.equal(proxy.log.find({ event: 'close' }).length, 0, 'no line per connection at warn')
+
+    const reset = await connect(proxy.port('tally'))
+    await echoed(reset, 'hello')
+    reset.resetAndDestroy()
+    const afterReset = await statsWhen(proxy, 'tally', (stats) => stats.connectionsTotal === 6)
+    assert.equal(closes(afterReset, 'client-reset', 'client'), 1)
+
+    assert.equal((await proxy.reload(config('info'))).ok, true)
+    const logged = await connect(proxy.port('tally'))
+    await echoed(logged, 'hello')
+    logged.end()
+    const close = await proxy.log.waitFor({ event: 'close', route: 'tally' })
+    assert.deepEqual({ reason: close.reason, bytesFromClient: close.bytesFromClient }, { reason: 'client-closed', bytesFromClient: 5 })
+    assert.equal((await statsWhen(proxy, 'tally', (stats) => stats.connectionsTotal === 7)).upstreamConnects, 7)
+  })
+
+  it('the engine tells its observer of them together (onTally), never one by one (onOpen, onClose)', async (t) => {
+    const upstream = await startEchoServer()
+    t.after(upstream.close)
+    let opened = 0
+    let closedOnes = 0
+    const tallies: ConnectionTally[] = []
+    let allTallied = (): void => {}
+    let toldOneByOne = (_err: Error): void => {}
+    const tallied = new Promise<void>((resolve, reject) => { allTallied = resolve; toldOneByOne = reject })
+    const engine = new NetEngine({
+      onOpen: () => { opened++ },
+      // Fails at once rather than waiting for tallies that would never come.
+      onClose: () => { closedOnes++; toldOneByOne(new Error('a connection was told one by one')) },
+      onTally: (_route, tally) => {
+        tallies.push({ ...tally, connectMs: [...tally.connectMs] })
+        if (tallies.reduce((sum, one) => sum + one.connectMs.length, 0) >= 3) allTallied()
+      }
+    }, { workers: 1, reportAfterMs: 60_000 })
+    t.after(async () => { await engine.close() })
+    engine.dataPlane.connectionRecords(false)
+    await engine.start(testConfig({ defaults: { engine: 'fast' }, routes: [{ name: 'tally', listen: '127.0.0.1:0', upstream: upstream.address }] }).routes)
+    await engine.dataPlane.listening()
+    const address = engine.address('tally') ?? ''
+    for (let i = 0; i < 3; i++) {
+      const client = await connect(Number(address.slice(address.lastIndexOf(':') + 1)))
+      await echoed(client, 'hello')
+      client.end()
+      assert.equal(await closed(client), null)
+    }
+    await tallied
+    const sum = (pick: (tally: ConnectionTally) => number): number => tallies.reduce((total, tally) => total + pick(tally), 0)
+    assert.deepEqual(
+      { clientClosed: sum((x) => x.clientClosed), upstreamClosed: sum((x) => x.upstreamClosed), bytesFromClient: sum((x) => x.bytesFromClient), bytesFromUpstream: sum((x) => x.bytesFromUpstream), connects: sum((x) => x.connectMs.length) },
+      { clientClosed: 3, upstreamClosed: 0, bytesFromClient: 15, bytesFromUpstream: 15, connects: 3 })
+    assert.ok(tallies.every((tally) => tally.connectMs.every((ms) => ms >= 0 && ms < 5000)), 'connect times in ms')
+    assert.deepEqual({ opened, closedOnes }, { opened: 0, closedOnes: 0 })
   })
 })

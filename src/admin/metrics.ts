@@ -1,7 +1,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import type { RouteConfig, Side } from '../config/types.js'
 import type { CloseReason } from '../relay/close-reason.js'
-import type { CloseSummary, ConnectionRecord, Engine, EngineObserver } from '../relay/engine.js'
+import type { CloseSummary, ConnectionRecord, ConnectionTally, Engine, EngineObserver } from '../relay/engine.js'
 import { MIDDLEBOX_PRESETS } from '../budget/middleboxes.js'
 import { ResetSilences } from './reset-silences.js'
 
@@ -178,6 +178,7 @@ export class Metrics {
         this.connectSeconds.observe({ route: connection.route.name }, connection.connectMs / 1000)
       },
       onClose: (connection, summary) => { this.closed(connection, summary) },
+      onTally: (route, tally) => { this.tallied(route.name, tally) },
       onDialFailed: (connection, _target, reason) => {
         this.route(connection.route.name).dialFailures++
         // By reason only: in transparent mode every destination would be a new series.
@@ -261,6 +262,24 @@ export class Metrics {
       uptimeSec: Math.round((Date.now() - this.createdAt) / 1000),
       reloads: { ...this.reloads },
       routes
+    }
+  }
+
+  private tallied (name: string, tally: ConnectionTally): void {
+    const totals = this.route(name)
+    const count = tally.connectMs.length
+    totals.closed += count
+    totals.bytesFromClient += tally.bytesFromClient
+    totals.bytesFromUpstream += tally.bytesFromUpstream
+    for (const [key, closes] of [[closeKey('client-closed', 'client'), tally.clientClosed], [closeKey('upstream-closed', 'upstream'), tally.upstreamClosed]] as const) {
+      if (closes > 0) totals.closes.set(key, (totals.closes.get(key) ?? 0) + closes)
+    }
+    totals.upstreamConnects += count
+    for (const exact of tally.connectMs) {
+      // Whole ms, as a connection's connectMs.
+      const ms = Math.round(exact)
+      totals.connectMsSum += ms
+      this.connectSeconds.observe({ route: name }, ms / 1000)
     }
   }
 

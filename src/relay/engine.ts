@@ -66,11 +66,27 @@ export interface CloseSummary {
   silenceBeforeResetMs: number | null
 }
 
+/**
+ * Connections of a route counted together rather than one by one (the fast engine's workers, for
+ * those that closed in order within dataPlane.reportAfterMs while no per-connection log line is
+ * written): each opened and closed, `client-closed` (side client) or `upstream-closed` (side upstream).
+ */
+export interface ConnectionTally {
+  clientClosed: number
+  upstreamClosed: number
+  bytesFromClient: number
+  bytesFromUpstream: number
+  /** Each one's upstream connect time (ms). */
+  connectMs: readonly number[]
+}
+
 /** Receives connection events; implementations must not throw. */
 export interface EngineObserver {
   /** The upstream accepted: bytes are about to flow. */
   onOpen?: (connection: ConnectionRecord) => void
   onClose?: (connection: ConnectionRecord, summary: CloseSummary) => void
+  /** Connections that opened and closed in order, told together instead of onOpen and onClose each. */
+  onTally?: (route: RouteConfig, tally: ConnectionTally) => void
   /** A route is accepting on `address` (the bound port when 0 was configured). */
   onListening?: (route: RouteConfig, address: string) => void
   /** One dial attempt failed; the connection may go on with another target. */

@@ -3,7 +3,7 @@ import type { EngineObserver } from './engine.js'
 type Hook = keyof EngineObserver
 type AnyHook = (...args: unknown[]) => void
 
-const HOOKS = ['onOpen', 'onClose', 'onListening', 'onDialFailed', 'onUpstreamState', 'onRouteError', 'onDataPlaneFailed', 'onRouteDrained', 'onAcceptPaused', 'onAcceptResumed'] as const satisfies readonly Hook[]
+const HOOKS = ['onOpen', 'onClose', 'onTally', 'onListening', 'onDialFailed', 'onUpstreamState', 'onRouteError', 'onDataPlaneFailed', 'onRouteDrained', 'onAcceptPaused', 'onAcceptResumed'] as const satisfies readonly Hook[]
 
 // A hook added to EngineObserver but missing from HOOKS fails to compile here.
 const complete: [Exclude<Hook, typeof HOOKS[number]>] extends [never] ? true : never = true

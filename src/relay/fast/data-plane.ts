@@ -2,7 +2,7 @@ import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from '
 import { closeDescriptor, dataPlaneCalls } from '../../sockopt/libc.js'
 import {
   ConnectionIds, forEachEvent, SLOTS_PER_BLOCK, STAT_BYTES_FROM_CLIENT, STAT_BYTES_FROM_UPSTREAM, STAT_FIELDS, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT,
-  STAT_LAST_SILENCE_MS, type AcceptPlan, type Accepted, type DataPlaneTuning, type Finished, type FromWorker, type PairEnded, type ToWorker, type WorkerEvent
+  STAT_LAST_SILENCE_MS, type AcceptPlan, type WorkerStart, type Accepted, type DataPlaneTuning, type Finished, type FromWorker, type Tallied, type PairEnded, type ToWorker, type WorkerEvent
 } from './protocol.js'
 
 // Connection ids: one counter in shared memory, for the main thread and the worker alike.
@@ -31,6 +31,8 @@ export interface WorkerAcceptor {
   accepted: (event: Accepted, stats: SpliceStats | null) => SplicedConnection | null
   /** The worker accepted, relayed and closed a connection before reporting it (see Finished). */
   finished: (event: Readonly<Finished>) => void
+  /** Connections that did so and closed in order, counted together (see Tallied). */
+  tallied: (event: Readonly<Tallied>) => void
   /** The worker no longer touches the listening descriptor it was given. */
   unlistened: () => void
   /** accept4 found no descriptor (or memory) left; the worker stopped polling until resumed. */
@@ -118,6 +120,8 @@ export class SpliceDataPlane {
   private readonly budgetShare = new Int32Array(new SharedArrayBuffer(8))
 
   private readonly tuning: DataPlaneTuning
+  /** See connectionRecords. */
+  private records = true
 
   constructor (tuning: DataPlaneTuning, onFailure: (err: Error) => void) {
     this.tuning = tuning
@@ -136,6 +140,17 @@ export class SpliceDataPlane {
   publishBudget (estimateWithoutExtra: number, high: number): void {
     Atomics.store(this.budgetShare, 0, estimateWithoutExtra)
     Atomics.store(this.budgetShare, 1, high)
+  }
+
+  /**
+   * Whether each connection the worker closes before reporting it comes with a record of its own
+   * (Finished), as a log writing a line per connection needs; without, those closed in order are
+   * counted per route (Tallied).
+   */
+  connectionRecords (wanted: boolean): void {
+    if (wanted === this.records) return
+    this.records = wanted
+    this.send({ type: 'records', wanted })
   }
 
   /** Connections the worker relays now. */
@@ -242,7 +257,7 @@ export class SpliceDataPlane {
       this.wakeFd = wakeFd
       const { port1, port2 } = new MessageChannel()
       const worker = new Worker(new URL('./splice-worker.js', import.meta.url), {
-        workerData: { port: port2, wakeFd, descriptors: this.workerDescriptors.buffer as SharedArrayBuffer, ids: connectionIdBuffer, budget: this.budgetShare.buffer as SharedArrayBuffer, ...this.tuning },
+        workerData: { port: port2, wakeFd, descriptors: this.workerDescriptors.buffer as SharedArrayBuffer, ids: connectionIdBuffer, budget: this.budgetShare.buffer as SharedArrayBuffer, records: this.records, ...this.tuning } satisfies WorkerStart,
         transferList: [port2],
         // The data plane uses little heap: its memory is the kernel's pipes and sockets, and bulk
         // buffers, which live outside the heap. Its young generation is held to 1 MB, below what
@@ -335,6 +350,9 @@ export class SpliceDataPlane {
       }
       case 'finished':
         this.acceptors.get(event.route)?.finished(event)
+        break
+      case 'tallied':
+        this.acceptors.get(event.route)?.tallied(event)
         break
       case 'unlistened': {
         const acceptor = this.acceptors.get(event.route)

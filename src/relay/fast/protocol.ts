@@ -96,7 +96,12 @@ export interface PauseAccepting { type: 'pause', route: number, paused: boolean 
 export interface Unlisten { type: 'unlisten', route: number }
 /** Another worker is crowded (see Crowded): look at the route's loads again now, and accept what waits if polling. */
 export interface Poke { type: 'poke', route: number }
-export type ToWorker = AddPair | DropPair | AddBlock | Stop | Listen | Replan | PauseAccepting | Unlisten | Poke
+/**
+ * Whether a connection that ends before its report gets a record of its own (Finished: the log
+ * writes a line per connection) or, closed in order, only counts in its route's Tallied.
+ */
+export interface Records { type: 'records', wanted: boolean }
+export type ToWorker = AddPair | DropPair | AddBlock | Stop | Listen | Replan | PauseAccepting | Unlisten | Poke | Records
 
 /**
  * How the worker let go of a pair (it no longer touches either descriptor):
@@ -185,6 +190,24 @@ export function clientText (address: ClientAddress): string {
   return formatHostPort({ host: `${ip >>> 24}.${(ip >>> 16) & 255}.${(ip >>> 8) & 255}.${ip & 255}`, port: address % 65536 })
 }
 
+/**
+ * Connections of a route that ended in order (both FINs, everything relayed) before their report,
+ * counted together when no record of each is wanted (see Records), as Envoy's workers keep their
+ * statistics to themselves between flushes: posted with the batch they ended in, before any
+ * `unlistened` of the route.
+ */
+export interface Tallied {
+  kind: 'tallied'
+  route: number
+  /** Closed with the client's FIN first (client-closed); the rest with the upstream's (upstream-closed). */
+  clientFirst: number
+  upstreamFirst: number
+  bytesFromClient: number
+  bytesFromUpstream: number
+  /** Each connection's connect time (ms), in the order they ended. */
+  connectMs: number[]
+}
+
 /** A statistics block the worker made for the connections it accepts; `block` in Accepted counts these in order. */
 export interface WorkerBlock { kind: 'block', buffer: SharedArrayBuffer }
 /** The worker no longer polls the route's listening descriptor. */
@@ -204,7 +227,7 @@ export interface Planned { kind: 'planned', route: number }
 export interface Crowded { kind: 'crowded', route: number }
 /** The worker polls the route's listening socket from now on (its answer to Listen). */
 export interface Listening { kind: 'listening', route: number }
-export type WorkerEvent = PairEnded | Accepted | Finished | WorkerBlock | Unlistened | AcceptExhausted | Planned | Crowded | Listening
+export type WorkerEvent = PairEnded | Accepted | Finished | Tallied | WorkerBlock | Unlistened | AcceptExhausted | Planned | Crowded | Listening
 
 /**
  * The worker's batch of events, in order, posted at most once per turn of its loop. Those that
@@ -218,6 +241,8 @@ const RECORD_ENDED = 1
 const RECORD_ACCEPTED = 2
 const RECORD_OTHER = 3
 const RECORD_FINISHED = 4
+/** Variable length: five fields, then the count and the connect times (see Tallied). */
+const RECORD_TALLIED = 5
 const HOWS: ReadonlyArray<PairEnded['how']> = ['closed', 'error', 'idle', 'dropped']
 const SIDES: ReadonlyArray<'client' | 'upstream' | null> = [null, 'client', 'upstream']
 const FAILURES: ReadonlyArray<AcceptFailure | null> = [null, 'limit', 'down', 'sockopt', 'socket', 'dial', 'connect-timeout']
@@ -243,10 +268,16 @@ export class EventBatcher {
   private others: WorkerEvent[] = []
   /** Events since the last batch. */
   size = 0
+  /**
+   * One of them waits on the main thread (a pair to close, a failed client, a route's state);
+   * the others only tell it (connections reported, finished or tallied): they can wait longer.
+   */
+  urgent = false
 
   push (event: WorkerEvent): void {
-    if (this.length + RECORD_MAX > this.numbers.length) {
-      const grown = new Float64Array(this.numbers.length * 2)
+    const longest = event.kind === 'tallied' ? 7 + event.connectMs.length : RECORD_MAX
+    if (this.length + longest > this.numbers.length) {
+      const grown = new Float64Array(Math.max(this.numbers.length * 2, this.length + longest))
       grown.set(this.numbers)
       this.numbers = grown
     }
@@ -281,12 +312,23 @@ export class EventBatcher {
         n[at++] = event.endedAt
         at = writeEnd(n, at, event)
         break
+      case 'tallied':
+        n[at++] = RECORD_TALLIED
+        n[at++] = event.route
+        n[at++] = event.clientFirst
+        n[at++] = event.upstreamFirst
+        n[at++] = event.bytesFromClient
+        n[at++] = event.bytesFromUpstream
+        n[at++] = event.connectMs.length
+        for (const ms of event.connectMs) n[at++] = ms
+        break
       default:
         n[at++] = RECORD_OTHER
         n[at++] = this.others.push(event) - 1
     }
     this.length = at
     this.size++
+    if (!(event.kind === 'finished' || event.kind === 'tallied' || (event.kind === 'accepted' && event.failure === null))) this.urgent = true
   }
 
   /** A client address as a number: packed IPv4 as it is, text as -1 - its index in `texts`. */
@@ -302,6 +344,7 @@ export class EventBatcher {
     this.texts = []
     this.others = []
     this.size = 0
+    this.urgent = false
     return batch
   }
 }
@@ -384,6 +427,15 @@ export function forEachEvent (batch: FromWorker, visit: (event: Readonly<WorkerE
       finished.endedAt = n[at++] ?? 0
       at = readEnd(n, at, finished)
       visit(finished)
+    } else if (record === RECORD_TALLIED) {
+      const route = integer(n[at++], 0)
+      const clientFirst = n[at++] ?? 0
+      const upstreamFirst = n[at++] ?? 0
+      const bytesFromClient = n[at++] ?? 0
+      const bytesFromUpstream = n[at++] ?? 0
+      const count = n[at++] ?? 0
+      visit({ kind: 'tallied', route, clientFirst, upstreamFirst, bytesFromClient, bytesFromUpstream, connectMs: Array.from(n.subarray(at, at + count)) })
+      at += count
     } else {
       const event = batch.others[n[at++] ?? -1]
       if (event === undefined) throw new Error(`worker batch: unknown record ${String(record)} at ${at - 1}`)
@@ -432,6 +484,8 @@ export interface WorkerStart {
   budget: SharedArrayBuffer
   /** Bulk buffers the worker may make (dataPlane.bulkBuffers): a bulk flow copies through one while one is free, else splices. */
   bulkBuffers: number
+  /** Whether each connection that ends before its report gets a record (see Records); a Records message changes it. */
+  records: boolean
   /** How long a connection it accepted relays before it reports it, in ms (dataPlane.reportAfterMs; see Finished). */
   reportAfterMs: number
   /** The longest it polls after moving bytes before it sleeps, in µs (dataPlane.busyPollUs; 0: never). */

@@ -1,7 +1,7 @@
 import { closeDescriptor, duplicateDescriptor } from '../../sockopt/libc.js'
 import { SpliceDataPlane, type RelayOptions, type SpliceStats, type SplicedConnection, type WorkerAcceptor } from './data-plane.js'
 import type { WorkerFailure } from '../engine.js'
-import { NOT_ACCEPTING, type AcceptPlan, type Accepted, type DataPlaneTuning, type Finished } from './protocol.js'
+import { NOT_ACCEPTING, type AcceptPlan, type Accepted, type DataPlaneTuning, type Finished, type Tallied } from './protocol.js'
 
 /** One worker's share of a route's accepting: its key there and its descriptor of the listening socket. */
 interface Member {
@@ -53,6 +53,11 @@ export class SpliceWorkers {
       workersLeft--
       onFailure(err, { worker, workersLeft })
     }))
+  }
+
+  /** See SpliceDataPlane.connectionRecords. */
+  connectionRecords (wanted: boolean): void {
+    for (const plane of this.planes) plane.connectionRecords(wanted)
   }
 
   /** How many workers there are (started or not). */
@@ -195,6 +200,7 @@ export class SpliceWorkers {
     return {
       accepted: (event: Accepted, stats: SpliceStats | null) => shared.acceptor.accepted(event, stats),
       finished: (event: Readonly<Finished>) => { shared.acceptor.finished(event) },
+      tallied: (event: Readonly<Tallied>) => { shared.acceptor.tallied(event) },
       // A worker that stopped polling may leave clients waiting that no other was woken for.
       exhausted: (code: string) => { shared.acceptor.exhausted(code); pokeOthers() },
       crowded: pokeOthers,

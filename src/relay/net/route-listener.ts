@@ -14,7 +14,7 @@ import type { CloseSummary, ConnectionRecord, DrainSummary, EngineObserver } fro
 import { nextConnectionId, type SpliceStats, type SplicedConnection, type WorkerAcceptor } from '../fast/data-plane.js'
 import type { SpliceWorkers } from '../fast/worker-pool.js'
 import { FinishedConnection } from '../fast/finished.js'
-import type { AcceptPlan, Accepted, Finished } from '../fast/protocol.js'
+import type { AcceptPlan, Accepted, Finished, Tallied } from '../fast/protocol.js'
 import { Connection, readingSocket, type ConnectionOwner } from './connection.js'
 import type { AcceptGate, DescriptorBudget } from './descriptor-budget.js'
 
@@ -262,6 +262,14 @@ export class RouteListener implements ConnectionOwner, AcceptGate, WorkerAccepto
     const connection = new FinishedConnection(this.route, member?.target.label ?? this.route.upstreams[0]?.label ?? 'unknown', event)
     this.observer.onOpen?.(connection)
     this.ended(connection, connection.summary)
+  }
+
+  tallied (event: Readonly<Tallied>): void {
+    const member = this.pool.members[0] ?? null
+    if (member !== null) this.pool.connectSucceeded(member)
+    this.observer.onTally?.(this.route, { clientClosed: event.clientFirst, upstreamClosed: event.upstreamFirst, bytesFromClient: event.bytesFromClient, bytesFromUpstream: event.bytesFromUpstream, connectMs: event.connectMs })
+    if (this.stopping !== null) this.stopping.finished += event.connectMs.length
+    this.settle()
   }
 
   unlistened (): void {
