@@ -2,7 +2,7 @@ import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from '
 import { closeDescriptor, dataPlaneCalls } from '../../sockopt/libc.js'
 import {
   ConnectionIds, forEachEvent, SLOTS_PER_BLOCK, STAT_BYTES_FROM_CLIENT, STAT_BYTES_FROM_UPSTREAM, STAT_FIELDS, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT,
-  STAT_LAST_SILENCE_MS, type AcceptPlan, type WorkerStart, type Accepted, type DataPlaneTuning, type Finished, type FromWorker, type Tallied, type PairEnded, type ToWorker, type WorkerEvent
+  STAT_LAST_SILENCE_MS, type AcceptPlan, type Accepted, type DataPlaneTuning, type Finished, type FromWorker, type PairEnded, type Tallied, type ToWorker, type WorkerEvent, type WorkerStart
 } from './protocol.js'
 
 // Connection ids: one counter in shared memory, for the main thread and the worker alike.

@@ -73,7 +73,7 @@ export interface Listen {
   /** One Int32: the route's connections dialing or relaying, counted by every worker accepting for it (maxConnections). */
   live: SharedArrayBuffer
   /**
-   * One Int32 per worker of the pool: the route's connections each holds and reported (see the worker's Acceptor.mine),
+   * One Int32 per worker of the pool: the route's connections each holds (dialing or relaying),
    * NOT_ACCEPTING for a worker that does not accept for it (gone, stopping, or never asked).
    * This worker writes `loads[worker]`; see the worker's balance().
    */

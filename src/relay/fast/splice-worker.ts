@@ -8,7 +8,7 @@ import {
 } from '../../sockopt/libc.js'
 import {
   ConnectionIds, EventBatcher, NOT_ACCEPTING, SLOTS_PER_BLOCK, STAT_BYTES_FROM_CLIENT, STAT_BYTES_FROM_UPSTREAM, STAT_FIELDS, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT,
-  STAT_LAST_SILENCE_MS, clientAddress, type AcceptFailure, type ClientAddress, type Tallied, type AcceptPlan, type AddPair, type PairEnded, type ToWorker, type WorkerStart
+  STAT_LAST_SILENCE_MS, clientAddress, type AcceptFailure, type AcceptPlan, type AddPair, type ClientAddress, type PairEnded, type Tallied, type ToWorker, type WorkerStart
 } from './protocol.js'
 
 // The fast engine's data plane: one thread, one epoll set, libc through koffi. A few bytes are
@@ -96,11 +96,7 @@ interface Acceptor {
   readonly worker: number
   /** How many workers poll the route now (see balanceRoute). */
   readonly pollers: Int32Array
-  /**
-   * The route's connections this thread holds and reported (balance): one that ends before its
-   * report (reportAfterMs) never weighs in the spread, or a run of short connections would have
-   * the workers yield and poll again at every turn.
-   */
+  /** The route's connections this thread holds, dialing or relaying. */
   mine: number
   /** When it last asked the others to look again without yielding itself (see askOthers). */
   askedAt: number
@@ -375,7 +371,7 @@ function end (pair: Pair, how: PairEnded['how'], side: PairEnded['side'], errno:
   }
   if (pair.acceptor !== null) {
     routeLive(pair.acceptor, -1)
-    if (pair.reported) holding(pair.acceptor, -1)
+    holding(pair.acceptor, -1)
   }
   if (pair.ownSlot >= 0) ownFreeSlots.push(pair.ownSlot)
 }
@@ -775,7 +771,7 @@ function routeLive (acceptor: Acceptor, change: number): number {
   return Atomics.add(acceptor.live, 0, change)
 }
 
-/** The route's reported connections held here (`mine`, balance) went up or down by `change`: the others see it at once. */
+/** The route's connections held here (`mine`, balance) went up or down by `change`: the others see it at once. */
 function holding (acceptor: Acceptor, change: number): void {
   acceptor.mine += change
   publishLoad(acceptor)
@@ -819,7 +815,10 @@ function balanceRoute (acceptor: Acceptor): void {
   if (crowded && acceptor.polling && !leavePollers(acceptor)) return
   acceptor.yielded = crowded
   applyPolling(acceptor)
-  if (crowded) sayCrowded(acceptor)
+  // The others are poked only when one of them yielded too (it may poll again now): those polling
+  // take the next clients anyway. Under a run of short connections the counts swing around the
+  // mark at every turn, and a poke each time was a main-thread wake-up for one connection in 15.
+  if (crowded && Atomics.load(acceptor.pollers, 0) < accepting(acceptor) - 1) sayCrowded(acceptor)
 }
 
 /** Workers accepting for the route, this one included. */
@@ -934,6 +933,7 @@ const peerLength = new Uint32Array([peer.length])
 /** Report a client that will not be relayed, and give back its place in the route's count. */
 function acceptFailed (acceptor: Acceptor, id: number, clientFd: number, client: ClientAddress, acceptedAt: number, failure: AcceptFailure, side: 'client' | 'upstream' | null, code: string): void {
   routeLive(acceptor, -1)
+  holding(acceptor, -1)
   outbox.push({ kind: 'accepted', route: acceptor.route, id, clientFd, client, upstreamFd: -1, acceptedAt, connectMs: 0, failure, side, code, block: -1, base: 0 })
 }
 
@@ -948,6 +948,7 @@ function acceptOne (acceptor: Acceptor, clientFd: number, client: ClientAddress)
   // Taken before anything else, as other workers count the same route: given back by
   // acceptFailed or the pair's end.
   const before = routeLive(acceptor, 1)
+  holding(acceptor, 1)
   if (plan.maxConnections !== null && before >= plan.maxConnections) {
     acceptFailed(acceptor, id, clientFd, client, acceptedAt, 'limit', null, '')
     return
@@ -1051,7 +1052,6 @@ function report (pair: Pair): void {
   if (pair.reported || pair.ended) return
   pair.reported = true
   const acceptor = pair.acceptor as Acceptor
-  holding(acceptor, 1)
   outbox.push({
     kind: 'accepted',
     route: acceptor.route,
