@@ -14,7 +14,7 @@ const IP6T_SO_ORIGINAL_DST = 80
 // struct sockaddr_in / sockaddr_in6 (Linux): family in host order at 0, port in network order at 2,
 // then the IPv4 address at 4 or (after flowinfo) the IPv6 address at 8. Read with Buffer methods:
 // a client's address is decoded on every accept, where koffi.decode cost a microsecond.
-const SOCKADDR_IN_SIZE = 16
+export const SOCKADDR_IN_SIZE = 16
 const SOCKADDR_IN6_SIZE = 28
 
 /** Where a redirected connection was going. */
@@ -40,7 +40,7 @@ function ipv6Text (bytes: Uint8Array): string {
   return new URL(`http://[${groups.join(':')}]/`).hostname.slice(1, -1)
 }
 
-const AF_INET = 2
+export const AF_INET = 2
 const AF_INET6 = 10
 
 /** `host` and `port` of raw `struct sockaddr_in` / `sockaddr_in6` bytes (Linux); null for any other family. */

@@ -1,7 +1,7 @@
 import type { MessagePort } from 'node:worker_threads'
 import { formatHostPort } from '../../config/formats.js'
 import type { KeepaliveSettings } from '../../keepalive.js'
-import { sockaddrText } from '../../sockopt/original-dst.js'
+import { AF_INET, SOCKADDR_IN_SIZE, sockaddrText } from '../../sockopt/original-dst.js'
 
 // The messages between the main thread (control plane) and the splice worker (data plane).
 // Plain data, across a MessageChannel: structured clones towards the worker; the worker's events
@@ -179,7 +179,7 @@ export type ClientAddress = number | string
 
 /** A client's address (ClientAddress) packed from accept4's `struct sockaddr`: IPv4 as a number, anything else as text. */
 export function clientAddress (sockaddr: Buffer, length: number): ClientAddress {
-  if (length >= 8 && sockaddr.readUInt16LE(0) === 2 /* AF_INET */) return sockaddr.readUInt32BE(4) * 65536 + sockaddr.readUInt16BE(2)
+  if (length >= SOCKADDR_IN_SIZE && sockaddr.readUInt16LE(0) === AF_INET) return sockaddr.readUInt32BE(4) * 65536 + sockaddr.readUInt16BE(2)
   return sockaddrText(sockaddr.subarray(0, length)) ?? ''
 }
 
