@@ -23,9 +23,9 @@ export type CloseReason =
   | 'route-removed' // a reload removed the route (or changed its listen address) and its drainTimeout ran out
   | 'shutdown' // kaproxy is stopping (after the route's drainTimeout, or at once when forced)
 
-/** Map a socket error on one side to a close reason. */
-export function reasonForError (side: Side, err: Pick<NodeJS.ErrnoException, 'code' | 'message'>, connected: boolean): CloseReason {
-  switch (err.code) {
+/** Map a socket error on one side (its errno name, `code`) to a close reason. */
+export function reasonForError (side: Side, code: string | undefined, connected: boolean): CloseReason {
+  switch (code) {
     case 'ECONNRESET':
     case 'EPIPE':
       return side === 'client' ? 'client-reset' : 'upstream-reset'
@@ -88,7 +88,7 @@ export function relayEndReason (how: RelayEnd, side: Side | null, errno: number,
     case 'closed':
       return (firstFin ?? 'client') === 'client' ? 'client-closed' : 'upstream-closed'
     case 'error':
-      return side === null ? 'upstream-error' : reasonForError(side, relayEndError(side, errno), true)
+      return side === null ? 'upstream-error' : reasonForError(side, errnoName(errno), true)
     case 'idle':
       return 'idle-timeout'
     case 'dropped':

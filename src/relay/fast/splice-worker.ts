@@ -337,37 +337,40 @@ function end (pair: Pair, how: PairEnded['how'], side: PairEnded['side'], errno:
   releaseStaging(pair.toClient)
   const stats = pair.stats
   const base = pair.base
-  const ended = {
-    id: pair.id,
-    how,
-    side,
-    errno,
-    firstFin: pair.firstFin,
-    bytesFromClient: stats[base + STAT_BYTES_FROM_CLIENT] ?? 0,
-    bytesFromUpstream: stats[base + STAT_BYTES_FROM_UPSTREAM] ?? 0,
-    lastByteAt: stats[base + STAT_LAST_BYTE_AT] ?? 0,
-    lastSilenceMs: stats[base + STAT_LAST_SILENCE_MS] ?? 0,
-    lastSilenceEndedAt: stats[base + STAT_LAST_SILENCE_ENDED_AT] ?? 0
-  }
-  if (pair.reported) {
-    outbox.push({ kind: 'ended', ...ended })
-  } else {
+  const bytesFromClient = stats[base + STAT_BYTES_FROM_CLIENT] ?? 0
+  const bytesFromUpstream = stats[base + STAT_BYTES_FROM_UPSTREAM] ?? 0
+  if (!pair.reported) {
     // The main thread never held these descriptors: this thread closes them, as the main thread
     // would have (a reset where the reason calls for one), once this turn's events are handled.
     if (isAbortive(relayEndReason(how, side, errno, pair.firstFin))) { resetOnClose(pair.clientFd); resetOnClose(pair.upstreamFd) }
     closeAfterTurn(pair.clientFd)
     closeAfterTurn(pair.upstreamFd)
     Atomics.sub(heldDescriptors, 0, 2)
-    const acceptor = pair.acceptor as Acceptor
-    if (!records && how === 'closed') {
-      const tally = acceptor.tally
-      if (pair.firstFin === 'upstream') tally.upstreamFirst++
-      else tally.clientFirst++
-      tally.bytesFromClient += ended.bytesFromClient
-      tally.bytesFromUpstream += ended.bytesFromUpstream
-      tally.connectMs.push(pair.connectMs)
-      tallied++
-    } else outbox.push({ kind: 'finished', route: (pair.acceptor as Acceptor).route, client: pair.client, acceptedAt: pair.acceptedAt, connectMs: pair.connectMs, endedAt: now, ...ended })
+  }
+  if (!pair.reported && !records && how === 'closed') {
+    // Counted, no record: nothing is allocated for it.
+    const tally = (pair.acceptor as Acceptor).tally
+    if (pair.firstFin === 'upstream') tally.upstreamFirst++
+    else tally.clientFirst++
+    tally.bytesFromClient += bytesFromClient
+    tally.bytesFromUpstream += bytesFromUpstream
+    tally.connectMs.push(pair.connectMs)
+    tallied++
+  } else {
+    const ended: PairEnded = {
+      kind: 'ended',
+      id: pair.id,
+      how,
+      side,
+      errno,
+      firstFin: pair.firstFin,
+      bytesFromClient,
+      bytesFromUpstream,
+      lastByteAt: stats[base + STAT_LAST_BYTE_AT] ?? 0,
+      lastSilenceMs: stats[base + STAT_LAST_SILENCE_MS] ?? 0,
+      lastSilenceEndedAt: stats[base + STAT_LAST_SILENCE_ENDED_AT] ?? 0
+    }
+    outbox.push(pair.reported ? ended : { ...ended, kind: 'finished', route: (pair.acceptor as Acceptor).route, client: pair.client, acceptedAt: pair.acceptedAt, connectMs: pair.connectMs, endedAt: now })
   }
   if (pair.acceptor !== null) {
     routeLive(pair.acceptor, -1)

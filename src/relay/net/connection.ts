@@ -303,7 +303,7 @@ export class Connection implements ConnectionRecord {
           break
         case 'dial':
         case 'connect-timeout': {
-          const reason: CloseReason = failure === 'connect-timeout' ? 'connect-timeout' : reasonForError('upstream', error ?? new Error('dial failed'), false)
+          const reason: CloseReason = failure === 'connect-timeout' ? 'connect-timeout' : reasonForError('upstream', error?.code, false)
           const target = member?.target
           if (member !== null && target !== undefined) {
             owner.dialFailed(this, target, reason, error)
@@ -802,7 +802,7 @@ export class Connection implements ConnectionRecord {
         const side: Side = fromClient ? 'upstream' : 'client'
         const code = errnoName(-sent)
         const error: NodeJS.ErrnoException = Object.assign(new Error(`send ${code}`), { code, errno: sent, syscall: 'send' })
-        this.finish(reasonForError(side, error, true), side, error)
+        this.finish(reasonForError(side, error.code, true), side, error)
         return false
       }
     }
@@ -947,7 +947,7 @@ function onEnd (this: RelaySocket): void {
   // An EOF may really be a reset that libuv reported as EOF: the kernel still knows.
   const reset = pendingSocketError(this)
   if (reset !== null) {
-    connection.finish(reasonForError(side, reset, connection.isConnected()), side, reset)
+    connection.finish(reasonForError(side, reset.code, connection.isConnected()), side, reset)
     return
   }
   connection.countFin(side)
@@ -965,10 +965,10 @@ function onError (this: RelaySocket, err: NodeJS.ErrnoException): void {
   if (!connection.owns(this)) return
   const side = connection.sideOf(this)
   if (side === 'upstream' && connection.currentPhase() === 'dialing') {
-    connection.dialFailed(reasonForError(side, err, false), err)
+    connection.dialFailed(reasonForError(side, err.code, false), err)
     return
   }
-  connection.finish(reasonForError(side, err, connection.isConnected()), side, err)
+  connection.finish(reasonForError(side, err.code, connection.isConnected()), side, err)
 }
 
 function onClose (this: RelaySocket): void {
