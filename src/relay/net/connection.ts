@@ -19,6 +19,7 @@ import type { UpstreamTarget } from '../../upstream/target.js'
 import { isAbortive, isDescriptorExhaustion, reasonForError, relayEndError, relayEndReason, silenceBeforeReset, type CloseReason } from '../close-reason.js'
 import type { CloseSummary, ConnectionRecord, SideEndpoint } from '../engine.js'
 import { encodeV1, encodeV2, parseProxyHeader, type ProxiedAddresses } from '../proxy-protocol.js'
+import { returnSpillBuffer, SPILL_BUFFER_BYTES, takeSpillBuffer } from './spill-buffers.js'
 
 /** What a connection reports to the listener that owns it. */
 export interface ConnectionOwner {
@@ -43,9 +44,10 @@ type RelaySocket = Socket & { [CONNECTION]: Connection }
  * The relay on the main thread reads every socket into this one buffer (`onread`): no allocation
  * per read, and reads as large as the kernel has (up to 4 MiB: 1 MiB was slower), the biggest lever on this path.
  * The bytes leave within the read's callback through send(2), which copies them: nothing refers to
- * the buffer once the callback returns (what a send could not place is copied into Node's queue).
+ * the buffer once the callback returns (what a send could not place is copied out into a spill
+ * buffer, which holds one read whole: spill-buffers.ts).
  */
-const READ_BUFFER = Buffer.allocUnsafe(4 << 20)
+const READ_BUFFER = Buffer.allocUnsafe(SPILL_BUFFER_BYTES)
 const ONREAD = { buffer: READ_BUFFER, callback: onChunk }
 const EAGAIN = osConstants.errno.EAGAIN
 
@@ -767,7 +769,7 @@ export class Connection implements ConnectionRecord {
   /**
    * `length` bytes `socket` read into `buffer` (ONREAD's, reused by the next read): a PROXY header
    * being read, or bytes to relay. Relayed bytes go to the peer's descriptor with send(2) now;
-   * what it does not take (a full peer) goes into the peer's Node queue as a copy, and this side
+   * what it does not take (a full peer) goes into the peer's Node queue in a spill buffer, and this side
    * stops reading until that is written. Returns false to stop reading.
    */
   relayChunk (socket: RelaySocket, buffer: Buffer, length: number): boolean {
@@ -806,7 +808,14 @@ export class Connection implements ConnectionRecord {
         return false
       }
     }
-    peer.write(Buffer.from(buffer.subarray(sent, length)), () => { if (this.phase === 'relaying') socket.resume() })
+    // The rest waits in a spill buffer; it goes back for reuse only once its write completed
+    // (after a failed one, libuv may have been cancelled mid-write: that buffer is dropped).
+    const spill = takeSpillBuffer()
+    const held = buffer.copy(spill, 0, sent, length)
+    peer.write(spill.subarray(0, held), (err) => {
+      if (err == null) returnSpillBuffer(spill)
+      if (this.phase === 'relaying') socket.resume()
+    })
     return false
   }
 
