@@ -76,8 +76,8 @@ export interface ConnectionTally {
   upstreamClosed: number
   bytesFromClient: number
   bytesFromUpstream: number
-  /** Each one's upstream connect time (ms). */
-  connectMs: readonly number[]
+  /** Each one's upstream connect time (ms): valid during the call only (a view into a worker's batch). */
+  connectMs: readonly number[] | Float64Array
 }
 
 /** Receives connection events; implementations must not throw. */

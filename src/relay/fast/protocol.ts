@@ -204,8 +204,8 @@ export interface Tallied {
   upstreamFirst: number
   bytesFromClient: number
   bytesFromUpstream: number
-  /** Each connection's connect time (ms), in the order they ended. */
-  connectMs: number[]
+  /** Each connection's connect time (ms), in the order they ended: read from a batch, a view into it. */
+  connectMs: number[] | Float64Array
 }
 
 /** A statistics block the worker made for the connections it accepts; `block` in Accepted counts these in order. */
@@ -434,7 +434,7 @@ export function forEachEvent (batch: FromWorker, visit: (event: Readonly<WorkerE
       const bytesFromClient = n[at++] ?? 0
       const bytesFromUpstream = n[at++] ?? 0
       const count = n[at++] ?? 0
-      visit({ kind: 'tallied', route, clientFirst, upstreamFirst, bytesFromClient, bytesFromUpstream, connectMs: Array.from(n.subarray(at, at + count)) })
+      visit({ kind: 'tallied', route, clientFirst, upstreamFirst, bytesFromClient, bytesFromUpstream, connectMs: n.subarray(at, at + count) })
       at += count
     } else {
       const event = batch.others[n[at++] ?? -1]

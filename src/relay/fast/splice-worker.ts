@@ -113,7 +113,7 @@ interface Acceptor {
   inheritFrom: number
   inherits: boolean
   /** Its connections that ended in order before their report since the last batch, when no record of each is wanted (see Tallied). */
-  tally: Tallied
+  tally: Tallied & { connectMs: number[] }
 }
 
 /** An accepted client whose upstream is being dialed. Both descriptors are this thread's until reported. */
@@ -179,11 +179,12 @@ const outbox = new EventBatcher()
  * the events of several rounds, at most FLUSH_AFTER_MS late when one of them waits on the main
  * thread (see EventBatcher.urgent), else REPORT_FLUSH_MS (or FLUSH_EVENTS of them). Posting the
  * reports of short connections every 10 ms rather than every 1 ms cost the main thread about a
- * microsecond less per connection at 11,000 a second (docs/performance.md).
+ * microsecond less per connection at 11,000 a second, every 50 ms rather than 10 another one
+ * (docs/performance.md): a post costs both threads tens of µs, a report waits for no one.
  */
 let flushAt = Infinity
 const FLUSH_AFTER_MS = 1
-const REPORT_FLUSH_MS = 10
+const REPORT_FLUSH_MS = 50
 const FLUSH_EVENTS = 256
 const acceptors = new Map<number, Acceptor>()
 const acceptorByFd: Array<Acceptor | undefined> = []
@@ -1194,7 +1195,7 @@ function timeout (): number {
 /** Connections counted in the routes' tallies since the last batch. */
 let tallied = 0
 
-function emptyTally (route: number): Tallied {
+function emptyTally (route: number): Tallied & { connectMs: number[] } {
   return { kind: 'tallied', route, clientFirst: 0, upstreamFirst: 0, bytesFromClient: 0, bytesFromUpstream: 0, connectMs: [] }
 }
 
