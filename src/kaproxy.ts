@@ -221,6 +221,8 @@ export class Kaproxy {
     this.stopping = true
     if (this.draining === null) {
       this.draining = this.engine.drain(graceMs)
+      // Counted once the fast engine's workers reported the connections they held unreported.
+      await this.engine.reported()
       const live = [...this.engine.connections()].length
       const windowMs = graceMs ?? Math.max(0, ...this.current.routes.map((route) => route.drainTimeoutMs))
       this.log.info({ event: 'draining', connections: live, drainTimeoutMs: windowMs },

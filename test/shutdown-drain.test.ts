@@ -78,6 +78,23 @@ describeEachEngine('graceful drain on SIGTERM and SIGINT', () => {
     assert.equal(run.stdout.lines[run.stdout.lines.length - 1]?.event, 'stopped')
   })
 
+  it('counts in its draining line the connections a worker had not reported yet', async (t) => {
+    const upstream = await startServer(() => {})
+    t.after(upstream.close)
+    // The fast engine's workers keep these unreported for a minute (the net engine has no workers).
+    const { run, port } = await spawnOn(t, upstream.address, 'dataPlane: { reportAfterMs: 60000 }\ndefaults: { drainTimeout: 0ms }\n')
+    for (let i = 0; i < 2; i++) {
+      const client = await connect(port)
+      t.after(() => client.destroy())
+      client.resume()
+      await upstream.nextSocket()
+    }
+    run.child.kill('SIGTERM')
+    assert.equal((await run.stdout.waitFor({ event: 'draining' })).connections, 2)
+    assert.equal(await run.exit, 0)
+    assert.deepEqual(run.stdout.find({ event: 'close', route: 'r' }).map((line) => line.reason), ['shutdown', 'shutdown'])
+  })
+
   it('exits as soon as the last connection ends, long before the default 30 s drainTimeout', async (t) => {
     const upstream = await startServer(() => {})
     t.after(upstream.close)

@@ -193,6 +193,12 @@ export interface Engine {
    * Resolves when no connection is left. Idempotent: a second call joins the first.
    */
   drain: (graceMs?: number) => Promise<void>
+  /**
+   * Resolves once every route that stopped accepting has every connection it accepted among
+   * `connections()`: the fast engine's workers report those they had not reported yet (see
+   * dataPlane.reportAfterMs) when told to stop. At once where none is pending.
+   */
+  reported: () => Promise<void>
   /** Forced stop: stop accepting and close every connection now with reason `shutdown`, also during a drain. Idempotent. */
   close: () => Promise<void>
 }

@@ -180,6 +180,10 @@ export class NetEngine implements Engine {
     listener.drain(listener.route.drainTimeoutMs, 'route-removed').then(() => { this.retiring.delete(listener) }, () => {})
   }
 
+  async reported (): Promise<void> {
+    await Promise.all([...this.listeners.values(), ...this.retiring].map(async (listener) => { await listener.reported() }))
+  }
+
   async drain (graceMs?: number): Promise<void> {
     // Every listener.drain() closes its listening socket synchronously, before the first await.
     this.draining ??= Promise.all([

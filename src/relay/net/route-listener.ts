@@ -119,6 +119,8 @@ export class RouteListener implements ConnectionOwner, AcceptGate, WorkerAccepto
    * listening socket it polls (closed here once it let go). Node's server is closed meanwhile.
    */
   private worker: { key: number, fd: number } | null = null
+  /** Waiting in `reported()` for the worker to let go of the route. */
+  private readonly reportedWaiters: Array<() => void> = []
   /** Node takes accepting back from the worker once it let go (the route no longer fits acceptPlan). */
   private backToNode = false
   /** Settles once the worker took the route's latest settings (see settingsTaken). */
@@ -272,9 +274,19 @@ export class RouteListener implements ConnectionOwner, AcceptGate, WorkerAccepto
     this.settle()
   }
 
+  /**
+   * Resolves once the worker no longer accepts for the route, which it says after reporting every
+   * connection it accepted (see `unlistened`); at once without one.
+   */
+  async reported (): Promise<void> {
+    if (this.worker === null) return
+    await new Promise<void>((resolve) => { this.reportedWaiters.push(resolve) })
+  }
+
   unlistened (): void {
     const fd = this.worker?.fd
     this.worker = null
+    for (const resolve of this.reportedWaiters.splice(0)) resolve()
     if (fd === undefined) return
     const back = this.backToNode
     this.backToNode = false
