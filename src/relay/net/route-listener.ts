@@ -275,11 +275,12 @@ export class RouteListener implements ConnectionOwner, AcceptGate, WorkerAccepto
   }
 
   /**
-   * Resolves once the worker no longer accepts for the route, which it says after reporting every
-   * connection it accepted (see `unlistened`); at once without one.
+   * Once the route stopped accepting: resolves when its worker let go of it, which it says after
+   * reporting every connection it accepted (see `unlistened`). At once without a worker, or while
+   * the route still accepts (there is nothing to wait for then).
    */
   async reported (): Promise<void> {
-    if (this.worker === null) return
+    if (this.worker === null || this.stopping === null) return
     await new Promise<void>((resolve) => { this.reportedWaiters.push(resolve) })
   }
 
