@@ -68,6 +68,8 @@ interface Stopping {
   startedAt: number
   finished: number
   cut: number
+  /** How long live connections get to end by themselves (see drain). */
+  graceMs: number
   deadline: NodeJS.Timeout | null
   /** The grace ran out: connections still arriving from the worker are closed at once. */
   cutting: boolean
@@ -288,6 +290,7 @@ export class RouteListener implements ConnectionOwner, AcceptGate, WorkerAccepto
     const fd = this.worker?.fd
     this.worker = null
     for (const resolve of this.reportedWaiters.splice(0)) resolve()
+    this.startGrace()
     if (fd === undefined) return
     const back = this.backToNode
     this.backToNode = false
@@ -442,7 +445,7 @@ export class RouteListener implements ConnectionOwner, AcceptGate, WorkerAccepto
       const connectionsDone = new Promise<void>((resolveDone) => { resolve = resolveDone })
       const healthDone = this.health?.close()
       const done = Promise.all([connectionsDone, healthDone]).then(() => {})
-      const stopping: Stopping = { reason, startedAt: Date.now(), finished: 0, cut: 0, deadline: null, cutting: false, settled: false, done, resolve }
+      const stopping: Stopping = { reason, startedAt: Date.now(), finished: 0, cut: 0, graceMs, deadline: null, cutting: false, settled: false, done, resolve }
       this.stopping = stopping
       // Without a callback close() cannot fail: a server that never listened (or paused) just stays closed.
       this.server.close()
@@ -460,9 +463,20 @@ export class RouteListener implements ConnectionOwner, AcceptGate, WorkerAccepto
       boundPortsChanged()
       // Connections the worker accepted before it stopped are still to come (see unlistened).
       this.settle()
-      if (!stopping.settled) stopping.deadline = setTimeout(() => { this.cut(stopping.reason) }, graceMs)
+      this.startGrace()
     }
     await this.stopping.done
+  }
+
+  /**
+   * The drain's grace starts once every connection of the route is known here: at once, or once
+   * the worker let go of the route after reporting those it held (see unlistened). So they all get
+   * the same grace, and a count of them taken then (Kaproxy's `draining` line) is whole.
+   */
+  private startGrace (): void {
+    const stopping = this.stopping
+    if (stopping === null || stopping.settled || stopping.deadline !== null || stopping.cutting || this.worker !== null) return
+    stopping.deadline = setTimeout(() => { this.cut(stopping.reason) }, stopping.graceMs)
   }
 
   /** Stop accepting and close live connections now with `shutdown`, cutting a drain short. Idempotent. */
