@@ -77,6 +77,9 @@ interface Direction {
   done: boolean
 }
 
+/** A route's tally being counted here: its connect times pushed as connections end. */
+type OpenTally = Tallied & { connectMs: number[] }
+
 /** A route whose connections this thread accepts and dials itself. */
 interface Acceptor {
   readonly route: number
@@ -113,7 +116,7 @@ interface Acceptor {
   inheritFrom: number
   inherits: boolean
   /** Its connections that ended in order before their report since the last batch, when no record of each is wanted (see Tallied). */
-  tally: Tallied & { connectMs: number[] }
+  tally: OpenTally
 }
 
 /** An accepted client whose upstream is being dialed. Both descriptors are this thread's until reported. */
@@ -1195,7 +1198,8 @@ function timeout (): number {
 /** Connections counted in the routes' tallies since the last batch. */
 let tallied = 0
 
-function emptyTally (route: number): Tallied & { connectMs: number[] } {
+
+function emptyTally (route: number): OpenTally {
   return { kind: 'tallied', route, clientFirst: 0, upstreamFirst: 0, bytesFromClient: 0, bytesFromUpstream: 0, connectMs: [] }
 }
 

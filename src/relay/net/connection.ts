@@ -804,7 +804,7 @@ export class Connection implements ConnectionRecord {
         const side: Side = fromClient ? 'upstream' : 'client'
         const code = errnoName(-sent)
         const error: NodeJS.ErrnoException = Object.assign(new Error(`send ${code}`), { code, errno: sent, syscall: 'send' })
-        this.finish(reasonForError(side, error.code, true), side, error)
+        this.finish(reasonForError(side, code, true), side, error)
         return false
       }
     }
