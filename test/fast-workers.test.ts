@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict'
+import { once } from 'node:events'
 import net from 'node:net'
 import { availableParallelism } from 'node:os'
 import { describe, it } from 'node:test'
@@ -148,6 +149,46 @@ describe('the fast engine\'s workers', () => {
     assert.equal(sizes.reduce((a, b) => a + b, 0), 9)
     // A worker stops taking clients once it holds two more than the least busy one.
     assert.ok(Math.max(...sizes) - Math.min(...sizes) <= 2, `spread over the workers: ${sizes.join('/')}`)
+  })
+
+  it('a worker that yielded the route is poked by the other one as soon as that one holds more: it polls again without waiting for its own next wake-up', { skip: FAST ? false : 'fast needs Linux' }, async (t) => {
+    const echo = await startEchoServer()
+    t.after(echo.close)
+    const proxy = await startProxy({ dataPlane: { workers: 2, reportAfterMs: 0 }, defaults: { engine: 'fast' }, routes: [{ name: 'poked', listen: '127.0.0.1:0', upstream: echo.address }] })
+    t.after(proxy.close)
+    const dataPlane = (proxy.kaproxy.engine as NetEngine).dataPlane
+    await dataPlane.listening()
+    const held = new Map<net.Socket, number>()
+    t.after(() => { for (const socket of held.keys()) socket.destroy() })
+    let opened = 0
+    /** One more client, relaying and counted before the next: returns the worker that took it. */
+    const openOne = async (): Promise<number> => {
+      const before = dataPlane.sizes()
+      const [socket] = await holdEchoed(proxy.port('poked'), 1)
+      await proxy.log.waitForCount({ event: 'open', route: 'poked' }, ++opened)
+      const worker = dataPlane.sizes().findIndex((size, i) => size > (before[i] ?? 0))
+      assert.ok(socket !== undefined && worker >= 0)
+      held.set(socket, worker)
+      return worker
+    }
+    for (let i = 0; i < 6; i++) await openOne()
+    // Empty one worker: the other (`busy`, three or more) yields the route at its next turn, made
+    // here by a byte through one of its connections; then it sleeps, with nothing to wake it for up to a second.
+    const sizes = dataPlane.sizes()
+    const busy = (sizes[0] ?? 0) >= (sizes[1] ?? 0) ? 0 : 1
+    const emptied = [...held].filter(([, worker]) => worker !== busy).map(([socket]) => socket)
+    for (const socket of emptied) { socket.destroy(); held.delete(socket) }
+    await proxy.log.waitForCount({ event: 'close', route: 'poked' }, emptied.length)
+    const kept = [...held].find(([, worker]) => worker === busy)?.[0]
+    assert.ok(kept !== undefined && (dataPlane.sizes()[busy] ?? 0) >= 3, `one worker keeps three or more: ${dataPlane.sizes().join('/')}`)
+    kept.write('x')
+    await once(kept, 'data')
+    // Ten more, one at a time (about 50 ms each): the other worker takes them until it holds more
+    // than the busy one and pokes it, and the busy one takes clients again. Unpoked, it would sleep
+    // on, and the other (never the last one polling) would take all ten.
+    for (let i = 0; i < 10; i++) await openOne()
+    const after = dataPlane.sizes()
+    assert.ok(Math.max(...after) - Math.min(...after) <= 2, `spread over the workers: ${after.join('/')}`)
   })
 
   it('maxConnections counts the route\'s connections in every worker: a burst of 150 clients gets three relayed, the rest refused with limit', { skip: FAST ? false : 'fast needs Linux' }, async (t) => {

@@ -1,5 +1,6 @@
 import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads'
 import { closeDescriptor, dataPlaneCalls } from '../../sockopt/libc.js'
+import type { WakeSignals } from './wake-signals.js'
 import {
   ConnectionIds, forEachEvent, SLOTS_PER_BLOCK, STAT_BYTES_FROM_CLIENT, STAT_BYTES_FROM_UPSTREAM, STAT_FIELDS, STAT_LAST_BYTE_AT, STAT_LAST_SILENCE_ENDED_AT,
   STAT_LAST_SILENCE_MS, type AcceptPlan, type Accepted, type DataPlaneTuning, type Finished, type FromWorker, type PairEnded, type Tallied, type ToWorker, type WorkerEvent, type WorkerStart
@@ -39,8 +40,6 @@ export interface WorkerAcceptor {
   exhausted: (code: string) => void
   /** The worker is gone: the route must accept by itself again. */
   lost: () => void
-  /** The worker holds more than its share of the route's connections (see Crowded); the pool pokes the others. */
-  crowded?: () => void
   /** The worker polls the route's listening socket from now on. */
   listening?: () => void
 }
@@ -69,13 +68,15 @@ export class SpliceStats {
   }
 }
 
-/** What the workers accepting for one route share (see Listen): its connection count and each worker's load. */
+/** What the workers accepting for one route share (see Listen): its connection count, each worker's load, the pokes. */
 export interface RouteShares {
   live: SharedArrayBuffer
   loads: SharedArrayBuffer
-  /** This worker's index in `loads`. */
+  /** This worker's index in `loads`, `pokes` and `wakeFds`. */
   worker: number
   pollers: SharedArrayBuffer
+  pokes: SharedArrayBuffer
+  wakeFds: SharedArrayBuffer
 }
 
 export interface RelayOptions {
@@ -86,8 +87,9 @@ export interface RelayOptions {
 }
 
 /**
- * The fast engine's data plane, seen from the main thread: it owns the splice worker, the eventfd
- * that wakes it, the shared statistics, and the table of connections handed over. Node keeps
+ * The fast engine's data plane, seen from the main thread: it owns the splice worker, the shared
+ * statistics, and the table of connections handed over; its pool owns the eventfd that wakes it
+ * (WakeSignals). Node keeps
  * owning every socket: the worker reports when it let go of a pair, and only then may the main
  * thread close the descriptors (an fd number closed early could be reused by a new accept while
  * the worker still polls it). The worker starts with the first connection, so routes on `net`
@@ -122,18 +124,24 @@ export class SpliceDataPlane {
   private readonly tuning: DataPlaneTuning
   /** See connectionRecords. */
   private records = true
+  private readonly signals: WakeSignals
+  /** This worker's index in the pool (and in `signals`). */
+  private readonly index: number
 
-  constructor (tuning: DataPlaneTuning, onFailure: (err: Error) => void) {
+  constructor (tuning: DataPlaneTuning, signals: WakeSignals, index: number, onFailure: (err: Error) => void) {
     this.tuning = tuning
+    this.signals = signals
+    this.index = index
     this.onFailure = onFailure
   }
 
   /**
-   * Descriptors the data plane holds besides the sockets: the eventfd, the worker thread's own
-   * event loop (libuv's epoll and wake-up descriptors, about 3), its epoll set and its pipes.
+   * Descriptors the data plane holds besides the sockets and its eventfd (the pool counts those):
+   * the worker thread's own event loop (libuv's epoll and wake-up descriptors, about 3), its epoll
+   * set and its pipes.
    */
   descriptors (): number {
-    return this.worker === null ? 0 : 4 + (this.workerDescriptors[0] ?? 0)
+    return this.worker === null ? 0 : 3 + (this.workerDescriptors[0] ?? 0)
   }
 
   /** The descriptor budget's estimate (without this data plane's descriptors) and its pause mark, for the worker. */
@@ -221,11 +229,6 @@ export class SpliceDataPlane {
     })
   }
 
-  /** Have the worker look at the route's loads again now, and accept its waiting clients if it polls the route (see Poke). */
-  poke (key: number): void {
-    if (this.acceptors.has(key)) this.send({ type: 'poke', route: key })
-  }
-
   pauseAccepting (key: number, paused: boolean): void {
     if (this.acceptors.has(key)) this.send({ type: 'pause', route: key, paused })
   }
@@ -250,10 +253,8 @@ export class SpliceDataPlane {
 
   private startWorker (): boolean {
     try {
-      const calls = dataPlaneCalls()
-      const wakeFd = calls.eventfd()
+      const wakeFd = this.signals.open(this.index)
       if (wakeFd < 0) throw new Error(`eventfd failed: errno ${-wakeFd}`)
-      // Owned from here: release() closes it even if the worker cannot be made.
       this.wakeFd = wakeFd
       const { port1, port2 } = new MessageChannel()
       const worker = new Worker(new URL('./splice-worker.js', import.meta.url), {
@@ -366,9 +367,6 @@ export class SpliceDataPlane {
       case 'listening':
         this.acceptors.get(event.route)?.listening?.()
         break
-      case 'crowded':
-        this.acceptors.get(event.route)?.crowded?.()
-        break
       case 'planned':
         this.planWaiters.shift()?.()
         break
@@ -447,7 +445,7 @@ export class SpliceDataPlane {
     for (const waiter of this.planWaiters.splice(0)) waiter()
     this.port?.close()
     this.port = null
-    if (this.wakeFd >= 0) dataPlaneCalls().close(this.wakeFd)
+    // The eventfd stays open (other workers may still poke it): the pool closes it.
     this.wakeFd = -1
     this.worker = null
   }

@@ -81,6 +81,15 @@ export interface Listen {
   worker: number
   /** One Int32: how many workers poll the route's listening socket now; a worker yields only while another polls. */
   pollers: SharedArrayBuffer
+  /**
+   * One Int32 per worker: raised (pokeWorker) by another worker, or the main thread, that wants
+   * this one to look at the route's loads again now, and accept what waits if it polls. Another
+   * worker pokes when it holds more than its share and stopped polling the route (see balance);
+   * the main thread when a worker stopped polling for want of descriptors.
+   */
+  pokes: SharedArrayBuffer
+  /** The pool's eventfds, one Int32 per worker (WakeSignals.fds): a poke wakes its worker through them. */
+  wakeFds: SharedArrayBuffer
 }
 
 /** A route's per-worker load (Listen.loads) of a worker that does not accept its connections. */
@@ -94,14 +103,12 @@ export interface PauseAccepting { type: 'pause', route: number, paused: boolean 
  * and every connection it accepted for the route was reported.
  */
 export interface Unlisten { type: 'unlisten', route: number }
-/** Another worker is crowded (see Crowded): look at the route's loads again now, and accept what waits if polling. */
-export interface Poke { type: 'poke', route: number }
 /**
  * Whether a connection that ends before its report gets a record of its own (Finished: the log
  * writes a line per connection) or, closed in order, only counts in its route's Tallied.
  */
 export interface Records { type: 'records', wanted: boolean }
-export type ToWorker = AddPair | DropPair | AddBlock | Stop | Listen | Replan | PauseAccepting | Unlisten | Poke | Records
+export type ToWorker = AddPair | DropPair | AddBlock | Stop | Listen | Replan | PauseAccepting | Unlisten | Records
 
 /**
  * How the worker let go of a pair (it no longer touches either descriptor):
@@ -219,15 +226,9 @@ export interface Unlistened { kind: 'unlistened', route: number }
 export interface AcceptExhausted { kind: 'exhausted', route: number, code: string }
 /** The worker took a `plan` message: what it accepts from now on gets it. */
 export interface Planned { kind: 'planned', route: number }
-/**
- * The worker holds more of the route's connections than its share (see the worker's balance): it
- * stopped polling the route, maybe leaving clients in the queue, or could not as no other worker
- * polled. The others must look again: accept what waits, poll again if they hold fewer.
- */
-export interface Crowded { kind: 'crowded', route: number }
 /** The worker polls the route's listening socket from now on (its answer to Listen). */
 export interface Listening { kind: 'listening', route: number }
-export type WorkerEvent = PairEnded | Accepted | Finished | Tallied | WorkerBlock | Unlistened | AcceptExhausted | Planned | Crowded | Listening
+export type WorkerEvent = PairEnded | Accepted | Finished | Tallied | WorkerBlock | Unlistened | AcceptExhausted | Planned | Listening
 
 /**
  * The worker's batch of events, in order, posted at most once per turn of its loop. Those that

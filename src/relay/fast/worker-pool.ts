@@ -1,6 +1,7 @@
 import { closeDescriptor, duplicateDescriptor } from '../../sockopt/libc.js'
 import { SpliceDataPlane, type RelayOptions, type SpliceStats, type SplicedConnection, type WorkerAcceptor } from './data-plane.js'
 import type { WorkerFailure } from '../engine.js'
+import { WakeSignals, pokeWorker } from './wake-signals.js'
 import { NOT_ACCEPTING, type AcceptPlan, type Accepted, type DataPlaneTuning, type Finished, type Tallied } from './protocol.js'
 
 /** One worker's share of a route's accepting: its key there and its descriptor of the listening socket. */
@@ -28,6 +29,8 @@ interface SharedListener {
   allPolling: () => void
   /** A worker died: the others were told to let go, and the route accepts by itself again after. */
   lost: boolean
+  /** Each worker's poke flag for the route (see Listen.pokes). */
+  readonly pokes: Int32Array
 }
 
 /**
@@ -44,12 +47,15 @@ export class SpliceWorkers {
   private nextKey = 1
   /** Duplicates of listening sockets held for workers beyond the first. */
   private duplicates = 0
+  /** The workers' eventfds: closed once every worker stopped (see WakeSignals). */
+  private readonly signals: WakeSignals
 
   /** `tuning`: each worker's (see WorkerStart). */
   constructor (count: number, tuning: DataPlaneTuning, onFailure: (err: Error, failure: WorkerFailure) => void) {
     if (!Number.isInteger(count) || count < 1) throw new RangeError(`worker count must be a positive integer, got ${count}`)
     let workersLeft = count
-    this.planes = Array.from({ length: count }, (_, worker) => new SpliceDataPlane(tuning, (err) => {
+    this.signals = new WakeSignals(count)
+    this.planes = Array.from({ length: count }, (_, worker) => new SpliceDataPlane(tuning, this.signals, worker, (err) => {
       workersLeft--
       onFailure(err, { worker, workersLeft })
     }))
@@ -79,7 +85,7 @@ export class SpliceWorkers {
 
   /** Descriptors the workers hold besides the sockets (see SpliceDataPlane.descriptors). */
   descriptors (): number {
-    let total = this.duplicates
+    let total = this.duplicates + this.signals.count
     for (const plane of this.planes) total += plane.descriptors()
     return total
   }
@@ -113,9 +119,11 @@ export class SpliceWorkers {
     // Until a worker says otherwise, it does not accept for the route: one that never got to
     // (it failed, or no descriptor was left for its duplicate) never counts as the least busy.
     const loads = new Int32Array(new SharedArrayBuffer(this.planes.length * Int32Array.BYTES_PER_ELEMENT)).fill(NOT_ACCEPTING)
+    const pokes = new SharedArrayBuffer(this.planes.length * Int32Array.BYTES_PER_ELEMENT)
+    const wakeFds = this.signals.fds.buffer as SharedArrayBuffer
     let allPolling = (): void => {}
     const polled = new Promise<void>((resolve) => { allPolling = resolve })
-    const shared: SharedListener = { key: 0, acceptor, members: new Set(), loads, listening: 0, polled, allPolling, lost: false }
+    const shared: SharedListener = { key: 0, acceptor, members: new Set(), loads, listening: 0, polled, allPolling, lost: false, pokes: new Int32Array(pokes) }
     // maxConnections counts the route's connections in every worker.
     const live = new SharedArrayBuffer(Int32Array.BYTES_PER_ELEMENT)
     const pollers = new SharedArrayBuffer(Int32Array.BYTES_PER_ELEMENT)
@@ -132,7 +140,7 @@ export class SpliceWorkers {
         this.duplicates++
       }
       const member: Member = { plane, worker, key: 0, fd: memberFd, duplicate }
-      const key = plane.listen(this.memberAcceptor(shared, member), memberFd, plan, { live, loads: loads.buffer as SharedArrayBuffer, worker, pollers })
+      const key = plane.listen(this.memberAcceptor(shared, member), memberFd, plan, { live, loads: loads.buffer as SharedArrayBuffer, worker, pollers, pokes, wakeFds })
       if (key === null) { this.closeMember(member); continue }
       member.key = key
       shared.members.add(member)
@@ -169,9 +177,10 @@ export class SpliceWorkers {
     for (const plane of this.planes) plane.drop(id)
   }
 
-  /** Stop every worker once it let go of its connections. Idempotent. */
+  /** Stop every worker once it let go of its connections, then close their eventfds. Idempotent. */
   async close (): Promise<void> {
     await Promise.all(this.planes.map(async (plane) => { await plane.close() }))
+    this.signals.close()
   }
 
   private closeMember (member: Member): void {
@@ -182,7 +191,7 @@ export class SpliceWorkers {
 
   /** What one worker says about a shared route, gathered for the route's own acceptor. */
   private memberAcceptor (shared: SharedListener, member: Member): WorkerAcceptor {
-    const pokeOthers = (): void => { for (const other of shared.members) if (other !== member) other.plane.poke(other.key) }
+    const pokeOthers = (): void => { for (const other of shared.members) if (other !== member) pokeWorker(shared.pokes, this.signals.fds, other.worker) }
     let polling = false
     const settled = (): void => { if (shared.listening >= shared.members.size) shared.allPolling() }
     const left = (): void => {
@@ -203,7 +212,6 @@ export class SpliceWorkers {
       tallied: (event: Readonly<Tallied>) => { shared.acceptor.tallied(event) },
       // A worker that stopped polling may leave clients waiting that no other was woken for.
       exhausted: (code: string) => { shared.acceptor.exhausted(code); pokeOthers() },
-      crowded: pokeOthers,
       listening: () => {
         if (polling || !shared.members.has(member)) return
         polling = true
