@@ -79,11 +79,6 @@ function warnMissingOnce (option: string): void {
   process.emitWarning(`${option} is not available on ${process.platform}; kaproxy skips it`, { code: 'KAPROXY_SOCKOPT_UNSUPPORTED' })
 }
 
-function setTcp (fd: number, name: number | undefined, value: number, option: string): void {
-  if (name === undefined) { warnMissingOnce(option); return }
-  setsockoptInt(fd, sockoptConstants().IPPROTO_TCP, name, value, option)
-}
-
 function getTcp (fd: number, name: number | undefined, option: string): number | null {
   if (name === undefined) return null
   return getsockoptInt(fd, sockoptConstants().IPPROTO_TCP, name, option)
@@ -100,21 +95,41 @@ export function applyKeepalive (socket: Socket, settings: KeepaliveSettings): vo
 
 /** applyKeepalive on a socket descriptor (one the fast engine holds without a net.Socket). */
 export function applyKeepaliveFd (fd: number, settings: KeepaliveSettings): void {
+  for (const { level, name, value, option } of keepaliveOptions(settings)) setsockoptInt(fd, level, name, value, option)
+}
+
+/** One setsockopt call of a side's keepalive: level, option and value, and the option's name for errors. */
+export interface KeepaliveOption {
+  readonly level: number
+  readonly name: number
+  readonly value: number
+  readonly option: string
+}
+
+/**
+ * The setsockopt calls that apply `settings`, in order; options the platform lacks are left out
+ * (with a warning, once). Throws KaproxyError for settings outside the kernel's limits. The fast
+ * engine's worker works them out once per route plan, not once per connection.
+ */
+export function keepaliveOptions (settings: KeepaliveSettings): KeepaliveOption[] {
   const problem = keepaliveProblems(settings)[0]
   if (problem !== undefined) {
     throw new KaproxyError('KAPROXY_ERR_INVALID_ARG', `keepalive ${problem.field}: ${problem.rule} (got ${String(settings[problem.field])})`)
   }
   const c = sockoptConstants()
-  setsockoptInt(fd, c.SOL_SOCKET, c.SO_KEEPALIVE, settings.enabled ? 1 : 0, 'SO_KEEPALIVE')
+  const options: KeepaliveOption[] = [{ level: c.SOL_SOCKET, name: c.SO_KEEPALIVE, value: settings.enabled ? 1 : 0, option: 'SO_KEEPALIVE' }]
+  const tcp = (name: number | undefined, value: number, option: string): void => {
+    if (name === undefined) warnMissingOnce(option)
+    else options.push({ level: c.IPPROTO_TCP, name, value, option })
+  }
   if (settings.enabled) {
-    setTcp(fd, c.TCP_KEEPIDLE, settings.idleSec, 'TCP_KEEPIDLE')
-    setTcp(fd, c.TCP_KEEPINTVL, settings.intervalSec, 'TCP_KEEPINTVL')
-    setTcp(fd, c.TCP_KEEPCNT, settings.count, 'TCP_KEEPCNT')
+    tcp(c.TCP_KEEPIDLE, settings.idleSec, 'TCP_KEEPIDLE')
+    tcp(c.TCP_KEEPINTVL, settings.intervalSec, 'TCP_KEEPINTVL')
+    tcp(c.TCP_KEEPCNT, settings.count, 'TCP_KEEPCNT')
   }
   // The user timeout also bounds unacknowledged data, so it applies with keepalive off too.
-  if (settings.userTimeoutMs !== undefined) {
-    setTcp(fd, c.TCP_USER_TIMEOUT, settings.userTimeoutMs, 'TCP_USER_TIMEOUT')
-  }
+  if (settings.userTimeoutMs !== undefined) tcp(c.TCP_USER_TIMEOUT, settings.userTimeoutMs, 'TCP_USER_TIMEOUT')
+  return options
 }
 
 /** Read the socket's effective keepalive back from the kernel with getsockopt. */

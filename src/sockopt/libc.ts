@@ -229,6 +229,8 @@ export interface DataPlaneCalls {
   connect: (fd: number, sockaddr: Buffer) => number
   /** TCP_NODELAY on: small writes leave at once, as Node's noDelay sockets do. */
   noDelay: (fd: number) => number
+  /** setsockopt(fd, level, name, &value, 4): 0, or -errno. */
+  setInt: (fd: number, level: number, name: number, value: number) => number
   /** shutdown(fd, SHUT_RD) on a listening socket: it stops listening now and frees the port, its descriptors stay valid. */
   stopListening: (fd: number) => number
   /** eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC). */
@@ -294,10 +296,14 @@ export function dataPlaneCalls (): DataPlaneCalls {
   const failed = (result: number | bigint): number => Number(result) < 0 ? -koffi.errno() : Number(result)
   const pageSize = Number(sysconf(_SC_PAGESIZE))
   const on = new Int32Array([1])
+  const intValue = new Int32Array(1)
   const { IPPROTO_TCP } = SOCKOPT_CONSTANTS.linux
   const TCP_NODELAY = 1
   // Preallocated: one event struct for epoll_ctl, one counter for eventfd, one int pair for pipe2.
-  const event = Buffer.alloc(EPOLL_EVENT_SIZE)
+  // The event struct as words: only the events and the data's low word (the descriptor) are ever
+  // written, its padding and the data's high word stay 0.
+  const eventWords = new Uint32Array(EPOLL_EVENT_SIZE / 4)
+  const event = Buffer.from(eventWords.buffer)
   const counter = Buffer.alloc(8)
   const one = Buffer.alloc(8)
   one.writeBigUInt64LE(1n)
@@ -308,9 +314,8 @@ export function dataPlaneCalls (): DataPlaneCalls {
   dataPlane = {
     epollCreate: () => failed(epollCreate1(O_CLOEXEC)),
     epollCtl: (epfd, op, fd, events) => {
-      event.fill(0)
-      event.writeUInt32LE(events >>> 0, 0)
-      event.writeUInt32LE(fd, EPOLL_EVENT_DATA)
+      eventWords[0] = events
+      eventWords[EPOLL_EVENT_DATA / 4] = fd
       return failed(epollCtl(epfd, op, fd, event))
     },
     epollWait: (epfd, events, maxEvents, timeoutMs) => failed(epollWait(epfd, events, maxEvents, timeoutMs)),
@@ -336,6 +341,10 @@ export function dataPlaneCalls (): DataPlaneCalls {
     tcpSocket: (sockaddr) => failed(base.socket(sockaddr.readUInt16LE(0), LINUX_STREAM_NONBLOCK_CLOEXEC, 0)),
     connect: (fd, sockaddr) => failed(connect(fd, sockaddr, sockaddr.length)),
     noDelay: (fd) => failed(base.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, on, 4)),
+    setInt: (fd, level, name, value) => {
+      intValue[0] = value
+      return failed(base.setsockopt(fd, level, name, intValue, 4))
+    },
     stopListening: (fd) => failed(shutdown(fd, 0)),
     eventfd: () => failed(eventfd(0, O_NONBLOCK | O_CLOEXEC)),
     signal: (fd) => failed(write(fd, one, 8)),

@@ -1,6 +1,6 @@
 import { isDeepStrictEqual } from 'node:util'
 import { receiveMessageOnPort, workerData } from 'node:worker_threads'
-import { applyKeepaliveFd } from '../../keepalive.js'
+import { applyKeepaliveFd, keepaliveOptions, type KeepaliveOption, type KeepaliveSettings } from '../../keepalive.js'
 import { isAbortive, relayEndReason } from '../close-reason.js'
 import {
   EAGAIN, EINPROGRESS, EPOLLERR, EPOLLET, EPOLLEXCLUSIVE, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLL_CTL_ADD, EPOLL_CTL_DEL,
@@ -87,6 +87,9 @@ interface Acceptor {
   readonly fd: number
   plan: AcceptPlan
   sockaddr: Buffer
+  /** The plan's keepalive as setsockopt calls (see tune); null for settings the kernel would refuse. */
+  clientOptions: readonly KeepaliveOption[] | null
+  upstreamOptions: readonly KeepaliveOption[] | null
   /** Its connections dialing or relaying, in every worker accepting for it (maxConnections; Atomics). */
   readonly live: Int32Array
   /** To be polled: not while the main thread has it paused, or while descriptors ran out (until it resumes it). */
@@ -164,7 +167,11 @@ if (epfd < 0) throw new Error(`epoll_create1 failed: errno ${-epfd}`)
 sys.epollCtl(epfd, EPOLL_CTL_ADD, wakeFd, EPOLLIN)
 Atomics.store(heldDescriptors, 0, 1)
 
-const events = Buffer.alloc(MAX_EVENTS * EPOLL_EVENT_SIZE)
+/** epoll_wait's events, read as words: flags at i * EVENT_WORDS, the descriptor (the data's low word) DATA_WORD after. */
+const EVENT_WORDS = EPOLL_EVENT_SIZE / 4
+const DATA_WORD = EPOLL_EVENT_DATA / 4
+const eventWords = new Uint32Array(MAX_EVENTS * EVENT_WORDS)
+const events = Buffer.from(eventWords.buffer)
 const copyBuffer = Buffer.alloc(COPY_BYTES)
 const blocks: Float64Array[] = []
 /** Pairs by descriptor: both of a pair's sockets map to it. */
@@ -660,6 +667,8 @@ function onMessage (message: ToWorker): void {
         fd: message.fd,
         plan: message.plan,
         sockaddr: Buffer.from(message.plan.target),
+        clientOptions: optionsOf(message.plan.clientKeepalive),
+        upstreamOptions: optionsOf(message.plan.upstreamKeepalive),
         live: new Int32Array(message.live),
         wanted: false,
         yielded: false,
@@ -691,6 +700,8 @@ function onMessage (message: ToWorker): void {
         const changed = retuned || !isDeepStrictEqual(acceptor.plan.upstreamKeepalive, message.plan.upstreamKeepalive)
         acceptor.plan = message.plan
         acceptor.sockaddr = Buffer.from(message.plan.target)
+        acceptor.clientOptions = optionsOf(message.plan.clientKeepalive)
+        acceptor.upstreamOptions = optionsOf(message.plan.upstreamKeepalive)
         if (retuned) tuneListener(acceptor)
         if (changed && message.plan.applyToExisting) retunePending(acceptor)
       }
@@ -969,27 +980,23 @@ function acceptOne (acceptor: Acceptor, clientFd: number, client: ClientAddress)
     plan.downUntil = Infinity
   }
   if (!acceptor.inherits) {
-    try {
-      applyKeepaliveFd(clientFd, plan.clientKeepalive)
-    } catch (err) {
-      acceptFailed(acceptor, id, clientFd, client, acceptedAt, 'sockopt', 'client', String((err as { errno?: unknown }).errno ?? 'EINVAL'))
+    const refused = tune(clientFd, acceptor.clientOptions)
+    if (refused !== '') {
+      acceptFailed(acceptor, id, clientFd, client, acceptedAt, 'sockopt', 'client', refused)
       return
     }
-    sys.noDelay(clientFd)
   }
   const upstreamFd = sys.tcpSocket(acceptor.sockaddr)
   if (upstreamFd < 0) {
     acceptFailed(acceptor, id, clientFd, client, acceptedAt, 'socket', 'upstream', errnoName(-upstreamFd))
     return
   }
-  try {
-    applyKeepaliveFd(upstreamFd, plan.upstreamKeepalive)
-  } catch (err) {
+  const refused = tune(upstreamFd, acceptor.upstreamOptions)
+  if (refused !== '') {
     closeAfterTurn(upstreamFd)
-    acceptFailed(acceptor, id, clientFd, client, acceptedAt, 'sockopt', 'upstream', String((err as { errno?: unknown }).errno ?? 'EINVAL'))
+    acceptFailed(acceptor, id, clientFd, client, acceptedAt, 'sockopt', 'upstream', refused)
     return
   }
-  sys.noDelay(upstreamFd)
   const started = sys.connect(upstreamFd, acceptor.sockaddr)
   if (started < 0 && started !== -EINPROGRESS) {
     closeAfterTurn(upstreamFd)
@@ -1004,6 +1011,29 @@ function acceptOne (acceptor: Acceptor, clientFd: number, client: ClientAddress)
   const added = sys.epollCtl(epfd, EPOLL_CTL_ADD, upstreamFd, RELAY_INTEREST)
   if (added < 0) dialEnded(dial, 'dial', errnoName(-added))
   else registeredIn[upstreamFd] = turn
+}
+
+/** A side's keepalive as setsockopt calls, worked out once per plan; null when the kernel would refuse it. */
+function optionsOf (settings: KeepaliveSettings): readonly KeepaliveOption[] | null {
+  try {
+    return keepaliveOptions(settings)
+  } catch {
+    return null
+  }
+}
+
+/**
+ * A new socket's keepalive (`options`), then TCP_NODELAY: '' when the keepalive took, else the
+ * errno name of the call refused (EINVAL for settings outside the kernel's limits).
+ */
+function tune (fd: number, options: readonly KeepaliveOption[] | null): string {
+  if (options === null) return 'EINVAL'
+  for (const { level, name, value } of options) {
+    const failed = sys.setInt(fd, level, name, value)
+    if (failed < 0) return errnoName(-failed)
+  }
+  sys.noDelay(fd)
+  return ''
 }
 
 /** Take a dial off the books; with a failure, close its upstream and report the client. */
@@ -1245,11 +1275,11 @@ try {
     again.length = 0
     // Messages first: a new plan (a reload, an ejected target) applies to this turn's accepts.
     for (let i = 0; i < count; i++) {
-      if (events.readUInt32LE(i * EPOLL_EVENT_SIZE + EPOLL_EVENT_DATA) === wakeFd) readMessages()
+      if (eventWords[i * EVENT_WORDS + DATA_WORD] === wakeFd) readMessages()
     }
     for (let i = 0; i < count; i++) {
-      const flags = events.readUInt32LE(i * EPOLL_EVENT_SIZE)
-      const fd = events.readUInt32LE(i * EPOLL_EVENT_SIZE + EPOLL_EVENT_DATA)
+      const flags = eventWords[i * EVENT_WORDS] ?? 0
+      const fd = eventWords[i * EVENT_WORDS + DATA_WORD] ?? -1
       if (fd === wakeFd) continue
       const acceptor = acceptorByFd[fd]
       if (acceptor !== undefined) { onListenerEvent(acceptor); continue }
