@@ -240,6 +240,11 @@ export interface DataPlaneCalls {
   /** Reset an eventfd's counter. */
   drainSignal: (fd: number) => number
   close: (fd: number) => number
+  /**
+   * close(2) every descriptor from `first` to `last` in one call (close_range, Linux 5.9, glibc
+   * 2.34): 0, or -errno (ENOSYS on an older kernel). Null where the C library lacks it.
+   */
+  closeRange: ((first: number, last: number) => number) | null
 }
 
 // <sys/epoll.h>, <fcntl.h>, <sys/eventfd.h> on Linux.
@@ -291,6 +296,13 @@ export function dataPlaneCalls (): DataPlaneCalls {
   const connect = lib.func('int connect(int fd, const void *addr, uint32_t addrlen)') as (fd: number, addr: Buffer, length: number) => number
   const sysconf = lib.func('long sysconf(int name)') as (name: number) => number | bigint
   const recv = lib.func('intptr_t recv(int fd, void *buf, size_t len, int flags)') as (fd: number, buf: Buffer, len: number, flags: number) => number | bigint
+  type CloseRange = (first: number, last: number, flags: number) => number
+  let closeRange: CloseRange | null = null
+  try {
+    closeRange = lib.func('int close_range(unsigned int first, unsigned int last, int flags)') as CloseRange
+  } catch {
+    // An older C library: descriptors close one by one.
+  }
   const MSG_DONTWAIT = 0x40
   const _SC_PAGESIZE = 30
   const failed = (result: number | bigint): number => Number(result) < 0 ? -koffi.errno() : Number(result)
@@ -349,7 +361,8 @@ export function dataPlaneCalls (): DataPlaneCalls {
     eventfd: () => failed(eventfd(0, O_NONBLOCK | O_CLOEXEC)),
     signal: (fd) => failed(write(fd, one, 8)),
     drainSignal: (fd) => failed(read(fd, counter, 8)),
-    close: (fd) => failed(base.close(fd))
+    close: (fd) => failed(base.close(fd)),
+    closeRange: closeRange === null ? null : (first, last) => failed(closeRange(first, last, 0))
   }
   return dataPlane
 }
