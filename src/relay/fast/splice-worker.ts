@@ -108,6 +108,10 @@ interface Acceptor {
   readonly wakeFds: Int32Array
   /** The route's connections this thread holds, dialing or relaying. */
   mine: number
+  /** Its connections that ended here (or failed) since `churnFrom`; `churn`: how many ended per BALANCE_EVERY_MS in the last window (see slackOf). */
+  ended: number
+  churnFrom: number
+  churn: number
   /** When it last asked the others to look again without yielding itself (see askOthers). */
   askedAt: number
   /** Its connections being dialed (not reported yet). */
@@ -679,6 +683,9 @@ function onMessage (message: ToWorker): void {
         pokes: new Int32Array(message.pokes),
         wakeFds: new Int32Array(message.wakeFds),
         mine: 0,
+        ended: 0,
+        churnFrom: now,
+        churn: 0,
         askedAt: -Infinity,
         dialing: 0,
         closing: false,
@@ -820,10 +827,11 @@ function routeLive (acceptor: Acceptor, change: number): number {
 /** The route's connections held here (`mine`, balance) went up or down by `change`: the others see it at once. */
 function holding (acceptor: Acceptor, change: number): void {
   acceptor.mine += change
+  if (change < 0) acceptor.ended -= change
   publishLoad(acceptor)
   // Looked at again at the end of this turn, not a period later: a worker that now holds more than
   // another (connections arriving one at a time, a turn each), or a yielded one whose connections end.
-  if (acceptor.yielded ? change < 0 : change > 0 && excessOver(acceptor) > 0) balanceAt = 0
+  if (acceptor.yielded ? change < 0 : change > 0 && excessOver(acceptor) > acceptor.churn) balanceAt = 0
 }
 
 /** Write what the other workers compare with (see balance): NOT_ACCEPTING while the route is not to be polled (paused, exhausted, unlistened, stopping). */
@@ -838,10 +846,12 @@ function publishLoad (acceptor: Acceptor): void {
  * the other cores idle. Each worker writes how many of the route's connections it holds as that
  * changes (NOT_ACCEPTING while it does not accept for the route: paused, out of descriptors,
  * stopping, gone), and stops polling the route once it holds more than the least busy other one
- * by over 1 + 1/8 of that one's; it polls again once it holds no more than that. Never the last
- * one polling (the `pollers` count): a client always finds a worker. A worker that yields, or
- * holds more than one that yielded, pokes the others (pokeWorker): they look again at once. Otherwise at most every BALANCE_EVERY_MS: under a high connection rate counts swing by
- * several at every turn, and EPOLLEXCLUSIVE spreads clients by itself then.
+ * by over 1 + 1/8 of that one's, plus as many as ended here lately (slackOf: none where
+ * connections live long); it polls again once it holds no more than that. Never the last one
+ * polling (the `pollers` count): a client always finds a worker. A worker that yields, or holds
+ * more than one that yielded, pokes the others (pokeWorker): they look again at once. Otherwise
+ * at most every BALANCE_EVERY_MS: under a high connection rate EPOLLEXCLUSIVE spreads clients by
+ * itself.
  */
 function balance (): void {
   for (const acceptor of acceptors.values()) balanceRoute(acceptor)
@@ -854,7 +864,8 @@ function balanceRoute (acceptor: Acceptor): void {
   if (!acceptor.yielded && excess > 0 && Atomics.load(acceptor.pollers, 0) < accepting(acceptor)) askOthers(acceptor)
   // Back to polling only once it holds no more than the least busy (plus its eighth): connection
   // counts that move by one around the mark do not turn polling on and off at every turn.
-  const crowded = acceptor.yielded ? excess > 0 : excess > 1
+  const slack = slackOf(acceptor)
+  const crowded = acceptor.yielded ? excess > slack : excess > 1 + slack
   if (crowded === acceptor.yielded) return
   // Never the last one polling: the others may have yielded on counts older than this one's.
   if (crowded && acceptor.polling && !leavePollers(acceptor)) return
@@ -864,6 +875,24 @@ function balanceRoute (acceptor: Acceptor): void {
   // take the next clients anyway. Under a run of short connections the counts swing around the
   // mark at every turn, and a poke each time was a wake-up for one connection in 15.
   if (crowded && Atomics.load(acceptor.pollers, 0) < accepting(acceptor) - 1) pokeOthers(acceptor)
+}
+
+/**
+ * How many connections over its share a worker may hold before it yields the route: as many as
+ * ended here in the last BALANCE_EVERY_MS (0 where connections live long). Short connections come
+ * and go faster than yielding and polling again can follow: under connect-echo-close about 65 end
+ * per 10 ms in each worker and the counts swing by several at every turn, and each yield was an
+ * epoll_ctl, often a poke, and a worker left out while the other took every client (the
+ * connection rate was 5% higher with no balancing at all, in an interleaved A/B).
+ */
+function slackOf (acceptor: Acceptor): number {
+  const span = now - acceptor.churnFrom
+  if (span >= BALANCE_EVERY_MS) {
+    acceptor.churn = Math.floor(acceptor.ended * BALANCE_EVERY_MS / span)
+    acceptor.ended = 0
+    acceptor.churnFrom = now
+  }
+  return acceptor.churn
 }
 
 /** Workers accepting for the route, this one included. */
@@ -949,7 +978,7 @@ function onListenerEvent (acceptor: Acceptor): void {
     peerLength[0] = peer.length
     // Clients arriving together wake one worker: it takes its share, then leaves the rest to the
     // others (it yields and has them poked), unless no other polls.
-    if (i > 0 && excessOver(acceptor) > 1) {
+    if (i > 0 && excessOver(acceptor) > 1 + slackOf(acceptor)) {
       balanceRoute(acceptor)
       if (acceptor.yielded) return
     }
