@@ -307,8 +307,11 @@ export function dataPlaneCalls (): DataPlaneCalls {
   const _SC_PAGESIZE = 30
   const failed = (result: number | bigint): number => Number(result) < 0 ? -koffi.errno() : Number(result)
   const pageSize = Number(sysconf(_SC_PAGESIZE))
-  const on = new Int32Array([1])
   const intValue = new Int32Array(1)
+  const setInt = (fd: number, level: number, name: number, value: number): number => {
+    intValue[0] = value
+    return failed(base.setsockopt(fd, level, name, intValue, 4))
+  }
   const { IPPROTO_TCP } = SOCKOPT_CONSTANTS.linux
   const TCP_NODELAY = 1
   // Preallocated: one event struct for epoll_ctl, one counter for eventfd, one int pair for pipe2.
@@ -352,11 +355,8 @@ export function dataPlaneCalls (): DataPlaneCalls {
     accept: (listenFd, address, length) => failed(accept4(listenFd, address, length, O_NONBLOCK | O_CLOEXEC)),
     tcpSocket: (sockaddr) => failed(base.socket(sockaddr.readUInt16LE(0), LINUX_STREAM_NONBLOCK_CLOEXEC, 0)),
     connect: (fd, sockaddr) => failed(connect(fd, sockaddr, sockaddr.length)),
-    noDelay: (fd) => failed(base.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, on, 4)),
-    setInt: (fd, level, name, value) => {
-      intValue[0] = value
-      return failed(base.setsockopt(fd, level, name, intValue, 4))
-    },
+    noDelay: (fd) => setInt(fd, IPPROTO_TCP, TCP_NODELAY, 1),
+    setInt,
     stopListening: (fd) => failed(shutdown(fd, 0)),
     eventfd: () => failed(eventfd(0, O_NONBLOCK | O_CLOEXEC)),
     signal: (fd) => failed(write(fd, one, 8)),
