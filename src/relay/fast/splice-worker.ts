@@ -669,10 +669,7 @@ function onMessage (message: ToWorker): void {
       const acceptor: Acceptor = {
         route: message.route,
         fd: message.fd,
-        plan: message.plan,
-        sockaddr: Buffer.from(message.plan.target),
-        clientOptions: optionsOf(message.plan.clientKeepalive),
-        upstreamOptions: optionsOf(message.plan.upstreamKeepalive),
+        ...planned(message.plan),
         live: new Int32Array(message.live),
         wanted: false,
         yielded: false,
@@ -705,10 +702,7 @@ function onMessage (message: ToWorker): void {
       if (acceptor !== undefined) {
         const retuned = !isDeepStrictEqual(acceptor.plan.clientKeepalive, message.plan.clientKeepalive)
         const changed = retuned || !isDeepStrictEqual(acceptor.plan.upstreamKeepalive, message.plan.upstreamKeepalive)
-        acceptor.plan = message.plan
-        acceptor.sockaddr = Buffer.from(message.plan.target)
-        acceptor.clientOptions = optionsOf(message.plan.clientKeepalive)
-        acceptor.upstreamOptions = optionsOf(message.plan.upstreamKeepalive)
+        Object.assign(acceptor, planned(message.plan))
         if (retuned) tuneListener(acceptor)
         if (changed && message.plan.applyToExisting) retunePending(acceptor)
       }
@@ -753,7 +747,7 @@ function onMessage (message: ToWorker): void {
  * number could come back from accept4 or socket in the same turn while an event for the old
  * descriptor still waits in this turn's list.
  */
-let closing: number[] = []
+const closing: number[] = []
 
 function closeAfterTurn (fd: number): void {
   closing.push(fd)
@@ -831,7 +825,7 @@ function holding (acceptor: Acceptor, change: number): void {
   publishLoad(acceptor)
   // Looked at again at the end of this turn, not a period later: a worker that now holds more than
   // another (connections arriving one at a time, a turn each), or a yielded one whose connections end.
-  if (acceptor.yielded ? change < 0 : change > 0 && excessOver(acceptor) > acceptor.churn) balanceAt = 0
+  if (acceptor.yielded ? change < 0 : change > 0 && excessOver(acceptor) > slackOf(acceptor)) balanceAt = 0
 }
 
 /** Write what the other workers compare with (see balance): NOT_ACCEPTING while the route is not to be polled (paused, exhausted, unlistened, stopping). */
@@ -1071,7 +1065,12 @@ function acceptOne (acceptor: Acceptor, clientFd: number, client: ClientAddress)
   else registeredIn[upstreamFd] = turn
 }
 
-/** A side's keepalive as setsockopt calls, worked out once per plan; null when the kernel would refuse it. */
+/** An acceptor's plan and what each connection needs of it, worked out once per plan. */
+function planned (plan: AcceptPlan): Pick<Acceptor, 'plan' | 'sockaddr' | 'clientOptions' | 'upstreamOptions'> {
+  return { plan, sockaddr: Buffer.from(plan.target), clientOptions: optionsOf(plan.clientKeepalive), upstreamOptions: optionsOf(plan.upstreamKeepalive) }
+}
+
+/** A side's keepalive as setsockopt calls; null when the kernel would refuse it. */
 function optionsOf (settings: KeepaliveSettings): readonly KeepaliveOption[] | null {
   try {
     return keepaliveOptions(settings)
@@ -1296,7 +1295,6 @@ function timeout (): number {
 /** Connections counted in the routes' tallies since the last batch. */
 let tallied = 0
 
-
 function emptyTally (route: number): OpenTally {
   return { kind: 'tallied', route, clientFirst: 0, upstreamFirst: 0, bytesFromClient: 0, bytesFromUpstream: 0, connectMs: [] }
 }
@@ -1348,7 +1346,7 @@ try {
     }
     if (now >= nextSweepAt) sweepIdle()
     if (now >= nextDialSweepAt) sweepDials()
-    if (closing.length > 0) { closeAll(closing); closing = [] }
+    if (closing.length > 0) { closeAll(closing); closing.length = 0 }
     if (now >= balanceAt) balance()
     if (now >= nextReportAt()) reportPending(false)
     const unposted = outbox.size + tallied
@@ -1368,7 +1366,7 @@ try {
   // Connections still being dialed were never reported: they are this thread's to close. What
   // was not posted yet is posted now (the main thread reads the port once more after the exit).
   for (const dial of dials.values()) { sys.close(dial.upstreamFd); sys.close(dial.clientFd) }
-  for (const fd of closing) sys.close(fd)
+  closeAll(closing)
   // Pairs never reported (a failure): the main thread does not know their descriptors.
   for (const pair of byId.values()) if (!pair.reported) { sys.close(pair.clientFd); sys.close(pair.upstreamFd) }
   try { flush() } catch {}
